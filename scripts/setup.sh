@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Installs everything alarm-verifier needs on a Debian 12 machine, idempotently:
+# system packages, the ONNX Runtime library, the detector model and the test footage.
+# A second run only checks and finishes in seconds.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SHARED="${ALARM_VERIFIER_SHARED:-$ROOT/../shared}"
+ORT_VERSION=1.31.1
+ORT_DIR="$ROOT/third_party/onnxruntime"
+MODEL_SHA256=e8af074932d4ed7e232278e3055cefcdea3edf178874a3694ae292649fb464dd
+MODEL_URL=https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/yolox_nano.onnx
+FOOTAGE_DIR="$ROOT/testdata"
+
+APT_PACKAGES=(
+  pkg-config unzip ca-certificates curl
+  libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
+  gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+  gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+  mosquitto
+)
+
+log() { printf '[setup] %s\n' "$*"; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+install_system_packages() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then log "system packages: present"; return; fi
+  log "system packages: installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # mosquitto's Debian package starts a system broker on 1883; tests start their own on free ports.
+}
+
+install_onnxruntime() {
+  local lib="$ORT_DIR/libonnxruntime.so.$ORT_VERSION"
+  if [ -f "$lib" ]; then log "onnxruntime $ORT_VERSION: present"; return; fi
+  log "onnxruntime $ORT_VERSION: fetching the PyPI wheel"
+  local tmp; tmp="$(mktemp -d)"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
+    --platform manylinux_2_27_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+    -d "$tmp" "onnxruntime==$ORT_VERSION"
+  mkdir -p "$ORT_DIR"
+  unzip -q -o -j "$tmp"/onnxruntime-*.whl 'onnxruntime/capi/libonnxruntime.so*' -d "$ORT_DIR"
+  rm -rf "$tmp"
+  [ -f "$lib" ] || { echo "setup: $lib not found in the onnxruntime wheel" >&2; exit 1; }
+}
+
+sha_ok() { echo "$MODEL_SHA256  $1" | sha256sum --check --status; }
+
+install_model() {
+  local dest="$ROOT/models/yolox_nano.onnx"
+  if [ -f "$dest" ] && sha_ok "$dest"; then log "model: present"; return; fi
+  mkdir -p "$ROOT/models"
+  if [ -f "$SHARED/models/yolox_nano.onnx" ]; then
+    log "model: copying from $SHARED/models"
+    cp "$SHARED/models/yolox_nano.onnx" "$dest.part"
+  else
+    log "model: downloading $MODEL_URL"
+    curl -fsSL "$MODEL_URL" -o "$dest.part"
+  fi
+  sha_ok "$dest.part" || { echo "setup: model sha256 mismatch (expected $MODEL_SHA256)" >&2; rm -f "$dest.part"; exit 1; }
+  mv "$dest.part" "$dest"
+}
+
+# Re-encodes a clip to H.264 with a 1 s GOP, as an IP camera would send it.
+transcode_h264() {
+  local src="$1" dest="$2"
+  gst-launch-1.0 -q filesrc location="$src" ! decodebin ! videoconvert ! video/x-raw,format=I420 \
+    ! x264enc speed-preset=veryfast key-int-max=10 bframes=0 tune=zerolatency \
+    ! video/x-h264,profile=constrained-baseline ! h264parse ! mp4mux ! filesink location="$dest.part" >/dev/null
+  mv "$dest.part" "$dest"
+}
+
+install_footage() {
+  if [ -f "$FOOTAGE_DIR/vtest.mp4" ] && [ -f "$FOOTAGE_DIR/tree.mp4" ]; then log "footage: present"; return; fi
+  log "footage: building from Debian's opencv-doc"
+  local tmp; tmp="$(mktemp -d)"
+  (cd "$tmp" && apt-get download opencv-doc >/dev/null 2>&1) || { as_root apt-get update -qq; (cd "$tmp" && apt-get download opencv-doc >/dev/null); }
+  dpkg -x "$tmp"/opencv-doc_*.deb "$tmp/x"
+  local data; data="$(dirname "$(find "$tmp/x" -name vtest.avi | head -n1)")"
+  mkdir -p "$FOOTAGE_DIR"
+  transcode_h264 "$data/vtest.avi" "$FOOTAGE_DIR/vtest.mp4"
+  transcode_h264 "$data/tree.avi" "$FOOTAGE_DIR/tree.mp4"
+  rm -rf "$tmp"
+}
+
+install_system_packages
+install_onnxruntime
+install_model
+install_footage
+log "ready"

@@ -1,0 +1,441 @@
+//! Site configuration: TOML read into typed structs, then checked as a whole.
+//!
+//! Every key has a default (documented in the README) except the camera list itself.
+//! Unknown keys are errors, so a typo never silently falls back to a default.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the config file: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: key `{key}`: {expected}")]
+    Invalid {
+        path: String,
+        key: String,
+        expected: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name of the site, copied into every verdict.
+    #[serde(default = "default_site")]
+    pub site: String,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub detector: DetectorConfig,
+    #[serde(default)]
+    pub clip: ClipConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub verdict: VerdictConfig,
+    #[serde(default)]
+    pub evidence: EvidenceConfig,
+    #[serde(default, rename = "camera")]
+    pub cameras: Vec<CameraConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    pub topic_prefix: String,
+    /// MQTT client id; empty means `alarm-verifier-{site}`.
+    pub client_id: String,
+    pub keep_alive_s: u64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            topic_prefix: "alarm-verifier".into(),
+            client_id: String::new(),
+            keep_alive_s: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectorConfig {
+    pub model: PathBuf,
+    /// The ONNX Runtime shared library, loaded at start-up.
+    pub onnxruntime: PathBuf,
+    /// Intra-op threads for inference; one leaves a core for GStreamer's decoding.
+    pub threads: usize,
+    /// Side of the square model input, in pixels.
+    pub input_size: u32,
+    /// Detections below this score are discarded before NMS.
+    pub score_threshold: f32,
+    pub nms_iou: f32,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        Self {
+            model: "models/yolox_nano.onnx".into(),
+            onnxruntime: "third_party/onnxruntime/libonnxruntime.so.1.31.1".into(),
+            threads: 1,
+            input_size: 416,
+            score_threshold: 0.25,
+            nms_iou: 0.45,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClipConfig {
+    /// Seconds of video analysed before the alarm time.
+    pub pre_s: f64,
+    /// Seconds of video analysed after the alarm time.
+    pub post_s: f64,
+    /// Frames per second sampled from the clip for detection.
+    pub analysis_fps: f64,
+    /// Seconds of encoded video each camera keeps in memory.
+    pub buffer_s: f64,
+}
+
+impl Default for ClipConfig {
+    fn default() -> Self {
+        Self {
+            pre_s: 2.0,
+            post_s: 4.0,
+            analysis_fps: 3.0,
+            buffer_s: 10.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Labels that verify an alarm; `vehicle` stands for car, truck, bus, motorcycle and bicycle.
+    pub classes: Vec<String>,
+    /// Per-frame score a detection needs to count.
+    pub min_score: f32,
+    /// Frames of the clip a target must appear in.
+    pub min_frames: usize,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            classes: vec!["person".into(), "vehicle".into()],
+            min_score: 0.5,
+            min_frames: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerdictConfig {
+    /// Every alarm gets a verdict within this many seconds of arriving, `unverifiable` if need be.
+    pub deadline_s: f64,
+    /// Alarms waiting for a verifier; beyond this an alarm is answered `unverifiable` (overloaded) at once.
+    pub queue: usize,
+    /// Alarms verified at the same time.
+    pub workers: usize,
+}
+
+impl Default for VerdictConfig {
+    fn default() -> Self {
+        Self {
+            deadline_s: 15.0,
+            queue: 64,
+            workers: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvidenceConfig {
+    /// Longest side of the evidence JPEG, in pixels; larger frames are scaled down.
+    pub max_size: u32,
+    /// JPEG quality, 1 to 100.
+    pub quality: u8,
+}
+
+impl Default for EvidenceConfig {
+    fn default() -> Self {
+        Self {
+            max_size: 1280,
+            quality: 85,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    pub id: String,
+    pub url: String,
+    /// RTSP lower transport: `tcp` (default, survives lossy links) or `udp`.
+    #[serde(default)]
+    pub transport: RtspTransport,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RtspTransport {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+fn default_site() -> String {
+    "site".into()
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// The defaults, with no cameras: what `verify-clip` uses without `--config`.
+    pub fn offline_default() -> Self {
+        Self {
+            site: default_site(),
+            mqtt: MqttConfig::default(),
+            detector: DetectorConfig::default(),
+            clip: ClipConfig::default(),
+            policy: PolicyConfig::default(),
+            verdict: VerdictConfig::default(),
+            evidence: EvidenceConfig::default(),
+            cameras: Vec::new(),
+        }
+    }
+
+    pub fn camera(&self, id: &str) -> Option<&CameraConfig> {
+        self.cameras.iter().find(|c| c.id == id)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, expected: String| ConfigError::Invalid {
+            path: origin.to_owned(),
+            key: key.to_owned(),
+            expected,
+        };
+        check_topic_level(&self.site).map_err(|e| invalid("site", e))?;
+        if self.mqtt.host.trim().is_empty() {
+            return Err(invalid("mqtt.host", "expected a host name or address".into()));
+        }
+        if self.mqtt.port == 0 {
+            return Err(invalid("mqtt.port", "expected a port from 1 to 65535".into()));
+        }
+        let prefix = &self.mqtt.topic_prefix;
+        if prefix.is_empty() || prefix.contains(['+', '#']) || prefix.starts_with('/') || prefix.ends_with('/') {
+            return Err(invalid(
+                "mqtt.topic_prefix",
+                format!("expected a topic prefix without wildcards or leading/trailing '/', got {prefix:?}"),
+            ));
+        }
+        if self.detector.threads == 0 {
+            return Err(invalid("detector.threads", "expected at least 1".into()));
+        }
+        if self.detector.input_size < 32 || self.detector.input_size % 32 != 0 {
+            return Err(invalid(
+                "detector.input_size",
+                format!("expected a multiple of 32 (e.g. 416), got {}", self.detector.input_size),
+            ));
+        }
+        check_fraction(self.detector.score_threshold).map_err(|e| invalid("detector.score_threshold", e))?;
+        check_fraction(self.detector.nms_iou).map_err(|e| invalid("detector.nms_iou", e))?;
+        check_fraction(self.policy.min_score).map_err(|e| invalid("policy.min_score", e))?;
+        check_positive(self.clip.pre_s, true).map_err(|e| invalid("clip.pre_s", e))?;
+        check_positive(self.clip.post_s, true).map_err(|e| invalid("clip.post_s", e))?;
+        check_positive(self.clip.analysis_fps, false).map_err(|e| invalid("clip.analysis_fps", e))?;
+        check_positive(self.clip.buffer_s, false).map_err(|e| invalid("clip.buffer_s", e))?;
+        if self.clip.buffer_s < self.clip.pre_s {
+            return Err(invalid(
+                "clip.buffer_s",
+                format!(
+                    "expected at least clip.pre_s ({} s) so the pre-alarm video is still buffered, got {}",
+                    self.clip.pre_s, self.clip.buffer_s
+                ),
+            ));
+        }
+        check_positive(self.verdict.deadline_s, false).map_err(|e| invalid("verdict.deadline_s", e))?;
+        if self.verdict.queue == 0 {
+            return Err(invalid("verdict.queue", "expected at least 1".into()));
+        }
+        if self.verdict.workers == 0 {
+            return Err(invalid("verdict.workers", "expected at least 1".into()));
+        }
+        if self.policy.min_frames == 0 {
+            return Err(invalid("policy.min_frames", "expected at least 1".into()));
+        }
+        if self.policy.classes.is_empty() {
+            return Err(invalid("policy.classes", "expected at least one class, e.g. [\"person\"]".into()));
+        }
+        if !(1..=100).contains(&self.evidence.quality) {
+            return Err(invalid("evidence.quality", format!("expected 1 to 100, got {}", self.evidence.quality)));
+        }
+        if self.evidence.max_size < 64 {
+            return Err(invalid("evidence.max_size", format!("expected at least 64, got {}", self.evidence.max_size)));
+        }
+        let mut seen = HashSet::new();
+        for (i, camera) in self.cameras.iter().enumerate() {
+            check_topic_level(&camera.id).map_err(|e| invalid(&format!("camera[{i}].id"), e))?;
+            if !seen.insert(camera.id.as_str()) {
+                return Err(invalid(
+                    &format!("camera[{i}].id"),
+                    format!("expected a unique camera id, {:?} is used twice", camera.id),
+                ));
+            }
+            check_rtsp_url(&camera.url).map_err(|e| invalid(&format!("camera[{i}].url"), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Camera ids and the site name become MQTT topic levels.
+fn check_topic_level(value: &str) -> Result<(), String> {
+    if value.is_empty() || value.contains(['/', '+', '#']) || value.chars().any(char::is_control) {
+        return Err(format!(
+            "expected a non-empty name usable as an MQTT topic level (no '/', '+', '#'), got {value:?}"
+        ));
+    }
+    Ok(())
+}
+
+fn check_rtsp_url(value: &str) -> Result<(), String> {
+    match url::Url::parse(value) {
+        Ok(u) if matches!(u.scheme(), "rtsp" | "rtsps" | "rtspt") && u.host_str().is_some_and(|h| !h.is_empty()) => Ok(()),
+        Ok(u) => Err(format!(
+            "expected an rtsp:// URL with a host, got scheme {:?} in {}",
+            u.scheme(),
+            redact_url(value)
+        )),
+        Err(e) => Err(format!("expected an rtsp:// URL, got {} ({e})", redact_url(value))),
+    }
+}
+
+/// Hides the password of a camera URL, for logs, errors and state messages.
+pub fn redact_url(value: &str) -> String {
+    match url::Url::parse(value) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        // Not a URL: hide whatever sits between "://" and "@", where credentials would be.
+        Err(_) => match (value.find("://"), value.rfind('@')) {
+            (Some(s), Some(at)) if at > s + 3 => format!("{}***{}", &value[..s + 3], &value[at..]),
+            _ => value.to_owned(),
+        },
+    }
+}
+
+fn check_fraction(v: f32) -> Result<(), String> {
+    if (0.0..=1.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("expected a number from 0 to 1, got {v}"))
+    }
+}
+
+fn check_positive(v: f64, zero_ok: bool) -> Result<(), String> {
+    if v.is_finite() && (v > 0.0 || (zero_ok && v == 0.0)) {
+        Ok(())
+    } else if zero_ok {
+        Err(format!("expected a number of seconds, 0 or more, got {v}"))
+    } else {
+        Err(format!("expected a number greater than 0, got {v}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[mqtt]
+host = "127.0.0.1"
+port = 1883
+topic_prefix = "alarm-verifier"
+[detector]
+model = "models/yolox_nano.onnx"
+[[camera]]
+id = "gate"
+url = "rtsp://user:pass@10.0.0.5:554/stream1"
+"#;
+
+    #[test]
+    fn minimal_config_parses_with_defaults() {
+        let c = Config::parse(MINIMAL, "site.toml").expect("valid config");
+        assert_eq!(c.cameras.len(), 1);
+        assert_eq!(c.cameras[0].id, "gate");
+        assert_eq!(c.cameras[0].transport, RtspTransport::Tcp);
+        assert_eq!(c.clip.buffer_s, 10.0);
+        assert_eq!(c.detector.threads, 1);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = MINIMAL.replace("port = 1883", "port = 1883\nprot = 1");
+        let err = Config::parse(&text, "site.toml").unwrap_err().to_string();
+        assert!(err.contains("site.toml") && err.contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_expectation() {
+        let text = MINIMAL.replace("port = 1883", "port = \"x\"");
+        let err = Config::parse(&text, "site.toml").unwrap_err().to_string();
+        assert!(err.contains("port") && err.contains("u16"), "{err}");
+    }
+
+    #[test]
+    fn bad_camera_url_is_named_and_redacted() {
+        let text = MINIMAL.replace("rtsp://user:pass@10.0.0.5:554/stream1", "http://user:secret@cam/x");
+        let err = Config::parse(&text, "site.toml").unwrap_err().to_string();
+        assert!(err.contains("camera[0].url") && err.contains("rtsp://"), "{err}");
+        assert!(!err.contains("secret"), "password leaked: {err}");
+    }
+
+    #[test]
+    fn duplicate_camera_id_is_rejected() {
+        let text = format!("{MINIMAL}\n[[camera]]\nid = \"gate\"\nurl = \"rtsp://10.0.0.6/s\"\n");
+        let err = Config::parse(&text, "site.toml").unwrap_err().to_string();
+        assert!(err.contains("camera[1].id") && err.contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn redaction_hides_passwords() {
+        assert_eq!(redact_url("rtsp://u:p@h:554/s"), "rtsp://u:***@h:554/s");
+        assert_eq!(redact_url("rtsp://h/s"), "rtsp://h/s");
+        assert!(!redact_url("rtsp://u:p w@[bad/s").contains("p w"));
+    }
+}

@@ -1,0 +1,333 @@
+//! A self-contained site for the demo and the tests: RTSP cameras serving real footage
+//! (in-process, gstreamer-rtsp-server), a mosquitto broker on a free loopback port, and an MQTT
+//! probe that plays the monitoring centre.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use gstreamer as gst;
+use gstreamer::glib;
+use gstreamer_rtsp_server as rtsp;
+use gstreamer_rtsp_server::prelude::*;
+use rumqttc::QoS;
+use tokio::time::Instant;
+
+use crate::config::{CameraConfig, Config, RtspTransport};
+use crate::mqtt::{self, Inbound, Session, Topics};
+use crate::verdict::VerdictDocument;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("footage {0} is missing; run scripts/setup.sh first")]
+    Footage(PathBuf),
+    #[error("mosquitto: {0}")]
+    Broker(String),
+    #[error("RTSP server: {0}")]
+    Rtsp(String),
+    #[error("MQTT: {0}")]
+    Mqtt(String),
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
+}
+
+/// The footage the setup script builds, relative to the project root.
+pub fn footage(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name)
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> Result<u16, DemoError> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| DemoError::Setup(format!("no free port: {e}")))
+}
+
+/// A mosquitto broker on a free loopback port, stopped when dropped.
+pub struct Broker {
+    port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Broker {
+    pub fn start() -> Result<Self, DemoError> {
+        let dir = tempfile::tempdir().map_err(|e| DemoError::Broker(e.to_string()))?;
+        let mut broker = Self {
+            port: free_port()?,
+            child: None,
+            dir,
+        };
+        broker.restart()?;
+        Ok(broker)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the broker, as a crash or power cut would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port, with no memory of earlier sessions.
+    pub fn restart(&mut self) -> Result<(), DemoError> {
+        self.kill();
+        let conf = self.dir.path().join("mosquitto.conf");
+        let text = format!("listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n", self.port);
+        std::fs::write(&conf, text).map_err(|e| DemoError::Broker(e.to_string()))?;
+        let binary = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("mosquitto"));
+        let child = Command::new(&binary)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| DemoError::Broker(format!("cannot start {} ({e}); run scripts/setup.sh", binary.display())))?;
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if std::time::Instant::now() > deadline {
+                return Err(DemoError::Broker(format!("not listening on port {} after 10 s", self.port)));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// RTSP cameras served in-process from H.264 files, one mount per camera.
+pub struct RtspCameraServer {
+    port: u16,
+    context: glib::MainContext,
+    main_loop: glib::MainLoop,
+    thread: Option<std::thread::JoinHandle<()>>,
+    source: Option<glib::SourceId>,
+}
+
+impl RtspCameraServer {
+    /// Serves each `(name, file)` at `rtsp://127.0.0.1:{port}/{name}`; files are MP4 with H.264.
+    pub fn start(mounts: &[(&str, &Path)]) -> Result<Self, DemoError> {
+        gst::init().map_err(|e| DemoError::Rtsp(e.to_string()))?;
+        let context = glib::MainContext::new();
+        let server = rtsp::RTSPServer::new();
+        server.set_address("127.0.0.1");
+        server.set_service("0");
+        let mount_points = server.mount_points().ok_or_else(|| DemoError::Rtsp("no mount points".into()))?;
+        for (name, file) in mounts {
+            if !file.is_file() {
+                return Err(DemoError::Footage(file.to_path_buf()));
+            }
+            let factory = rtsp::RTSPMediaFactory::new();
+            let location = file.display().to_string().replace('"', "\\\"");
+            factory.set_launch(&format!(
+                "( filesrc location=\"{location}\" ! qtdemux ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1 )"
+            ));
+            // One pipeline for all viewers, as a real camera has.
+            factory.set_shared(true);
+            mount_points.add_factory(&format!("/{name}"), factory);
+        }
+        let source = server.attach(Some(&context)).map_err(|e| DemoError::Rtsp(e.to_string()))?;
+        let port = u16::try_from(server.bound_port()).map_err(|_| DemoError::Rtsp("not bound to a port".into()))?;
+        let main_loop = glib::MainLoop::new(Some(&context), false);
+        let loop_clone = main_loop.clone();
+        let loop_context = context.clone();
+        let thread = std::thread::Builder::new()
+            .name("rtsp-server".into())
+            .spawn(move || {
+                let _server = server; // lives as long as the loop serves it
+                let _ = loop_context.with_thread_default(|| loop_clone.run());
+            })
+            .map_err(|e| DemoError::Rtsp(e.to_string()))?;
+        Ok(Self {
+            port,
+            context,
+            main_loop,
+            thread: Some(thread),
+            source: Some(source),
+        })
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("rtsp://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for RtspCameraServer {
+    fn drop(&mut self) {
+        // The listening source lives in our own context; SourceId::remove would look in the default one.
+        if let Some(source) = self.source.take().and_then(|id| self.context.find_source_by_id(&id)) {
+            source.destroy();
+        }
+        self.main_loop.quit();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// An MQTT client playing the monitoring centre: it raises alarms and collects what comes back.
+pub struct Probe {
+    client: rumqttc::AsyncClient,
+    inbound: tokio::sync::mpsc::Receiver<Inbound>,
+    sync_topic: String,
+}
+
+impl Probe {
+    /// Connects and returns once all `filters` are subscribed.
+    pub async fn connect(port: u16, filters: &[String]) -> Result<Self, DemoError> {
+        let id = format!("probe-{}", uuid::Uuid::new_v4().simple());
+        let sync_topic = format!("probe-sync/{id}");
+        let mut subscriptions = filters.to_vec();
+        // Subscribed last: when a message on it comes back, the broker has taken all the others.
+        subscriptions.push(sync_topic.clone());
+        let config = crate::config::MqttConfig {
+            port,
+            ..Default::default()
+        };
+        let connection = mqtt::connect(
+            &config,
+            &id,
+            Session {
+                subscriptions,
+                birth: None,
+                will: None,
+            },
+        );
+        let mut probe = Self {
+            client: connection.client,
+            inbound: connection.inbound,
+            sync_topic,
+        };
+        probe.sync().await?;
+        Ok(probe)
+    }
+
+    async fn sync(&mut self) -> Result<(), DemoError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let topic = self.sync_topic.clone();
+        while Instant::now() < deadline {
+            self.publish(&topic, b"sync".to_vec()).await?;
+            if self.next(|m| m.topic == topic, Duration::from_millis(500)).await.is_some() {
+                return Ok(());
+            }
+        }
+        Err(DemoError::Timeout("the probe's MQTT subscriptions".into()))
+    }
+
+    pub async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), DemoError> {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .map_err(|e| DemoError::Mqtt(e.to_string()))
+    }
+
+    /// The next message that satisfies `wanted`, skipping others, or None after `timeout`.
+    pub async fn next(&mut self, wanted: impl Fn(&Inbound) -> bool, timeout: Duration) -> Option<Inbound> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.inbound.recv()).await {
+                Ok(Some(msg)) if wanted(&msg) => return Some(msg),
+                Ok(Some(_)) => continue,
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// A service config for cameras on `server` and the broker on `broker_port`.
+pub fn site_config(broker_port: u16, server: &RtspCameraServer, cameras: &[&str]) -> Config {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut config = Config::offline_default();
+    config.site = "demo".into();
+    config.mqtt.port = broker_port;
+    config.detector.model = root.join(&config.detector.model);
+    config.detector.onnxruntime = root.join(&config.detector.onnxruntime);
+    config.cameras = cameras
+        .iter()
+        .map(|id| CameraConfig {
+            id: (*id).to_owned(),
+            url: server.url(id),
+            transport: RtspTransport::Tcp,
+        })
+        .collect();
+    config
+}
+
+/// The README's first command: a camera, a broker, the service, one alarm, and its verdict.
+pub async fn run_demo() -> Result<String, DemoError> {
+    let broker = Broker::start()?;
+    let vtest = footage("vtest.mp4");
+    let cameras = RtspCameraServer::start(&[("entrance", vtest.as_path())])?;
+    let config = site_config(broker.port(), &cameras, &["entrance"]);
+    let topics = Topics::new(&config.mqtt.topic_prefix);
+    let mut probe = Probe::connect(
+        broker.port(),
+        &[topics.verdict("+"), topics.camera_state("+"), topics.errors()],
+    )
+    .await?;
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let pre_s = config.clip.pre_s;
+    let service = tokio::spawn(crate::service::run(config, async {
+        let _ = stop_rx.await;
+    }));
+
+    println!("demo: camera 'entrance' serves {} at {}", vtest.display(), cameras.url("entrance"));
+    println!("demo: mosquitto on 127.0.0.1:{}; waiting for the camera to come online", broker.port());
+    let state_topic = topics.camera_state("entrance");
+    let online = probe
+        .next(|m| m.topic == state_topic && String::from_utf8_lossy(&m.payload).contains("\"online\""), Duration::from_secs(30))
+        .await;
+    if online.is_none() {
+        return Err(service_failure(service, stop_tx, "the camera to come online").await);
+    }
+    // Let the ring buffer fill the pre-alarm window.
+    tokio::time::sleep(Duration::from_secs_f64(pre_s + 1.0)).await;
+    let alarm = serde_json::json!({"alarm_id": format!("demo-{}", uuid::Uuid::new_v4().simple()), "source": "demo"});
+    println!("demo: raising alarm {alarm} on {}", topics.alarm("entrance"));
+    probe.publish(&topics.alarm("entrance"), alarm.to_string().into_bytes()).await?;
+    let verdict_topic = topics.verdict("entrance");
+    let Some(verdict) = probe.next(|m| m.topic == verdict_topic, Duration::from_secs(30)).await else {
+        return Err(service_failure(service, stop_tx, "the verdict").await);
+    };
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(20), service).await;
+    let doc: VerdictDocument = serde_json::from_slice(&verdict.payload)
+        .map_err(|e| DemoError::Mqtt(format!("verdict does not follow {}: {e}", crate::verdict::SCHEMA)))?;
+    Ok(serde_json::to_string_pretty(&doc).unwrap_or_default())
+}
+
+/// Stops the service and explains what was being waited for, with the service's own error if it failed.
+async fn service_failure(
+    service: tokio::task::JoinHandle<Result<(), crate::service::ServiceError>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    waiting_for: &str,
+) -> DemoError {
+    if service.is_finished()
+        && let Ok(Err(e)) = service.await
+    {
+        return DemoError::Setup(format!("the service stopped: {e}"));
+    }
+    let _ = stop.send(());
+    DemoError::Timeout(waiting_for.into())
+}

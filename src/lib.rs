@@ -1,0 +1,20 @@
+//! alarm-verifier: video alarm verification for monitoring centres.
+//!
+//! Modules follow the data flow in DESIGN.md, from ingest to publish:
+//! `config` → `camera` (encoded ring buffers) → `alarm` (intake) → `clip` (decode on demand)
+//! → `detect` (ONNX) → `policy` → `verdict` + `evidence` → `publish` (over `mqtt`).
+//! `verify` runs one alarm through clip → detect → policy → verdict; `service` wires it all up.
+
+pub mod alarm;
+pub mod camera;
+pub mod clip;
+pub mod config;
+pub mod demo;
+pub mod detect;
+pub mod evidence;
+pub mod mqtt;
+pub mod policy;
+pub mod publish;
+pub mod service;
+pub mod verdict;
+pub mod verify;

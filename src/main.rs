@@ -1,0 +1,146 @@
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use chrono::{TimeDelta, Utc};
+use clap::{Parser, Subcommand};
+
+use alarm_verifier::alarm::Alarm;
+use alarm_verifier::clip;
+use alarm_verifier::config::Config;
+use alarm_verifier::demo;
+use alarm_verifier::detect::Detector;
+use alarm_verifier::service;
+use alarm_verifier::verify::Verifier;
+
+/// Video alarm verification: takes the clip around an alarm, runs a person/vehicle detector and
+/// tells the monitoring centre whether the alarm is real.
+#[derive(Parser)]
+#[command(name = "alarm-verifier", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: ingest cameras, verify alarms from MQTT, publish verdicts.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check a config file and report the first problem, naming the key.
+    CheckConfig { file: PathBuf },
+    /// Verify a recorded clip offline and print the verdict document as JSON.
+    VerifyClip {
+        file: PathBuf,
+        /// Second of the file at which the alarm fired.
+        #[arg(long)]
+        alarm_at: f64,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Write the annotated evidence JPEG here.
+        #[arg(long)]
+        evidence: Option<PathBuf>,
+    },
+    /// A self-contained demo: a local RTSP camera with real footage, a broker, the service, one alarm.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match execute(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(command: Command) -> Result<()> {
+    match command {
+        Command::Run { config } => {
+            let config = Config::load(&config)?;
+            runtime()?.block_on(service::run(config, shutdown_signal()))?;
+            Ok(())
+        }
+        Command::CheckConfig { file } => {
+            let config = Config::load(&file)?;
+            println!("{}: ok ({} cameras)", file.display(), config.cameras.len());
+            Ok(())
+        }
+        Command::VerifyClip {
+            file,
+            alarm_at,
+            config,
+            evidence,
+        } => verify_clip(&file, alarm_at, config.as_deref(), evidence.as_deref()),
+        Command::Demo => {
+            let verdict = runtime()?.block_on(demo::run_demo())?;
+            println!("demo: verdict received over MQTT:\n{verdict}");
+            Ok(())
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn verify_clip(file: &Path, alarm_at: f64, config: Option<&Path>, evidence: Option<&Path>) -> Result<()> {
+    anyhow::ensure!(alarm_at.is_finite() && alarm_at >= 0.0, "--alarm-at: expected seconds from the start of the file, 0 or more");
+    let config = match config {
+        Some(path) => Config::load(path)?,
+        None => Config::offline_default(),
+    };
+    gstreamer::init().context("GStreamer cannot start")?;
+    let detector = Arc::new(Detector::load(&config.detector)?);
+    let verifier = Verifier::new(detector, &config);
+    let now = Utc::now();
+    let alarm = Alarm {
+        alarm_id: format!("clip-{}", uuid::Uuid::new_v4().simple()),
+        camera: file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "clip".into()),
+        time: now,
+        source: Some(file.display().to_string()),
+        received: now,
+        received_at: tokio::time::Instant::now(),
+    };
+    // The alarm is "now"; the file's first frame is alarm_at seconds before it.
+    let base = now - TimeDelta::milliseconds((alarm_at * 1000.0) as i64);
+    let window = verifier.window(&alarm);
+    let mut finding = verifier.analyze(&alarm, |on_frame| clip::decode_file(file, base, window, on_frame));
+    finding.doc.latency_ms = alarm.received_at.elapsed().as_millis() as u64;
+    if let (Some(path), Some(jpeg)) = (evidence, &finding.evidence) {
+        std::fs::write(path, jpeg).with_context(|| format!("{}: cannot write the evidence image", path.display()))?;
+    }
+    println!("{}", serde_json::to_string_pretty(&finding.doc)?);
+    Ok(())
+}

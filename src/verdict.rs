@@ -1,0 +1,112 @@
+//! The verdict document sent to the monitoring centre (schema `alarm-verifier/verdict/v1`).
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::alarm::Alarm;
+use crate::detect::Detection;
+use crate::policy::{Decision, FrameDetections, Outcome};
+
+pub const SCHEMA: &str = "alarm-verifier/verdict/v1";
+/// Causes listed in one verdict at most; the reason line already summarises them.
+const MAX_REPORTED: usize = 50;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerdictKind {
+    Verified,
+    FalseAlarm,
+    Unverifiable,
+}
+
+impl From<Outcome> for VerdictKind {
+    fn from(o: Outcome) -> Self {
+        match o {
+            Outcome::Verified => Self::Verified,
+            Outcome::FalseAlarm => Self::FalseAlarm,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportedDetection {
+    pub label: String,
+    pub score: f32,
+    /// x, y, w, h as fractions of the frame.
+    #[serde(rename = "box")]
+    pub bbox: [f32; 4],
+    pub frame_time: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerdictDocument {
+    pub schema: String,
+    pub alarm_id: String,
+    pub camera: String,
+    pub site: String,
+    pub alarm_time: String,
+    pub verdict: VerdictKind,
+    pub reason: String,
+    pub detections: Vec<ReportedDetection>,
+    pub frames_analyzed: usize,
+    pub model: String,
+    pub latency_ms: u64,
+    pub evidence_topic: Option<String>,
+}
+
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl VerdictDocument {
+    /// A verdict the policy reached on analysed frames of `width` x `height`.
+    pub fn decided(alarm: &Alarm, site: &str, model: &str, decision: &Decision, frames: &[FrameDetections], size: (u32, u32)) -> Self {
+        let detections = decision
+            .causes
+            .iter()
+            .take(MAX_REPORTED)
+            .filter_map(|(i, d)| frames.get(*i).map(|f| report(d, f.time, size)))
+            .collect();
+        Self {
+            verdict: decision.outcome.into(),
+            reason: decision.reason.clone(),
+            detections,
+            frames_analyzed: frames.len(),
+            ..Self::unverifiable(alarm, site, model, "")
+        }
+    }
+
+    /// A verdict for an alarm that could not be checked, with why.
+    pub fn unverifiable(alarm: &Alarm, site: &str, model: &str, reason: &str) -> Self {
+        Self {
+            schema: SCHEMA.into(),
+            alarm_id: alarm.alarm_id.clone(),
+            camera: alarm.camera.clone(),
+            site: site.into(),
+            alarm_time: rfc3339(alarm.time),
+            verdict: VerdictKind::Unverifiable,
+            reason: reason.into(),
+            detections: Vec::new(),
+            frames_analyzed: 0,
+            model: model.into(),
+            latency_ms: 0,
+            evidence_topic: None,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serialising plain strings and numbers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+fn report(d: &Detection, time: DateTime<Utc>, (w, h): (u32, u32)) -> ReportedDetection {
+    let (w, h) = (w.max(1) as f32, h.max(1) as f32);
+    let round = |v: f32| (v * 10_000.0).round() / 10_000.0;
+    ReportedDetection {
+        label: d.label.clone(),
+        score: round(d.score),
+        bbox: [round(d.bbox.x / w), round(d.bbox.y / h), round(d.bbox.w / w), round(d.bbox.h / h)],
+        frame_time: rfc3339(time),
+    }
+}
