@@ -34,7 +34,7 @@ install_system_packages() {
   if [ ${#missing[@]} -eq 0 ]; then log "system packages: present"; return; fi
   log "system packages: installing ${missing[*]}"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   # mosquitto's Debian package starts a system broker on 1883; tests start their own on free ports.
 }
 
@@ -42,6 +42,9 @@ install_onnxruntime() {
   local lib="$ORT_DIR/libonnxruntime.so.$ORT_VERSION"
   if [ -f "$lib" ]; then log "onnxruntime $ORT_VERSION: present"; return; fi
   log "onnxruntime $ORT_VERSION: fetching the PyPI wheel"
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+  fi
   local tmp; tmp="$(mktemp -d)"
   python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
     --platform manylinux_2_27_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
@@ -61,6 +64,7 @@ install_model() {
   if [ -f "$SHARED/models/yolox_nano.onnx" ]; then
     log "model: copying from $SHARED/models"
     cp "$SHARED/models/yolox_nano.onnx" "$dest.part"
+    chmod 644 "$dest.part"
   else
     log "model: downloading $MODEL_URL"
     curl -fsSL "$MODEL_URL" -o "$dest.part"

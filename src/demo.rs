@@ -127,11 +127,16 @@ pub struct RtspCameraServer {
 impl RtspCameraServer {
     /// Serves each `(name, file)` at `rtsp://127.0.0.1:{port}/{name}`; files are MP4 with H.264.
     pub fn start(mounts: &[(&str, &Path)]) -> Result<Self, DemoError> {
+        Self::start_on(mounts, 0)
+    }
+
+    /// As [`start`](Self::start), on a given loopback port (0: any free one).
+    pub fn start_on(mounts: &[(&str, &Path)], port: u16) -> Result<Self, DemoError> {
         gst::init().map_err(|e| DemoError::Rtsp(e.to_string()))?;
         let context = glib::MainContext::new();
         let server = rtsp::RTSPServer::new();
         server.set_address("127.0.0.1");
-        server.set_service("0");
+        server.set_service(&port.to_string());
         let mount_points = server.mount_points().ok_or_else(|| DemoError::Rtsp("no mount points".into()))?;
         for (name, file) in mounts {
             if !file.is_file() {
@@ -189,6 +194,8 @@ impl Drop for RtspCameraServer {
 pub struct Probe {
     client: rumqttc::AsyncClient,
     inbound: tokio::sync::mpsc::Receiver<Inbound>,
+    /// Messages received but not asked for yet, oldest first.
+    backlog: std::collections::VecDeque<Inbound>,
     sync_topic: String,
 }
 
@@ -216,6 +223,7 @@ impl Probe {
         let mut probe = Self {
             client: connection.client,
             inbound: connection.inbound,
+            backlog: Default::default(),
             sync_topic,
         };
         probe.sync().await?;
@@ -241,13 +249,17 @@ impl Probe {
             .map_err(|e| DemoError::Mqtt(e.to_string()))
     }
 
-    /// The next message that satisfies `wanted`, skipping others, or None after `timeout`.
+    /// The oldest message that satisfies `wanted`, or None after `timeout`.
+    /// Other messages stay in the backlog for later calls.
     pub async fn next(&mut self, wanted: impl Fn(&Inbound) -> bool, timeout: Duration) -> Option<Inbound> {
+        if let Some(i) = self.backlog.iter().position(&wanted) {
+            return self.backlog.remove(i);
+        }
         let deadline = Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, self.inbound.recv()).await {
                 Ok(Some(msg)) if wanted(&msg) => return Some(msg),
-                Ok(Some(_)) => continue,
+                Ok(Some(msg)) => self.backlog.push_back(msg),
                 _ => return None,
             }
         }

@@ -46,6 +46,14 @@ enum Command {
     },
     /// A self-contained demo: a local RTSP camera with real footage, a broker, the service, one alarm.
     Demo,
+    /// Serve MP4 (H.264) files as RTSP cameras on 127.0.0.1, to try a config without a real camera.
+    ServeRtsp {
+        /// Cameras as NAME=FILE; each is served at rtsp://127.0.0.1:PORT/NAME.
+        #[arg(required = true)]
+        mounts: Vec<String>,
+        #[arg(long, default_value_t = 8554)]
+        port: u16,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,6 +91,7 @@ fn execute(command: Command) -> Result<()> {
             config,
             evidence,
         } => verify_clip(&file, alarm_at, config.as_deref(), evidence.as_deref()),
+        Command::ServeRtsp { mounts, port } => serve_rtsp(&mounts, port),
         Command::Demo => {
             let verdict = runtime()?.block_on(demo::run_demo())?;
             println!("demo: verdict received over MQTT:\n{verdict}");
@@ -136,11 +145,31 @@ fn verify_clip(file: &Path, alarm_at: f64, config: Option<&Path>, evidence: Opti
     // The alarm is "now"; the file's first frame is alarm_at seconds before it.
     let base = now - TimeDelta::milliseconds((alarm_at * 1000.0) as i64);
     let window = verifier.window(&alarm);
-    let mut finding = verifier.analyze(&alarm, |on_frame| clip::decode_file(file, base, window, on_frame));
+    let mut finding = verifier
+        .analyze(&alarm, |on_frame| clip::decode_file(file, base, window, on_frame))
+        .with_context(|| format!("{}: alarm at {alarm_at} s", file.display()))?;
     finding.doc.latency_ms = alarm.received_at.elapsed().as_millis() as u64;
     if let (Some(path), Some(jpeg)) = (evidence, &finding.evidence) {
         std::fs::write(path, jpeg).with_context(|| format!("{}: cannot write the evidence image", path.display()))?;
     }
     println!("{}", serde_json::to_string_pretty(&finding.doc)?);
+    Ok(())
+}
+
+fn serve_rtsp(mounts: &[String], port: u16) -> Result<()> {
+    let pairs = mounts
+        .iter()
+        .map(|m| {
+            m.split_once('=')
+                .map(|(name, file)| (name, PathBuf::from(file)))
+                .with_context(|| format!("mount {m:?}: expected NAME=FILE"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let refs: Vec<(&str, &Path)> = pairs.iter().map(|(n, f)| (*n, f.as_path())).collect();
+    let server = demo::RtspCameraServer::start_on(&refs, port)?;
+    for (name, file) in &refs {
+        println!("{} -> {}", server.url(name), file.display());
+    }
+    runtime()?.block_on(shutdown_signal());
     Ok(())
 }

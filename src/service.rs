@@ -176,7 +176,8 @@ async fn verify_alarm(shared: &Arc<Shared>, alarm: &Alarm, deadline: Instant) ->
             .analyze(&task_alarm, |on_frame| clip::decode_slice(&slice, window, on_frame))
     });
     match analysis.await {
-        Ok(finding) => finding,
+        Ok(Ok(finding)) => finding,
+        Ok(Err(e)) => shared.verifier.unverifiable(alarm, &e.to_string()),
         Err(e) => shared.verifier.unverifiable(alarm, &format!("analysis failed: {e}")),
     }
 }

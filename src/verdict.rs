@@ -8,8 +8,6 @@ use crate::detect::Detection;
 use crate::policy::{Decision, FrameDetections, Outcome};
 
 pub const SCHEMA: &str = "alarm-verifier/verdict/v1";
-/// Causes listed in one verdict at most; the reason line already summarises them.
-const MAX_REPORTED: usize = 50;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -59,12 +57,22 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 }
 
 impl VerdictDocument {
-    /// A verdict the policy reached on analysed frames of `width` x `height`.
-    pub fn decided(alarm: &Alarm, site: &str, model: &str, decision: &Decision, frames: &[FrameDetections], size: (u32, u32)) -> Self {
+    /// A verdict the policy reached on analysed frames of `width` x `height`. The detections listed
+    /// are the causes in `evidence_frame`, so the document and the evidence image agree; the reason
+    /// line summarises the whole clip.
+    pub fn decided(
+        alarm: &Alarm,
+        site: &str,
+        model: &str,
+        decision: &Decision,
+        frames: &[FrameDetections],
+        evidence_frame: Option<usize>,
+        size: (u32, u32),
+    ) -> Self {
         let detections = decision
             .causes
             .iter()
-            .take(MAX_REPORTED)
+            .filter(|(i, _)| Some(*i) == evidence_frame)
             .filter_map(|(i, d)| frames.get(*i).map(|f| report(d, f.time, size)))
             .collect();
         Self {

@@ -16,6 +16,15 @@ use crate::evidence;
 use crate::policy::{FrameDetections, Policy};
 use crate::verdict::VerdictDocument;
 
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    // Not #[from]: a source would make error chains print the clip error twice.
+    #[error("cannot analyse the clip: {0}")]
+    Clip(ClipError),
+    #[error("no video frames in the alarm window")]
+    NoFrames,
+}
+
 /// A verdict with its evidence JPEG, when there is a frame to show.
 pub struct Finding {
     pub doc: VerdictDocument,
@@ -33,6 +42,7 @@ pub struct Verifier {
 /// The frame shown as evidence, kept while the clip is being analysed.
 struct Best {
     rank: (bool, f32),
+    index: usize,
     image: RgbImage,
     detections: Vec<Detection>,
 }
@@ -75,7 +85,7 @@ impl Verifier {
         &self,
         alarm: &Alarm,
         decode: impl FnOnce(&mut dyn FnMut(Frame) -> Result<(), String>) -> Result<usize, ClipError>,
-    ) -> Finding {
+    ) -> Result<Finding, VerifyError> {
         let mut frames: Vec<FrameDetections> = Vec::new();
         let mut best: Option<Best> = None;
         let mut size = (0, 0);
@@ -86,6 +96,7 @@ impl Verifier {
             if best.as_ref().is_none_or(|b| rank > b.rank) {
                 best = Some(Best {
                     rank,
+                    index: frames.len(),
                     image: frame.image,
                     detections: detections.clone(),
                 });
@@ -96,18 +107,17 @@ impl Verifier {
             });
             Ok(())
         });
-        match decoded {
-            Err(e) => return self.unverifiable(alarm, &format!("cannot analyse the clip: {e}")),
-            Ok(0) => return self.unverifiable(alarm, "no video frames in the alarm window"),
-            Ok(_) => {}
+        if decoded.map_err(VerifyError::Clip)? == 0 {
+            return Err(VerifyError::NoFrames);
         }
         let decision = self.policy.decide(&frames);
-        let doc = VerdictDocument::decided(alarm, &self.site, self.model_name(), &decision, &frames, size);
+        let evidence_frame = best.as_ref().map(|b| b.index);
+        let doc = VerdictDocument::decided(alarm, &self.site, self.model_name(), &decision, &frames, evidence_frame, size);
         let evidence = best.and_then(|b| {
             evidence::render(&b.image, &b.detections, |d| self.policy.is_cause(d), &self.evidence)
                 .map_err(|e| tracing::warn!(alarm_id = %alarm.alarm_id, error = %e, "no evidence image"))
                 .ok()
         });
-        Finding { doc, evidence }
+        Ok(Finding { doc, evidence })
     }
 }

@@ -1,0 +1,89 @@
+//! The command line: verify-clip on real footage with the real model, and check-config.
+
+mod common;
+
+use std::process::Command;
+
+use alarm_verifier::demo::footage;
+use alarm_verifier::verdict::{VerdictDocument, VerdictKind};
+use common::root;
+
+fn verify_clip(file: &std::path::Path, alarm_at: &str, evidence: Option<&std::path::Path>) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_alarm-verifier"));
+    cmd.current_dir(root()).arg("verify-clip").arg(file).arg("--alarm-at").arg(alarm_at);
+    if let Some(e) = evidence {
+        cmd.arg("--evidence").arg(e);
+    }
+    cmd.output().expect("run verify-clip")
+}
+
+fn verdict_of(out: &std::process::Output) -> VerdictDocument {
+    assert!(out.status.success(), "exit {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not a verdict ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn verify_clip_with_people_is_verified_and_writes_evidence() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let evidence = dir.path().join("evidence.jpg");
+    let out = verify_clip(&footage("vtest.mp4"), "10", Some(&evidence));
+    let doc = verdict_of(&out);
+    assert_eq!(doc.verdict, VerdictKind::Verified, "{doc:?}");
+    assert!(doc.reason.starts_with("person in"), "{}", doc.reason);
+    assert!(doc.frames_analyzed >= 15, "{}", doc.frames_analyzed);
+    let image = image::open(&evidence).expect("evidence JPEG decodes");
+    assert_eq!((image.width(), image.height()), (768, 576));
+}
+
+#[test]
+fn verify_clip_of_a_tree_in_wind_is_a_false_alarm() {
+    let doc = verdict_of(&verify_clip(&footage("tree.mp4"), "10", None));
+    assert_eq!(doc.verdict, VerdictKind::FalseAlarm, "{doc:?}");
+    assert!(doc.detections.is_empty());
+    assert!(doc.frames_analyzed > 5, "{}", doc.frames_analyzed);
+}
+
+#[test]
+fn verify_clip_on_a_missing_or_broken_file_fails_naming_it() {
+    let out = verify_clip(std::path::Path::new("/nonexistent/clip.mp4"), "1", None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/clip.mp4") && err.contains("no such file"), "{err}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let junk = dir.path().join("junk.mp4");
+    std::fs::write(&junk, b"this is not a video").expect("write");
+    let out = verify_clip(&junk, "1", None);
+    assert!(!out.status.success(), "a broken file must fail, got: {}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("junk.mp4"), "{err}");
+
+    // An alarm time past the end of the clip: no frames to judge, an error rather than a verdict.
+    let out = verify_clip(&footage("tree.mp4"), "500", None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tree.mp4") && err.contains("no video frames"), "{err}");
+}
+
+#[test]
+fn check_config_accepts_the_example_and_names_bad_keys() {
+    let run = |path: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_alarm-verifier"))
+            .arg("check-config")
+            .arg(path)
+            .output()
+            .expect("run check-config")
+    };
+    let example = root().join("config/example.toml");
+    let out = run(&example);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(&example).expect("example").replace("port = 1883", "port = \"1883\"");
+    std::fs::write(&bad, text).expect("write");
+    let out = run(&bad);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml") && err.contains("port"), "{err}");
+}
