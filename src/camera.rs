@@ -18,10 +18,8 @@ use tokio::sync::mpsc;
 
 use crate::config::{CameraConfig, RtspTransport, redact_url};
 
-/// How long a camera may go without delivering data before its pipeline is restarted.
-const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 const RETRY_FIRST: Duration = Duration::from_secs(1);
-const RETRY_MAX: Duration = Duration::from_secs(30);
+const RETRY_MAX: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CameraError {
@@ -304,13 +302,18 @@ impl Ingest {
                     self.set_offline(&reason);
                 }
             }
-            if started.elapsed() > STALL_TIMEOUT * 3 {
+            if started.elapsed() > self.stall_timeout() * 3 {
                 backoff = RETRY_FIRST; // it had been up for a while: retry quickly
             }
             self.sleep(backoff);
             backoff = (backoff * 2).min(RETRY_MAX);
         }
         self.set_offline("stopped");
+    }
+
+    /// How long the camera may go without delivering video before its pipeline is restarted.
+    fn stall_timeout(&self) -> Duration {
+        Duration::try_from_secs_f64(self.config.stall_timeout_s).unwrap_or(Duration::from_secs(10))
     }
 
     fn stopping(&self) -> bool {
@@ -404,8 +407,8 @@ impl Ingest {
             let progress = marker.0.wrapping_add(marker.1.map_or(0, |t| t.timestamp_subsec_nanos() as usize));
             if progress != last_seen.0 {
                 last_seen = (progress, std::time::Instant::now());
-            } else if last_seen.1.elapsed() > STALL_TIMEOUT {
-                return SessionEnd::Failed(format!("no video for {} s", STALL_TIMEOUT.as_secs()));
+            } else if last_seen.1.elapsed() > self.stall_timeout() {
+                return SessionEnd::Failed(format!("no video for {} s", self.config.stall_timeout_s));
             }
         }
     }

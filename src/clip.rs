@@ -29,6 +29,9 @@ pub enum ClipError {
     Consumer(String),
 }
 
+/// A decoder that produces nothing for this long is given up, so no thread waits forever.
+const MAX_DECODE_TIME: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The part of a clip to analyse and how densely.
 #[derive(Debug, Clone, Copy)]
 pub struct Window {
@@ -157,7 +160,11 @@ fn pull_frames(
     pipeline.set_state(gst::State::Playing).map_err(|e| ClipError::Gst(e.to_string()))?;
     let mut picker = FramePicker::new(window);
     let mut delivered = 0usize;
+    let started = std::time::Instant::now();
     loop {
+        if started.elapsed() > MAX_DECODE_TIME {
+            return Err(ClipError::Decode(format!("decoding took over {} s", MAX_DECODE_TIME.as_secs())));
+        }
         if let Some(err) = pending_error(pipeline) {
             return Err(ClipError::Decode(err));
         }

@@ -43,6 +43,8 @@ pub struct Config {
     pub verdict: VerdictConfig,
     #[serde(default)]
     pub evidence: EvidenceConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
     #[serde(default, rename = "camera")]
     pub cameras: Vec<CameraConfig>,
 }
@@ -56,6 +58,50 @@ pub struct MqttConfig {
     /// MQTT client id; empty means `alarm-verifier-{site}`.
     pub client_id: String,
     pub keep_alive_s: u64,
+    pub username: String,
+    /// The password itself; prefer `password_env` so it stays out of the file.
+    pub password: Secret,
+    /// Name of an environment variable holding the password.
+    pub password_env: String,
+    /// CA certificate (PEM) of the broker; setting it turns TLS on.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for brokers that authenticate clients by certificate.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+/// A password: deserialised like a string, never shown by `Debug`.
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+impl MqttConfig {
+    /// The password from `password_env` or `password`, if any.
+    pub fn resolve_password(&self) -> Result<Option<String>, ConfigError> {
+        if !self.password_env.is_empty() {
+            return std::env::var(&self.password_env).map(Some).map_err(|_| ConfigError::Invalid {
+                path: "environment".into(),
+                key: "mqtt.password_env".into(),
+                expected: format!("expected the environment variable {} to hold the MQTT password", self.password_env),
+            });
+        }
+        Ok((!self.password.is_empty()).then(|| self.password.expose().to_owned()))
+    }
 }
 
 impl Default for MqttConfig {
@@ -66,6 +112,12 @@ impl Default for MqttConfig {
             topic_prefix: "alarm-verifier".into(),
             client_id: String::new(),
             keep_alive_s: 10,
+            username: String::new(),
+            password: Secret::default(),
+            password_env: String::new(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
         }
     }
 }
@@ -183,6 +235,24 @@ impl Default for EvidenceConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The SQLite file holding the alarm log and the verdict outbox.
+    pub path: PathBuf,
+    /// Delivered verdicts and their alarms are deleted after this many days.
+    pub retention_days: f64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: "data/alarm-verifier.db".into(),
+            retention_days: 30.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CameraConfig {
     pub id: String,
@@ -190,6 +260,13 @@ pub struct CameraConfig {
     /// RTSP lower transport: `tcp` (default, survives lossy links) or `udp`.
     #[serde(default)]
     pub transport: RtspTransport,
+    /// Seconds without video after which the stream is restarted.
+    #[serde(default = "default_stall_timeout")]
+    pub stall_timeout_s: f64,
+}
+
+fn default_stall_timeout() -> f64 {
+    10.0
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -234,6 +311,7 @@ impl Config {
             policy: PolicyConfig::default(),
             verdict: VerdictConfig::default(),
             evidence: EvidenceConfig::default(),
+            store: StoreConfig::default(),
             cameras: Vec::new(),
         }
     }
@@ -303,6 +381,19 @@ impl Config {
         if !(1..=100).contains(&self.evidence.quality) {
             return Err(invalid("evidence.quality", format!("expected 1 to 100, got {}", self.evidence.quality)));
         }
+        check_positive(self.store.retention_days, false).map_err(|e| invalid("store.retention_days", e))?;
+        if self.mqtt.client_cert.is_some() != self.mqtt.client_key.is_some() {
+            return Err(invalid(
+                "mqtt.client_cert",
+                "expected mqtt.client_cert and mqtt.client_key together".into(),
+            ));
+        }
+        if self.mqtt.client_cert.is_some() && self.mqtt.ca_file.is_none() {
+            return Err(invalid("mqtt.ca_file", "expected a CA file: client certificates need TLS".into()));
+        }
+        if !self.mqtt.password.is_empty() && !self.mqtt.password_env.is_empty() {
+            return Err(invalid("mqtt.password", "expected either mqtt.password or mqtt.password_env, not both".into()));
+        }
         if self.evidence.max_size < 64 {
             return Err(invalid("evidence.max_size", format!("expected at least 64, got {}", self.evidence.max_size)));
         }
@@ -316,6 +407,7 @@ impl Config {
                 ));
             }
             check_rtsp_url(&camera.url).map_err(|e| invalid(&format!("camera[{i}].url"), e))?;
+            check_positive(camera.stall_timeout_s, false).map_err(|e| invalid(&format!("camera[{i}].stall_timeout_s"), e))?;
         }
         Ok(())
     }
@@ -430,6 +522,22 @@ url = "rtsp://user:pass@10.0.0.5:554/stream1"
         let text = format!("{MINIMAL}\n[[camera]]\nid = \"gate\"\nurl = \"rtsp://10.0.0.6/s\"\n");
         let err = Config::parse(&text, "site.toml").unwrap_err().to_string();
         assert!(err.contains("camera[1].id") && err.contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn mqtt_password_never_shows_in_debug() {
+        let text = MINIMAL.replace("port = 1883", "port = 1883\nusername = \"u\"\npassword = \"hunter2\"");
+        let c = Config::parse(&text, "site.toml").expect("valid");
+        assert_eq!(c.mqtt.resolve_password().expect("password").as_deref(), Some("hunter2"));
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn missing_password_env_names_the_variable() {
+        let text = MINIMAL.replace("port = 1883", "port = 1883\npassword_env = \"AV_TEST_UNSET_PASSWORD\"");
+        let c = Config::parse(&text, "site.toml").expect("valid");
+        let err = c.mqtt.resolve_password().unwrap_err().to_string();
+        assert!(err.contains("mqtt.password_env") && err.contains("AV_TEST_UNSET_PASSWORD"), "{err}");
     }
 
     #[test]

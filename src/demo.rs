@@ -15,7 +15,7 @@ use rumqttc::QoS;
 use tokio::time::Instant;
 
 use crate::config::{CameraConfig, Config, RtspTransport};
-use crate::mqtt::{self, Inbound, Session, Topics};
+use crate::mqtt::{self, Inbound, LinkEvent, Session, Topics};
 use crate::verdict::VerdictDocument;
 
 #[derive(Debug, thiserror::Error)]
@@ -193,7 +193,7 @@ impl Drop for RtspCameraServer {
 /// An MQTT client playing the monitoring centre: it raises alarms and collects what comes back.
 pub struct Probe {
     client: rumqttc::AsyncClient,
-    inbound: tokio::sync::mpsc::Receiver<Inbound>,
+    events: tokio::sync::mpsc::Receiver<LinkEvent>,
     /// Messages received but not asked for yet, oldest first.
     backlog: std::collections::VecDeque<Inbound>,
     sync_topic: String,
@@ -211,18 +211,19 @@ impl Probe {
             port,
             ..Default::default()
         };
+        let options = mqtt::options(&config, &id).map_err(|e| DemoError::Mqtt(e.to_string()))?;
+        // A monitoring centre resubscribes quickly after its broker comes back.
         let connection = mqtt::connect(
-            &config,
-            &id,
+            options,
             Session {
-                subscriptions,
-                birth: None,
-                will: None,
+                reconnect_first: Duration::from_millis(100),
+                reconnect_max: Duration::from_millis(250),
+                ..Session::new(subscriptions)
             },
         );
         let mut probe = Self {
             client: connection.client,
-            inbound: connection.inbound,
+            events: connection.events,
             backlog: Default::default(),
             sync_topic,
         };
@@ -257,9 +258,10 @@ impl Probe {
         }
         let deadline = Instant::now() + timeout;
         loop {
-            match tokio::time::timeout_at(deadline, self.inbound.recv()).await {
-                Ok(Some(msg)) if wanted(&msg) => return Some(msg),
-                Ok(Some(msg)) => self.backlog.push_back(msg),
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(LinkEvent::Message(msg))) if wanted(&msg) => return Some(msg),
+                Ok(Some(LinkEvent::Message(msg))) => self.backlog.push_back(msg),
+                Ok(Some(_)) => {}
                 _ => return None,
             }
         }
@@ -274,12 +276,14 @@ pub fn site_config(broker_port: u16, server: &RtspCameraServer, cameras: &[&str]
     config.mqtt.port = broker_port;
     config.detector.model = root.join(&config.detector.model);
     config.detector.onnxruntime = root.join(&config.detector.onnxruntime);
+    config.store.path = std::env::temp_dir().join(format!("alarm-verifier-demo-{}.db", uuid::Uuid::new_v4().simple()));
     config.cameras = cameras
         .iter()
         .map(|id| CameraConfig {
             id: (*id).to_owned(),
             url: server.url(id),
             transport: RtspTransport::Tcp,
+            stall_timeout_s: 10.0,
         })
         .collect();
     config

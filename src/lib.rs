@@ -2,7 +2,7 @@
 //!
 //! Modules follow the data flow in DESIGN.md, from ingest to publish:
 //! `config` → `camera` (encoded ring buffers) → `alarm` (intake) → `clip` (decode on demand)
-//! → `detect` (ONNX) → `policy` → `verdict` + `evidence` → `publish` (over `mqtt`).
+//! → `detect` (ONNX) → `policy` → `verdict` + `evidence` → `store` (outbox) → `publish` (over `mqtt`).
 //! `verify` runs one alarm through clip → detect → policy → verdict; `service` wires it all up.
 
 pub mod alarm;
@@ -16,5 +16,6 @@ pub mod mqtt;
 pub mod policy;
 pub mod publish;
 pub mod service;
+pub mod store;
 pub mod verdict;
 pub mod verify;

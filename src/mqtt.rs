@@ -1,20 +1,30 @@
-//! The MQTT connection: one client, its event loop, the topic names of the contract.
+//! MQTT connections: options (TLS, credentials), the event loop, the topic names of the contract.
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS, TlsConfiguration, Transport};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::config::MqttConfig;
+use crate::config::{ConfigError, MqttConfig};
 
-/// Incoming packets allowed; oversized alarm payloads are rejected by the alarm parser with a
+/// Incoming packets allowed. Alarm payloads over the alarm parser's own limit are rejected with a
 /// message on `errors`, which needs them to arrive rather than break the connection.
-const MAX_INCOMING_PACKET: usize = 1024 * 1024;
+const MAX_INCOMING_PACKET: usize = 8 * 1024 * 1024;
 /// Evidence JPEGs are the largest messages sent.
 const MAX_OUTGOING_PACKET: usize = 16 * 1024 * 1024;
-const RECONNECT_FIRST: Duration = Duration::from_millis(500);
-const RECONNECT_MAX: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{path}: cannot read (key {key}): {source}")]
+    File {
+        path: String,
+        key: &'static str,
+        source: std::io::Error,
+    },
+}
 
 /// Topic names of the contract in DESIGN.md, under the configured prefix.
 #[derive(Debug, Clone)]
@@ -58,9 +68,23 @@ impl Topics {
 pub struct Inbound {
     pub topic: String,
     pub payload: Vec<u8>,
+    /// The packet, for acknowledging it when the session uses manual acks.
+    pub packet: Publish,
 }
 
-/// What to do each time the connection (re)opens.
+/// What happens on a connection, in order.
+#[derive(Debug, Clone)]
+pub enum LinkEvent {
+    Connected,
+    Disconnected(String),
+    Message(Inbound),
+    /// A QoS 1 publish went out with this packet id.
+    Sent(u16),
+    /// The broker acknowledged the publish with this packet id.
+    Acked(u16),
+}
+
+/// How a connection behaves.
 #[derive(Debug, Clone)]
 pub struct Session {
     pub subscriptions: Vec<String>,
@@ -68,35 +92,83 @@ pub struct Session {
     pub birth: Option<(String, Vec<u8>)>,
     /// Retained message the broker publishes if the connection is lost (the `offline` status).
     pub will: Option<(String, Vec<u8>)>,
+    /// Keep the session (subscriptions, unacknowledged QoS 1 messages) at the broker across reconnects.
+    pub persistent: bool,
+    /// Incoming QoS 1 messages are acknowledged by the caller, once it has stored them.
+    pub manual_acks: bool,
+    pub reconnect_first: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl Session {
+    pub fn new(subscriptions: Vec<String>) -> Self {
+        Self {
+            subscriptions,
+            birth: None,
+            will: None,
+            persistent: false,
+            manual_acks: false,
+            reconnect_first: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(5),
+        }
+    }
 }
 
 pub struct Connection {
     pub client: AsyncClient,
-    pub inbound: mpsc::Receiver<Inbound>,
+    pub events: mpsc::Receiver<LinkEvent>,
     pub task: JoinHandle<()>,
 }
 
-/// Connects (and keeps reconnecting) to the broker in `config`.
-pub fn connect(config: &MqttConfig, client_id: &str, session: Session) -> Connection {
+/// Builds the client options from config: credentials and TLS files are read here, so a missing
+/// file is a start-up error naming its key.
+pub fn options(config: &MqttConfig, client_id: &str) -> Result<MqttOptions, MqttError> {
     let mut options = MqttOptions::new(client_id, config.host.clone(), config.port);
     options
         .set_keep_alive(Duration::from_secs(config.keep_alive_s.max(5)))
-        .set_clean_session(true)
         .set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET);
+    if let Some(password) = config.resolve_password()? {
+        options.set_credentials(config.username.clone(), password);
+    } else if !config.username.is_empty() {
+        options.set_credentials(config.username.clone(), String::new());
+    }
+    if let Some(ca_file) = &config.ca_file {
+        let read = |path: &std::path::Path, key: &'static str| {
+            std::fs::read(path).map_err(|source| MqttError::File {
+                path: path.display().to_string(),
+                key,
+                source,
+            })
+        };
+        let ca = read(ca_file, "mqtt.ca_file")?;
+        let client_auth = match (&config.client_cert, &config.client_key) {
+            (Some(cert), Some(key)) => Some((read(cert, "mqtt.client_cert")?, read(key, "mqtt.client_key")?)),
+            _ => None,
+        };
+        // rustls needs a process-wide crypto provider; installing it twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        options.set_transport(Transport::Tls(TlsConfiguration::Simple { ca, alpn: None, client_auth }));
+    }
+    Ok(options)
+}
+
+/// Connects, and keeps reconnecting, with `options`; everything that happens arrives on `events`.
+pub fn connect(mut options: MqttOptions, session: Session) -> Connection {
+    options.set_clean_session(!session.persistent).set_manual_acks(session.manual_acks);
     if let Some((topic, payload)) = &session.will {
         options.set_last_will(LastWill::new(topic, payload.clone(), QoS::AtLeastOnce, true));
     }
+    let endpoint = format!("{}:{}", options.broker_address().0, options.broker_address().1);
     let (client, mut eventloop) = AsyncClient::new(options, 256);
-    let (tx, inbound) = mpsc::channel(1024);
+    let (tx, events) = mpsc::channel(1024);
     let task_client = client.clone();
-    let endpoint = format!("{}:{}", config.host, config.port);
     let task = tokio::spawn(async move {
-        let mut backoff = RECONNECT_FIRST;
+        let mut backoff = session.reconnect_first;
         loop {
-            match eventloop.poll().await {
+            let event = match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     tracing::info!(broker = %endpoint, "connected to MQTT broker");
-                    backoff = RECONNECT_FIRST;
+                    backoff = session.reconnect_first;
                     // try_* never waits on this very event loop, which would deadlock.
                     for filter in &session.subscriptions {
                         let _ = task_client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
@@ -104,27 +176,31 @@ pub fn connect(config: &MqttConfig, client_id: &str, session: Session) -> Connec
                     if let Some((topic, payload)) = &session.birth {
                         let _ = task_client.try_publish(topic.clone(), QoS::AtLeastOnce, true, payload.clone());
                     }
+                    LinkEvent::Connected
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let msg = Inbound {
-                        topic: p.topic.clone(),
-                        payload: p.payload.to_vec(),
-                    };
-                    if tx.send(msg).await.is_err() {
-                        break; // nobody listens any more: the service is stopping
-                    }
-                }
-                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
-                Ok(_) => {}
+                Ok(Event::Incoming(Packet::Publish(p))) => LinkEvent::Message(Inbound {
+                    topic: p.topic.clone(),
+                    payload: p.payload.to_vec(),
+                    packet: p,
+                }),
+                Ok(Event::Incoming(Packet::PubAck(ack))) => LinkEvent::Acked(ack.pkid),
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => LinkEvent::Sent(pkid),
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+                Ok(_) => continue,
                 Err(e) => {
                     tracing::warn!(broker = %endpoint, error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost");
+                    let _ = tx.send(LinkEvent::Disconnected(e.to_string())).await;
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(RECONNECT_MAX);
+                    backoff = (backoff * 2).min(session.reconnect_max);
+                    continue;
                 }
+            };
+            if tx.send(event).await.is_err() {
+                break; // nobody listens any more: the owner is stopping
             }
         }
     });
-    Connection { client, inbound, task }
+    Connection { client, events, task }
 }
 
 #[cfg(test)]
@@ -138,5 +214,15 @@ mod tests {
         assert_eq!(t.camera_of_alarm("av/site1/alarms/gate/x"), None);
         assert_eq!(t.camera_of_alarm("other/alarms/gate"), None);
         assert_eq!(t.alarms_filter(), "av/site1/alarms/+");
+    }
+
+    #[test]
+    fn missing_ca_file_names_the_key() {
+        let config = MqttConfig {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..Default::default()
+        };
+        let err = options(&config, "x").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("/nonexistent/ca.pem") && err.contains("mqtt.ca_file"), "{err}");
     }
 }

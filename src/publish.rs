@@ -1,12 +1,28 @@
-//! Outbound messages to the monitoring centre: verdicts, evidence, camera state, errors, status.
+//! Outbound messages to the monitoring centre.
+//!
+//! Verdicts and evidence go through the durable [`Outbox`]: stored first, published on a connection
+//! of their own one message at a time, and marked delivered only on the broker's PUBACK. Camera
+//! state, errors and status go out directly on the main connection ([`Publisher`]); state and
+//! status are retained and republished after every reconnect.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use rumqttc::{AsyncClient, QoS};
 use serde::Serialize;
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::camera::CameraHealth;
-use crate::mqtt::Topics;
+use crate::mqtt::{Connection, LinkEvent, Topics};
+use crate::store::{OutboxItem, Store, StoreError};
 use crate::verdict::{VerdictDocument, rfc3339};
+
+/// How long the broker has to acknowledge one publish before it is sent again.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the outbox looks for work when nothing wakes it.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+const MAX_ECHOED_PAYLOAD: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot queue MQTT publish to {topic}: {reason}")]
@@ -25,8 +41,7 @@ pub struct ErrorReport<'a> {
     pub payload: String,
 }
 
-const MAX_ECHOED_PAYLOAD: usize = 4096;
-
+/// Direct, best-effort publishing on the main connection.
 #[derive(Clone)]
 pub struct Publisher {
     client: AsyncClient,
@@ -49,14 +64,6 @@ impl Publisher {
             .map_err(|e| PublishError { topic, reason: e.to_string() })
     }
 
-    /// Evidence goes first so that it is there when a consumer follows `evidence_topic`.
-    pub async fn verdict(&self, doc: &VerdictDocument, evidence: Option<Vec<u8>>) -> Result<(), PublishError> {
-        if let Some(jpeg) = evidence {
-            self.send(self.topics.evidence(&doc.alarm_id), false, jpeg).await?;
-        }
-        self.send(self.topics.verdict(&doc.camera), false, doc.to_json().into_bytes()).await
-    }
-
     pub async fn camera_state(&self, health: &CameraHealth) -> Result<(), PublishError> {
         let body = serde_json::to_vec(health).unwrap_or_default();
         self.send(self.topics.camera_state(&health.camera), true, body).await
@@ -77,5 +84,148 @@ impl Publisher {
     pub async fn status(&self, online: bool) -> Result<(), PublishError> {
         let body = if online { "online" } else { "offline" };
         self.send(self.topics.status(), true, body.into()).await
+    }
+
+    /// Publishes a verdict without the outbox: only for when the store itself has failed, so that
+    /// the alarm is still answered.
+    pub async fn verdict_unstored(&self, doc: &VerdictDocument, evidence: Option<Vec<u8>>) -> Result<(), PublishError> {
+        if let Some(jpeg) = evidence {
+            self.send(self.topics.evidence(&doc.alarm_id), false, jpeg).await?;
+        }
+        self.send(self.topics.verdict(&doc.camera), false, doc.to_json().into_bytes()).await
+    }
+}
+
+/// The durable outbox: verdicts are stored here and delivered by [`Outbox::deliver`].
+#[derive(Clone)]
+pub struct Outbox {
+    store: Arc<Store>,
+    wake: Arc<Notify>,
+}
+
+/// Why a delivery attempt stopped short.
+enum Interrupted {
+    Disconnected,
+    NoAck,
+    Closed,
+}
+
+impl Outbox {
+    pub fn new(store: Arc<Store>) -> Self {
+        Self {
+            store,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Stores a verdict for delivery and wakes the delivery task.
+    pub fn submit(&self, doc: &VerdictDocument, evidence: Option<&[u8]>) -> Result<(), StoreError> {
+        self.store.record_verdict(doc, evidence)?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Delivers stored verdicts over `connection` until `stop` turns true and nothing is left
+    /// (or the connection's owner goes away). After each (re)connect it waits `settle`, so that
+    /// subscribers who lost their session with the broker have resubscribed before the backlog goes.
+    pub async fn deliver(self, topics: Topics, connection: Connection, settle: Duration, mut stop: watch::Receiver<bool>) {
+        let Connection { client, mut events, .. } = connection;
+        let mut connected = false;
+        loop {
+            if !connected {
+                match events.recv().await {
+                    Some(LinkEvent::Connected) => {
+                        tokio::time::sleep(settle).await;
+                        connected = true;
+                    }
+                    Some(_) => {}
+                    None => return,
+                }
+                continue;
+            }
+            let item = match self.store.next_undelivered() {
+                Ok(item) => item,
+                Err(e) => {
+                    tracing::error!(error = %e, "outbox: cannot read the store");
+                    tokio::time::sleep(IDLE_POLL).await;
+                    continue;
+                }
+            };
+            let Some(item) = item else {
+                if *stop.borrow() {
+                    return;
+                }
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = stop.changed() => {}
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                    ev = events.recv() => match ev {
+                        Some(LinkEvent::Disconnected(_)) => connected = false,
+                        None => return,
+                        _ => {}
+                    },
+                }
+                continue;
+            };
+            let _ = self.store.count_attempt(&item.alarm_id);
+            match send_item(&client, &mut events, &topics, &item).await {
+                Ok(()) => {
+                    tracing::info!(alarm_id = %item.alarm_id, camera = %item.doc.camera, attempts = item.attempts + 1, "verdict delivered");
+                    if let Err(e) = self.store.mark_delivered(&item.alarm_id) {
+                        tracing::error!(alarm_id = %item.alarm_id, error = %e, "outbox: delivered but not marked; it will be sent again");
+                    }
+                }
+                Err(Interrupted::Disconnected) => connected = false,
+                Err(Interrupted::NoAck) => {
+                    tracing::warn!(alarm_id = %item.alarm_id, "outbox: no PUBACK in time; sending again");
+                }
+                Err(Interrupted::Closed) => return,
+            }
+        }
+    }
+
+    pub fn pending(&self) -> u64 {
+        self.store.undelivered_count().unwrap_or(0)
+    }
+}
+
+/// Publishes the evidence (if any) and then the verdict, each acknowledged before the next.
+async fn send_item(
+    client: &AsyncClient,
+    events: &mut mpsc::Receiver<LinkEvent>,
+    topics: &Topics,
+    item: &OutboxItem,
+) -> Result<(), Interrupted> {
+    let mut doc = item.doc.clone();
+    // Latency runs to the moment of publishing, including any wait for the broker.
+    doc.latency_ms = (Utc::now() - item.received).num_milliseconds().max(0) as u64;
+    let mut messages = Vec::with_capacity(2);
+    if let Some(jpeg) = &item.evidence {
+        messages.push((topics.evidence(&doc.alarm_id), jpeg.clone()));
+    }
+    messages.push((topics.verdict(&doc.camera), doc.to_json().into_bytes()));
+    for (topic, payload) in messages {
+        client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .map_err(|_| Interrupted::Closed)?;
+        wait_for_ack(events).await?;
+    }
+    Ok(())
+}
+
+/// Waits for the packet id of the publish just queued, then for the broker's PUBACK of that id.
+async fn wait_for_ack(events: &mut mpsc::Receiver<LinkEvent>) -> Result<(), Interrupted> {
+    let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
+    let mut pkid = None;
+    loop {
+        let event = tokio::time::timeout_at(deadline, events.recv()).await.map_err(|_| Interrupted::NoAck)?;
+        match (event, pkid) {
+            (None, _) => return Err(Interrupted::Closed),
+            (Some(LinkEvent::Disconnected(_)), _) => return Err(Interrupted::Disconnected),
+            (Some(LinkEvent::Sent(id)), None) => pkid = Some(id),
+            (Some(LinkEvent::Acked(id)), Some(sent)) if id == sent => return Ok(()),
+            _ => {} // acks of earlier, abandoned attempts
+        }
     }
 }

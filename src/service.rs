@@ -1,42 +1,65 @@
-//! `alarm-verifier run`: cameras, alarm intake, the verifier queue and the publisher, wired together.
+//! `alarm-verifier run`: cameras, alarm intake, verification, the outbox and the publisher, wired
+//! together.
+//!
+//! An alarm is recorded in the store before it is acknowledged to the broker, then verified in a
+//! task of its own under the verdict deadline. Every path ends in a verdict in the outbox:
+//! verified, false alarm, or unverifiable with the reason (camera offline, overloaded, restarted).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
-use tokio::sync::{Mutex, mpsc};
+use chrono::{TimeDelta, Utc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::alarm::{self, Alarm, AlarmError};
+use crate::alarm::{self, Alarm};
 use crate::camera::{Camera, CameraHealth};
 use crate::clip;
 use crate::config::Config;
 use crate::detect::{DetectError, Detector};
-use crate::mqtt::{self, Inbound, Session, Topics};
-use crate::publish::Publisher;
+use crate::mqtt::{self, Inbound, LinkEvent, MqttError, Session, Topics};
+use crate::publish::{Outbox, Publisher};
+use crate::store::{Store, StoreError};
 use crate::verify::{Finding, Verifier};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error(transparent)]
     Detector(#[from] DetectError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Mqtt(#[from] MqttError),
     #[error("GStreamer cannot start: {0}")]
     Gstreamer(String),
 }
 
 /// Part of the deadline kept back for decoding and inference after the post-alarm video is in.
 const ANALYSIS_RESERVE: Duration = Duration::from_secs(4);
+/// After a reconnect, the outbox waits this long so that subscribers can resubscribe first.
+const OUTBOX_SETTLE: Duration = Duration::from_secs(2);
+/// How long shutdown waits for the outbox to empty.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 struct Shared {
     verifier: Verifier,
     cameras: HashMap<String, Camera>,
+    mqtt: rumqttc::AsyncClient,
     publisher: Publisher,
+    outbox: Outbox,
+    store: Arc<Store>,
     deadline: Duration,
+    /// Alarms accepted and not yet answered; when none is left, new alarms are answered "overloaded".
+    in_flight: Arc<Semaphore>,
+    /// Alarms being decoded and analysed at once (CPU-bound).
+    analysis: Arc<Semaphore>,
 }
 
-/// Runs the service until `shutdown` completes.
+/// Runs the service until `shutdown` completes, then answers or finishes what is in flight.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
     gstreamer::init().map_err(|e| ServiceError::Gstreamer(e.to_string()))?;
     let detector_config = config.detector.clone();
@@ -44,6 +67,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .await
         .map_err(|e| ServiceError::Gstreamer(e.to_string()))??;
     tracing::info!(model = %config.detector.model.display(), "detector loaded");
+    let store = Arc::new(Store::open(&config.store.path)?);
 
     let topics = Topics::new(&config.mqtt.topic_prefix);
     let client_id = if config.mqtt.client_id.is_empty() {
@@ -51,16 +75,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     } else {
         config.mqtt.client_id.clone()
     };
-    let connection = mqtt::connect(
-        &config.mqtt,
-        &client_id,
+    let main_options = mqtt::options(&config.mqtt, &client_id)?;
+    let outbox_options = mqtt::options(&config.mqtt, &format!("{client_id}-outbox"))?;
+    // The alarm session is persistent with manual acks: an alarm is acknowledged only once stored,
+    // and the broker keeps alarms that arrive while the service restarts.
+    let main = mqtt::connect(
+        main_options,
         Session {
-            subscriptions: vec![topics.alarms_filter()],
             birth: Some((topics.status(), b"online".to_vec())),
             will: Some((topics.status(), b"offline".to_vec())),
+            persistent: true,
+            manual_acks: true,
+            ..Session::new(vec![topics.alarms_filter()])
         },
     );
-    let publisher = Publisher::new(connection.client.clone(), topics.clone());
+    let outbox = Outbox::new(store.clone());
+    let (stop_outbox, outbox_stop_rx) = watch::channel(false);
+    let outbox_task = tokio::spawn(outbox.clone().deliver(
+        topics.clone(),
+        mqtt::connect(outbox_options, Session::new(Vec::new())),
+        OUTBOX_SETTLE,
+        outbox_stop_rx,
+    ));
+    let publisher = Publisher::new(main.client.clone(), topics.clone());
 
     let (health_tx, health_rx) = mpsc::unbounded_channel();
     let buffer = Duration::from_secs_f64(config.clip.buffer_s);
@@ -75,87 +112,120 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let shared = Arc::new(Shared {
         verifier: Verifier::new(Arc::new(detector), &config),
         cameras,
+        mqtt: main.client.clone(),
         publisher: publisher.clone(),
+        outbox,
+        store: store.clone(),
         deadline: Duration::from_secs_f64(config.verdict.deadline_s),
+        in_flight: Arc::new(Semaphore::new(config.verdict.queue)),
+        analysis: Arc::new(Semaphore::new(config.verdict.workers)),
     });
-    let (queue_tx, queue_rx) = mpsc::channel::<Alarm>(config.verdict.queue);
-    let queue_rx = Arc::new(Mutex::new(queue_rx));
-    let workers: Vec<_> = (0..config.verdict.workers)
-        .map(|_| tokio::spawn(verify_worker(shared.clone(), queue_rx.clone())))
-        .collect();
+    answer_interrupted_alarms(&shared);
+    let retention = TimeDelta::milliseconds((config.store.retention_days * 86_400_000.0) as i64);
+    let purge_task = tokio::spawn(purge_periodically(store.clone(), retention));
 
     tracing::info!(cameras = shared.cameras.len(), "alarm-verifier running");
-    let mut inbound = connection.inbound;
+    let mut alarms = JoinSet::new();
+    let mut events = main.events;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            msg = inbound.recv() => match msg {
-                Some(msg) => intake(&shared, &queue_tx, msg).await,
+            event = events.recv() => match event {
+                Some(LinkEvent::Message(msg)) => intake(&shared, &mut alarms, msg).await,
+                Some(LinkEvent::Connected) => republish_camera_states(&shared).await,
+                Some(_) => {}
                 None => break,
             },
+            Some(_) = alarms.join_next(), if !alarms.is_empty() => {}
         }
     }
 
-    tracing::info!("shutting down");
-    drop(queue_tx);
-    for w in workers {
-        let _ = tokio::time::timeout(shared.deadline, w).await;
+    tracing::info!(in_flight = alarms.len(), "shutting down: no new alarms; answering those in flight");
+    let drained = tokio::time::timeout(shared.deadline + Duration::from_secs(1), async {
+        while alarms.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::error!(left = alarms.len(), "alarms still in flight at shutdown; they are answered after the restart");
+    }
+    let _ = stop_outbox.send(true);
+    if tokio::time::timeout(SHUTDOWN_FLUSH, outbox_task).await.is_err() {
+        tracing::warn!(pending = shared.outbox.pending(), "outbox not empty at shutdown; delivery resumes after the restart");
     }
     let _ = publisher.status(false).await;
-    let _ = connection.client.disconnect().await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), connection.task).await;
+    let _ = main.client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), main.task).await;
     state_task.abort();
+    purge_task.abort();
+    tracing::info!("stopped");
     Ok(())
 }
 
-/// Parses an incoming alarm and queues it; bad input goes to `errors`, overload gets an answer at once.
-async fn intake(shared: &Shared, queue: &mpsc::Sender<Alarm>, msg: Inbound) {
+/// Parses, records and acknowledges an incoming alarm, then verifies it in a task of its own.
+async fn intake(shared: &Arc<Shared>, alarms: &mut JoinSet<()>, msg: Inbound) {
     let topics = shared.publisher.topics();
     let Some(camera) = topics.camera_of_alarm(&msg.topic) else {
+        acknowledge(shared, &msg).await;
         return;
     };
     let parsed = alarm::parse(camera, &msg.payload, |c| shared.cameras.contains_key(c), Utc::now());
     let alarm = match parsed {
         Ok(alarm) => alarm,
         Err(e) => {
-            reject(shared, &msg, &e).await;
+            reject(shared, &msg, &e.to_string()).await;
+            acknowledge(shared, &msg).await;
             return;
         }
     };
+    match shared.store.record_alarm(&alarm, &msg.payload) {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, "duplicate alarm ignored");
+            let reason = format!("duplicate alarm_id {:?}: already received; no second verdict", alarm.alarm_id);
+            reject(shared, &msg, &reason).await;
+            acknowledge(shared, &msg).await;
+            return;
+        }
+        // Still verified and answered: an answer matters more than the audit record.
+        Err(e) => tracing::error!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "alarm not recorded"),
+    }
+    acknowledge(shared, &msg).await;
     tracing::info!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, time = %alarm.time, "alarm received");
-    if let Err(mpsc::error::TrySendError::Full(alarm) | mpsc::error::TrySendError::Closed(alarm)) = queue.try_send(alarm) {
-        let finding = shared.verifier.unverifiable(&alarm, "overloaded: too many alarms waiting for verification");
-        deliver(shared, &alarm, finding).await;
+    match shared.in_flight.clone().try_acquire_owned() {
+        Ok(permit) => {
+            alarms.spawn(handle_alarm(shared.clone(), alarm, permit));
+        }
+        Err(_) => {
+            let finding = shared.verifier.unverifiable(&alarm, "overloaded: too many alarms in verification");
+            deliver(shared, &alarm, finding).await;
+        }
     }
 }
 
-async fn reject(shared: &Shared, msg: &Inbound, error: &AlarmError) {
+async fn acknowledge(shared: &Shared, msg: &Inbound) {
+    if let Err(e) = shared.mqtt.ack(&msg.packet).await {
+        tracing::warn!(topic = %msg.topic, error = %e, "cannot acknowledge alarm message");
+    }
+}
+
+async fn reject(shared: &Shared, msg: &Inbound, error: &str) {
     tracing::warn!(topic = %msg.topic, %error, "alarm rejected");
-    if let Err(e) = shared.publisher.rejected(&msg.topic, &error.to_string(), &msg.payload).await {
+    if let Err(e) = shared.publisher.rejected(&msg.topic, error, &msg.payload).await {
         tracing::error!(error = %e, "cannot report rejected alarm");
     }
 }
 
-async fn verify_worker(shared: Arc<Shared>, queue: Arc<Mutex<mpsc::Receiver<Alarm>>>) {
-    loop {
-        let Some(alarm) = queue.lock().await.recv().await else {
-            break;
-        };
-        let deadline = alarm.received_at + shared.deadline;
-        let finding = if Instant::now() >= deadline {
-            shared.verifier.unverifiable(&alarm, "overloaded: the verdict deadline passed while the alarm was queued")
-        } else {
-            match tokio::time::timeout_at(deadline, verify_alarm(&shared, &alarm, deadline)).await {
-                Ok(finding) => finding,
-                Err(_) => shared.verifier.unverifiable(
-                    &alarm,
-                    &format!("overloaded: not verified within the {} s deadline", shared.deadline.as_secs_f64()),
-                ),
-            }
-        };
-        deliver(&shared, &alarm, finding).await;
-    }
+async fn handle_alarm(shared: Arc<Shared>, alarm: Alarm, _in_flight: OwnedSemaphorePermit) {
+    let deadline = alarm.received_at + shared.deadline;
+    let finding = match tokio::time::timeout_at(deadline, verify_alarm(&shared, &alarm, deadline)).await {
+        Ok(finding) => finding,
+        Err(_) => shared.verifier.unverifiable(
+            &alarm,
+            &format!("overloaded: not verified within the {} s deadline", shared.deadline.as_secs_f64()),
+        ),
+    };
+    deliver(&shared, &alarm, finding).await;
 }
 
 async fn verify_alarm(shared: &Arc<Shared>, alarm: &Alarm, deadline: Instant) -> Finding {
@@ -168,9 +238,15 @@ async fn verify_alarm(shared: &Arc<Shared>, alarm: &Alarm, deadline: Instant) ->
         Ok(slice) => slice,
         Err(e) => return shared.verifier.unverifiable(alarm, &e.to_string()),
     };
+    let Ok(permit) = shared.analysis.clone().acquire_owned().await else {
+        return shared.verifier.unverifiable(alarm, "shutting down");
+    };
     let task_shared = shared.clone();
     let task_alarm = alarm.clone();
+    // The permit moves into the blocking task: if the deadline passes first, the CPU stays taken
+    // until the analysis really ends, and no further analysis piles on.
     let analysis = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         task_shared
             .verifier
             .analyze(&task_alarm, |on_frame| clip::decode_slice(&slice, window, on_frame))
@@ -182,6 +258,7 @@ async fn verify_alarm(shared: &Arc<Shared>, alarm: &Alarm, deadline: Instant) ->
     }
 }
 
+/// Hands a verdict to the outbox; if the store fails, publishes it directly so the alarm is answered.
 async fn deliver(shared: &Shared, alarm: &Alarm, mut finding: Finding) {
     if finding.evidence.is_some() {
         finding.doc.evidence_topic = Some(shared.publisher.topics().evidence(&alarm.alarm_id));
@@ -192,11 +269,50 @@ async fn deliver(shared: &Shared, alarm: &Alarm, mut finding: Finding) {
         alarm_id = %alarm.alarm_id,
         verdict = ?finding.doc.verdict,
         reason = %finding.doc.reason,
-        latency_ms = finding.doc.latency_ms,
+        elapsed_ms = finding.doc.latency_ms,
         "verdict"
     );
-    if let Err(e) = shared.publisher.verdict(&finding.doc, finding.evidence).await {
-        tracing::error!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "verdict not published");
+    if let Err(e) = shared.outbox.submit(&finding.doc, finding.evidence.as_deref()) {
+        tracing::error!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "verdict not stored; publishing directly");
+        if let Err(e) = shared.publisher.verdict_unstored(&finding.doc, finding.evidence).await {
+            tracing::error!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "verdict not published");
+        }
+    }
+}
+
+/// Alarms recorded by an earlier run that never got a verdict: their video is gone, so they are
+/// answered `unverifiable` rather than left without an answer.
+fn answer_interrupted_alarms(shared: &Shared) {
+    let unanswered = match shared.store.unanswered() {
+        Ok(list) => list,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot look for alarms interrupted by a restart");
+            return;
+        }
+    };
+    for u in unanswered {
+        let alarm = Alarm {
+            alarm_id: u.alarm_id,
+            camera: u.camera,
+            time: u.time,
+            source: None,
+            received: u.received,
+            received_at: Instant::now(),
+        };
+        tracing::warn!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, "alarm interrupted by a restart");
+        let finding = shared.verifier.unverifiable(&alarm, "the service restarted before this alarm was verified");
+        if let Err(e) = shared.outbox.submit(&finding.doc, None) {
+            tracing::error!(alarm_id = %alarm.alarm_id, error = %e, "cannot store verdict for interrupted alarm");
+        }
+    }
+}
+
+/// Retained state may have been lost with a broker restart; it is sent again on every connect.
+async fn republish_camera_states(shared: &Shared) {
+    for camera in shared.cameras.values() {
+        if let Err(e) = shared.publisher.camera_state(&camera.health()).await {
+            tracing::warn!(camera = %camera.id(), error = %e, "camera state not published");
+        }
     }
 }
 
@@ -206,5 +322,16 @@ async fn publish_camera_states(publisher: Publisher, mut health: mpsc::Unbounded
         if let Err(e) = publisher.camera_state(&h).await {
             tracing::warn!(camera = %h.camera, error = %e, "camera state not published");
         }
+    }
+}
+
+async fn purge_periodically(store: Arc<Store>, retention: TimeDelta) {
+    loop {
+        match store.purge(retention) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "old delivered verdicts purged"),
+            Err(e) => tracing::warn!(error = %e, "cannot purge old records"),
+        }
+        tokio::time::sleep(PURGE_EVERY).await;
     }
 }

@@ -24,11 +24,16 @@ async fn people_verify_and_a_tree_in_wind_is_a_false_alarm() {
     )
     .await
     .expect("probe");
-    let service = Service::start(&site_toml(
-        broker.port(),
-        &[("entrance", server.url("entrance")), ("garden", server.url("garden"))],
-        "",
-    ));
+    let site = tempfile::tempdir().expect("site dir");
+    let service = Service::start(
+        &site_toml(
+            broker.port(),
+            &[("entrance", server.url("entrance")), ("garden", server.url("garden"))],
+            "",
+            site.path(),
+        ),
+        site.path(),
+    );
 
     let status = probe.next(|m| m.topic == t.status(), Duration::from_secs(30)).await;
     assert_eq!(status.map(|m| m.payload), Some(b"online".to_vec()), "log:\n{}", service.log());
@@ -82,7 +87,8 @@ async fn bad_alarms_are_reported_and_the_next_good_alarm_is_answered() {
     let mut probe = Probe::connect(broker.port(), &[t.verdict("+"), t.errors(), t.camera_state("+")])
         .await
         .expect("probe");
-    let service = Service::start(&site_toml(broker.port(), &[("entrance", server.url("entrance"))], ""));
+    let site = tempfile::tempdir().expect("site dir");
+    let service = Service::start(&site_toml(broker.port(), &[("entrance", server.url("entrance"))], "", site.path()), site.path());
     wait_camera_online(&mut probe, "entrance", &service).await;
 
     let cases: [(&str, &[u8], &str); 4] = [
@@ -117,7 +123,8 @@ async fn an_alarm_on_a_camera_that_is_down_is_unverifiable_with_the_reason() {
     let mut probe = Probe::connect(broker.port(), &[t.verdict("+"), t.camera_state("+")]).await.expect("probe");
     // Nothing listens on this port: the camera is down from the start.
     let dead = format!("rtsp://admin:s3cret@127.0.0.1:{}/stream1", free_port().expect("port"));
-    let service = Service::start(&site_toml(broker.port(), &[("loading-bay", dead)], ""));
+    let site = tempfile::tempdir().expect("site dir");
+    let service = Service::start(&site_toml(broker.port(), &[("loading-bay", dead)], "", site.path()), site.path());
 
     let state_topic = t.camera_state("loading-bay");
     let state = probe

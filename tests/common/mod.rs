@@ -20,13 +20,15 @@ pub fn topics() -> Topics {
     Topics::new(PREFIX)
 }
 
-/// A site config in TOML, as a technician would write it.
-pub fn site_toml(broker_port: u16, cameras: &[(&str, String)], extra: &str) -> String {
+/// A site config in TOML, as a technician would write it. `extra` holds further tables
+/// (e.g. `[clip]`); the store goes into `site_dir`.
+pub fn site_toml(broker_port: u16, cameras: &[(&str, String)], extra: &str, site_dir: &Path) -> String {
     let mut text = format!(
         "site = \"test-site\"\n{extra}\n[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\ntopic_prefix = \"{PREFIX}\"\n\
-         [detector]\nmodel = \"{}\"\nonnxruntime = \"{}\"\n",
+         [detector]\nmodel = \"{}\"\nonnxruntime = \"{}\"\n[store]\npath = \"{}\"\n",
         root().join("models/yolox_nano.onnx").display(),
         root().join("third_party/onnxruntime/libonnxruntime.so.1.31.1").display(),
+        site_dir.join("alarm-verifier.db").display(),
     );
     for (id, url) in cameras {
         text.push_str(&format!("[[camera]]\nid = \"{id}\"\nurl = \"{url}\"\n"));
@@ -34,18 +36,22 @@ pub fn site_toml(broker_port: u16, cameras: &[(&str, String)], extra: &str) -> S
     text
 }
 
-/// The service binary running `run --config`, killed when dropped. Its log goes to a file.
+/// The service binary running `run --config`, killed when dropped. Its log goes to a file in the
+/// site's folder (appended to across restarts).
 pub struct Service {
     child: Child,
-    dir: tempfile::TempDir,
+    dir: PathBuf,
 }
 
 impl Service {
-    pub fn start(config_toml: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = dir.path().join("site.toml");
+    pub fn start(config_toml: &str, site_dir: &Path) -> Self {
+        let config = site_dir.join("site.toml");
         std::fs::write(&config, config_toml).expect("write config");
-        let log = std::fs::File::create(dir.path().join("service.log")).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(site_dir.join("service.log"))
+            .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_alarm-verifier"))
             .arg("run")
             .arg("--config")
@@ -56,16 +62,34 @@ impl Service {
             .stderr(log)
             .spawn()
             .expect("start the service binary");
-        Self { child, dir }
+        Self {
+            child,
+            dir: site_dir.to_owned(),
+        }
     }
 
     /// The service's log so far, for failure messages.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("service.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join("service.log")).unwrap_or_default()
     }
 
-    pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("service.log")
+    /// SIGTERM, then waits for the exit; None if it did not exit within `timeout`.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash or power cut.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
