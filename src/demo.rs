@@ -118,6 +118,7 @@ impl Drop for Broker {
 /// RTSP cameras served in-process from H.264 files, one mount per camera.
 pub struct RtspCameraServer {
     port: u16,
+    server: rtsp::RTSPServer,
     context: glib::MainContext,
     main_loop: glib::MainLoop,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -159,12 +160,12 @@ impl RtspCameraServer {
         let thread = std::thread::Builder::new()
             .name("rtsp-server".into())
             .spawn(move || {
-                let _server = server; // lives as long as the loop serves it
                 let _ = loop_context.with_thread_default(|| loop_clone.run());
             })
             .map_err(|e| DemoError::Rtsp(e.to_string()))?;
         Ok(Self {
             port,
+            server,
             context,
             main_loop,
             thread: Some(thread),
@@ -175,10 +176,16 @@ impl RtspCameraServer {
     pub fn url(&self, name: &str) -> String {
         format!("rtsp://127.0.0.1:{}/{name}", self.port)
     }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
 }
 
 impl Drop for RtspCameraServer {
+    /// Stops listening and drops every client, as a camera that loses power would.
     fn drop(&mut self) {
+        self.server.client_filter(Some(&mut |_, _| rtsp::RTSPFilterResult::Remove));
         // The listening source lives in our own context; SourceId::remove would look in the default one.
         if let Some(source) = self.source.take().and_then(|id| self.context.find_source_by_id(&id)) {
             source.destroy();
@@ -231,7 +238,8 @@ impl Probe {
         Ok(probe)
     }
 
-    async fn sync(&mut self) -> Result<(), DemoError> {
+    /// Returns once the broker has all the probe's subscriptions (again, after a broker restart).
+    pub async fn sync(&mut self) -> Result<(), DemoError> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let topic = self.sync_topic.clone();
         while Instant::now() < deadline {
