@@ -52,15 +52,23 @@ pub struct Broker {
     port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Listener options added to the config, e.g. TLS files and a password file.
+    listener_options: String,
 }
 
 impl Broker {
     pub fn start() -> Result<Self, DemoError> {
+        Self::start_with("allow_anonymous true")
+    }
+
+    /// A broker whose listener takes `listener_options` (mosquitto.conf lines).
+    pub fn start_with(listener_options: &str) -> Result<Self, DemoError> {
         let dir = tempfile::tempdir().map_err(|e| DemoError::Broker(e.to_string()))?;
         let mut broker = Self {
             port: free_port()?,
             child: None,
             dir,
+            listener_options: listener_options.to_owned(),
         };
         broker.restart()?;
         Ok(broker)
@@ -82,26 +90,29 @@ impl Broker {
     pub fn restart(&mut self) -> Result<(), DemoError> {
         self.kill();
         let conf = self.dir.path().join("mosquitto.conf");
-        let text = format!("listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n", self.port);
+        let text = format!("persistence false\nlistener {} 127.0.0.1\n{}\n", self.port, self.listener_options);
         std::fs::write(&conf, text).map_err(|e| DemoError::Broker(e.to_string()))?;
         let binary = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
             .iter()
             .map(PathBuf::from)
             .find(|p| p.is_file())
             .unwrap_or_else(|| PathBuf::from("mosquitto"));
+        let log_path = self.dir.path().join("mosquitto.log");
+        let log = std::fs::File::create(&log_path).map_err(|e| DemoError::Broker(e.to_string()))?;
         let child = Command::new(&binary)
             .arg("-c")
             .arg(&conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .map_err(|e| DemoError::Broker(format!("cannot start {} ({e}); run scripts/setup.sh", binary.display())))?;
         self.child = Some(child);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             if std::time::Instant::now() > deadline {
-                return Err(DemoError::Broker(format!("not listening on port {} after 10 s", self.port)));
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                return Err(DemoError::Broker(format!("not listening on port {} after 10 s: {}", self.port, log.trim())));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -207,18 +218,23 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Connects and returns once all `filters` are subscribed.
+    /// Connects to a plain, anonymous broker on `port` and returns once all `filters` are subscribed.
     pub async fn connect(port: u16, filters: &[String]) -> Result<Self, DemoError> {
+        let config = crate::config::MqttConfig {
+            port,
+            ..Default::default()
+        };
+        Self::connect_with(&config, filters).await
+    }
+
+    /// As [`connect`](Self::connect), with TLS and credentials from `config`.
+    pub async fn connect_with(config: &crate::config::MqttConfig, filters: &[String]) -> Result<Self, DemoError> {
         let id = format!("probe-{}", uuid::Uuid::new_v4().simple());
         let sync_topic = format!("probe-sync/{id}");
         let mut subscriptions = filters.to_vec();
         // Subscribed last: when a message on it comes back, the broker has taken all the others.
         subscriptions.push(sync_topic.clone());
-        let config = crate::config::MqttConfig {
-            port,
-            ..Default::default()
-        };
-        let options = mqtt::options(&config, &id).map_err(|e| DemoError::Mqtt(e.to_string()))?;
+        let options = mqtt::options(config, &id).map_err(|e| DemoError::Mqtt(e.to_string()))?;
         // A monitoring centre resubscribes quickly after its broker comes back.
         let connection = mqtt::connect(
             options,

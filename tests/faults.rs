@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use alarm_verifier::demo::{Broker, Probe, RtspCameraServer, footage};
+use alarm_verifier::demo::{Probe, RtspCameraServer, footage};
 use alarm_verifier::store::Store;
 use alarm_verifier::verdict::{VerdictDocument, VerdictKind};
 use common::*;
@@ -48,97 +48,78 @@ async fn wait_status(probe: &mut Probe, want: &str, timeout: Duration) -> bool {
     probe.next(|m| m.topic == topic && m.payload == want.as_bytes(), timeout).await.is_some()
 }
 
-fn site(dir: &tempfile::TempDir, broker: &Broker, cameras: &[(&str, String)], extra: &str) -> String {
-    site_toml(broker.port(), cameras, extra, dir.path())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_mid_run_every_verdict_still_arrives() {
-    let mut broker = Broker::start().expect("broker");
-    let (vtest, tree) = (footage("vtest.mp4"), footage("tree.mp4"));
-    let server = RtspCameraServer::start(&[("entrance", vtest.as_path()), ("garden", tree.as_path())]).expect("rtsp");
-    let t = topics();
-    let mut probe = Probe::connect(broker.port(), &[t.verdict("+"), t.camera_state("+"), t.status()])
-        .await
-        .expect("probe");
-    let dir = tempfile::tempdir().expect("dir");
-    let cameras = [("entrance", server.url("entrance")), ("garden", server.url("garden"))];
-    let service = Service::start(&site(&dir, &broker, &cameras, FAST_CLIP), dir.path());
-    wait_camera_online(&mut probe, "entrance", &service).await;
-    wait_camera_online(&mut probe, "garden", &service).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut site = Site::start(&[("entrance", "vtest.mp4"), ("garden", "tree.mp4")], FAST_CLIP).await;
+    site.let_buffers_fill().await;
 
     let ids: Vec<String> = (0..50).map(|i| format!("outage-{i:02}")).collect();
     let camera_of = |i: usize| if i % 2 == 0 { "entrance" } else { "garden" };
     for (i, id) in ids.iter().enumerate().take(25) {
-        probe.publish(&t.alarm(camera_of(i)), alarm_json(id)).await.expect("publish");
+        site.raise(camera_of(i), id).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Let the service take the alarms from the broker; then the broker dies with verdicts still owed.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    broker.kill();
+    site.broker.kill();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    broker.restart().expect("broker restart");
+    site.broker.restart().expect("broker restart");
     let restarted = Instant::now();
-    probe.sync().await.expect("probe back");
-    assert!(wait_status(&mut probe, "online", Duration::from_secs(30)).await, "service did not reconnect:\n{}", service.log());
+    site.probe.sync().await.expect("probe back");
+    assert!(
+        wait_status(&mut site.probe, "online", Duration::from_secs(30)).await,
+        "service did not reconnect:\n{}",
+        site.service.log()
+    );
     let service_back = restarted.elapsed();
     for (i, id) in ids.iter().enumerate().skip(25) {
-        probe.publish(&t.alarm(camera_of(i)), alarm_json(id)).await.expect("publish");
+        site.raise(camera_of(i), id).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let seen = collect_verdicts(&mut probe, &ids, Duration::from_secs(90), Duration::from_secs(3)).await;
+    let seen = collect_verdicts(&mut site.probe, &ids, Duration::from_secs(90), Duration::from_secs(3)).await;
     let missing: Vec<&String> = ids.iter().filter(|id| !seen.contains_key(*id)).collect();
-    assert!(missing.is_empty(), "no verdict for {missing:?}; log:\n{}", service.log());
+    assert!(missing.is_empty(), "no verdict for {missing:?}; log:\n{}", site.service.log());
     let duplicates: usize = seen.values().map(|v| v.len() - 1).sum();
     for (id, docs) in &seen {
         assert!(docs.iter().all(|d| d.verdict == docs[0].verdict), "{id} got different verdicts: {docs:?}");
     }
-    let verified = seen.values().filter(|d| d[0].verdict == VerdictKind::Verified).count();
-    let false_alarms = seen.values().filter(|d| d[0].verdict == VerdictKind::FalseAlarm).count();
+    let count = |kind: VerdictKind| seen.values().filter(|d| d[0].verdict == kind).count();
     println!(
-        "broker outage: alarms sent 50, verdicts received {} ({verified} verified, {false_alarms} false_alarm), \
+        "broker outage: alarms sent 50, verdicts received {} ({} verified, {} false_alarm, {} unverifiable), \
          duplicates {duplicates}, service reconnected {:.1} s after the broker restart",
         seen.values().map(Vec::len).sum::<usize>(),
+        count(VerdictKind::Verified),
+        count(VerdictKind::FalseAlarm),
+        count(VerdictKind::Unverifiable),
         service_back.as_secs_f64()
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verdicts_undelivered_at_a_crash_are_delivered_after_restart() {
-    let mut broker = Broker::start().expect("broker");
-    let vtest = footage("vtest.mp4");
-    let server = RtspCameraServer::start(&[("entrance", vtest.as_path())]).expect("rtsp");
-    let t = topics();
-    let mut probe = Probe::connect(broker.port(), &[t.verdict("+"), t.camera_state("+"), t.status()])
-        .await
-        .expect("probe");
-    let dir = tempfile::tempdir().expect("dir");
-    let config = site(&dir, &broker, &[("entrance", server.url("entrance"))], FAST_CLIP);
-    let mut service = Service::start(&config, dir.path());
-    wait_camera_online(&mut probe, "entrance", &service).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut site = Site::start(&[("entrance", "vtest.mp4")], FAST_CLIP).await;
+    site.let_buffers_fill().await;
 
     let ids: Vec<String> = (0..5).map(|i| format!("crash-{i}")).collect();
     for id in &ids {
-        probe.publish(&t.alarm("entrance"), alarm_json(id)).await.expect("publish");
+        site.raise("entrance", id).await;
     }
-    let store = Store::open(&dir.path().join("alarm-verifier.db")).expect("open the service's store");
+    let store = Store::open(&site.dir.path().join("alarm-verifier.db")).expect("open the service's store");
     let recorded = poll(Duration::from_secs(10), || store.unanswered().map(|u| u.len() == 5).unwrap_or(false)).await;
-    assert!(recorded, "alarms not recorded; log:\n{}", service.log());
-    broker.kill();
+    assert!(recorded, "alarms not recorded; log:\n{}", site.service.log());
+    site.broker.kill();
     let stored = poll(Duration::from_secs(15), || store.undelivered_count().unwrap_or(0) == 5).await;
-    assert!(stored, "verdicts not stored as undelivered; log:\n{}", service.log());
-    service.kill();
+    assert!(stored, "verdicts not stored as undelivered; log:\n{}", site.service.log());
+    site.service.kill();
 
-    broker.restart().expect("broker restart");
-    probe.sync().await.expect("probe back");
+    site.broker.restart().expect("broker restart");
+    site.probe.sync().await.expect("probe back");
     let restarted = Instant::now();
-    let service = Service::start(&config, dir.path());
-    let seen = collect_verdicts(&mut probe, &ids, Duration::from_secs(40), Duration::from_secs(2)).await;
+    site.service = Service::start(&site.config, site.dir.path());
+    let seen = collect_verdicts(&mut site.probe, &ids, Duration::from_secs(40), Duration::from_secs(2)).await;
     let missing: Vec<&String> = ids.iter().filter(|id| !seen.contains_key(*id)).collect();
-    assert!(missing.is_empty(), "lost across the crash: {missing:?}; log:\n{}", service.log());
+    assert!(missing.is_empty(), "lost across the crash: {missing:?}; log:\n{}", site.service.log());
     for docs in seen.values() {
         assert_eq!(docs[0].verdict, VerdictKind::Verified, "{docs:?}");
     }
@@ -152,40 +133,36 @@ async fn verdicts_undelivered_at_a_crash_are_delivered_after_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn camera_lost_gives_unverifiable_in_time_and_verifies_again_when_back() {
-    let broker = Broker::start().expect("broker");
-    let vtest = footage("vtest.mp4");
-    let server = RtspCameraServer::start(&[("entrance", vtest.as_path())]).expect("rtsp");
-    let port = server.port();
+    let mut site = Site::start(&[("entrance", "vtest.mp4")], FAST_CLIP).await;
+    let port = site.server.as_ref().map(|s| s.port()).expect("server");
     let t = topics();
-    let mut probe = Probe::connect(broker.port(), &[t.verdict("+"), t.camera_state("+")]).await.expect("probe");
-    let dir = tempfile::tempdir().expect("dir");
-    let service = Service::start(&site(&dir, &broker, &[("entrance", server.url("entrance"))], FAST_CLIP), dir.path());
-    wait_camera_online(&mut probe, "entrance", &service).await;
 
-    drop(server);
+    drop(site.server.take());
     let lost = Instant::now();
     let state_topic = t.camera_state("entrance");
-    let offline = probe
+    let offline = site
+        .probe
         .next(|m| m.topic == state_topic && String::from_utf8_lossy(&m.payload).contains("\"offline\""), Duration::from_secs(30))
         .await;
-    assert!(offline.is_some(), "camera loss not noticed; log:\n{}", service.log());
+    assert!(offline.is_some(), "camera loss not noticed; log:\n{}", site.service.log());
     let noticed = lost.elapsed();
 
     let sent = Instant::now();
-    probe.publish(&t.alarm("entrance"), alarm_json("camera-gone")).await.expect("publish");
-    let verdict = wait_verdict(&mut probe, "camera-gone", Duration::from_secs(20), &service).await;
+    site.raise("entrance", "camera-gone").await;
+    let verdict = site.verdict("camera-gone", Duration::from_secs(20)).await;
     let answered = sent.elapsed();
     assert_eq!(verdict.verdict, VerdictKind::Unverifiable, "{verdict:?}");
     assert!(verdict.reason.contains("offline since"), "{}", verdict.reason);
     assert!(answered < Duration::from_secs(15), "answered after {answered:?}");
 
-    let server = RtspCameraServer::start_on(&[("entrance", vtest.as_path())], port).expect("rtsp back");
+    let vtest = footage("vtest.mp4");
+    site.server = Some(RtspCameraServer::start_on(&[("entrance", vtest.as_path())], port).expect("rtsp back"));
     let back = Instant::now();
-    wait_camera_online(&mut probe, "entrance", &service).await;
+    wait_camera_online(&mut site.probe, "entrance", &site.service).await;
     let recovered = back.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    probe.publish(&t.alarm("entrance"), alarm_json("camera-back")).await.expect("publish");
-    let verdict = wait_verdict(&mut probe, "camera-back", Duration::from_secs(20), &service).await;
+    site.raise("entrance", "camera-back").await;
+    let verdict = site.verdict("camera-back", Duration::from_secs(20)).await;
     assert_eq!(verdict.verdict, VerdictKind::Verified, "{verdict:?}");
     println!(
         "camera loss: noticed in {:.1} s, alarm answered unverifiable in {:.1} s, online again {:.1} s after the camera returned",
@@ -193,52 +170,43 @@ async fn camera_lost_gives_unverifiable_in_time_and_verifies_again_when_back() {
         answered.as_secs_f64(),
         recovered.as_secs_f64()
     );
-    drop(server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_200_alarms_gets_exactly_one_verdict_each() {
-    let broker = Broker::start().expect("broker");
-    let vtest = footage("vtest.mp4");
-    let server = RtspCameraServer::start(&[("entrance", vtest.as_path())]).expect("rtsp");
-    let t = topics();
-    let mut probe = Probe::connect(broker.port(), &[t.verdict("+"), t.camera_state("+")]).await.expect("probe");
-    let dir = tempfile::tempdir().expect("dir");
-    let extra = format!("{FAST_CLIP}[verdict]\nqueue = 4\nworkers = 1\n");
-    let service = Service::start(&site(&dir, &broker, &[("entrance", server.url("entrance"))], &extra), dir.path());
-    wait_camera_online(&mut probe, "entrance", &service).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut site = Site::start(&[("entrance", "vtest.mp4")], &format!("{FAST_CLIP}[verdict]\nqueue = 4\nworkers = 1\n")).await;
+    site.let_buffers_fill().await;
 
     let ids: Vec<String> = (0..200).map(|i| format!("burst-{i:03}")).collect();
     let sent = Instant::now();
     for id in &ids {
-        probe.publish(&t.alarm("entrance"), alarm_json(id)).await.expect("publish");
+        site.raise("entrance", id).await;
     }
-    let seen = collect_verdicts(&mut probe, &ids, Duration::from_secs(60), Duration::from_secs(3)).await;
+    let seen = collect_verdicts(&mut site.probe, &ids, Duration::from_secs(60), Duration::from_secs(3)).await;
     let all_in = sent.elapsed();
     let missing: Vec<&String> = ids.iter().filter(|id| !seen.contains_key(*id)).collect();
-    assert!(missing.is_empty(), "{} alarms unanswered: {missing:?}; log:\n{}", missing.len(), service.log());
+    assert!(missing.is_empty(), "{} alarms unanswered: {missing:?}; log:\n{}", missing.len(), site.service.log());
     let repeated: Vec<(&String, usize)> = seen.iter().filter(|(_, v)| v.len() > 1).map(|(k, v)| (k, v.len())).collect();
     assert!(repeated.is_empty(), "more than one verdict: {repeated:?}");
-    let overloaded = seen.values().filter(|d| d[0].verdict == VerdictKind::Unverifiable && d[0].reason.starts_with("overloaded")).count();
+    let overloaded = seen
+        .values()
+        .filter(|d| d[0].verdict == VerdictKind::Unverifiable && d[0].reason.starts_with("overloaded"))
+        .count();
     let verified = seen.values().filter(|d| d[0].verdict == VerdictKind::Verified).count();
     assert!(overloaded > 0, "a queue of 4 cannot take 200 alarms at once");
     assert!(verified > 0, "the alarms that fit must be verified");
     assert_eq!(overloaded + verified, 200, "every verdict is verified or overloaded");
-    println!("burst: 200 alarms, 200 verdicts ({verified} verified, {overloaded} unverifiable: overloaded) in {:.1} s", all_in.as_secs_f64());
+    println!(
+        "burst: 200 alarms, 200 verdicts ({verified} verified, {overloaded} unverifiable: overloaded) in {:.1} s",
+        all_in.as_secs_f64()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_interleaved_with_good_alarms_leaves_every_good_alarm_answered() {
-    let broker = Broker::start().expect("broker");
-    let vtest = footage("vtest.mp4");
-    let server = RtspCameraServer::start(&[("entrance", vtest.as_path())]).expect("rtsp");
+    let mut site = Site::start(&[("entrance", "vtest.mp4")], FAST_CLIP).await;
+    site.let_buffers_fill().await;
     let t = topics();
-    let mut probe = Probe::connect(broker.port(), &[t.verdict("+"), t.camera_state("+"), t.errors()]).await.expect("probe");
-    let dir = tempfile::tempdir().expect("dir");
-    let service = Service::start(&site(&dir, &broker, &[("entrance", server.url("entrance"))], FAST_CLIP), dir.path());
-    wait_camera_online(&mut probe, "entrance", &service).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
 
     let oversized = format!("{{\"alarm_id\":\"big\",\"pad\":\"{}\"}}", "x".repeat(100_000)).into_bytes();
     let bad: Vec<(&str, Vec<u8>)> = vec![
@@ -251,20 +219,20 @@ async fn bad_input_interleaved_with_good_alarms_leaves_every_good_alarm_answered
     ];
     let good: Vec<String> = (0..6).map(|i| format!("good-{i}")).collect();
     for (id, (camera, payload)) in good.iter().zip(&bad) {
-        probe.publish(&t.alarm(camera), payload.clone()).await.expect("publish bad");
-        probe.publish(&t.alarm("entrance"), alarm_json(id)).await.expect("publish good");
+        site.probe.publish(&t.alarm(camera), payload.clone()).await.expect("publish bad");
+        site.raise("entrance", id).await;
     }
     // A repeated alarm_id is answered once.
-    probe.publish(&t.alarm("entrance"), alarm_json(&good[0])).await.expect("publish duplicate");
+    site.raise("entrance", &good[0]).await;
 
-    let seen = collect_verdicts(&mut probe, &good, Duration::from_secs(40), Duration::from_secs(2)).await;
+    let seen = collect_verdicts(&mut site.probe, &good, Duration::from_secs(40), Duration::from_secs(2)).await;
     for id in &good {
-        let docs = seen.get(id).unwrap_or_else(|| panic!("good alarm {id} unanswered; log:\n{}", service.log()));
+        let docs = seen.get(id).unwrap_or_else(|| panic!("good alarm {id} unanswered; log:\n{}", site.service.log()));
         assert_eq!(docs.len(), 1, "{id}: {docs:?}");
         assert_eq!(docs[0].verdict, VerdictKind::Verified, "{docs:?}");
     }
     let mut reports = Vec::new();
-    while let Some(m) = probe.next(|m| m.topic == t.errors(), Duration::from_secs(2)).await {
+    while let Some(m) = site.probe.next(|m| m.topic == t.errors(), Duration::from_secs(2)).await {
         reports.push(String::from_utf8_lossy(&m.payload).into_owned());
     }
     assert_eq!(reports.len(), bad.len() + 1, "one report per bad input and the duplicate: {reports:#?}");
@@ -275,24 +243,17 @@ async fn bad_input_interleaved_with_good_alarms_leaves_every_good_alarm_answered
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_answers_the_alarm_in_flight_publishes_offline_and_exits_0() {
-    let broker = Broker::start().expect("broker");
-    let vtest = footage("vtest.mp4");
-    let server = RtspCameraServer::start(&[("entrance", vtest.as_path())]).expect("rtsp");
-    let t = topics();
-    let mut probe = Probe::connect(broker.port(), &[t.verdict("+"), t.camera_state("+"), t.status()]).await.expect("probe");
-    let dir = tempfile::tempdir().expect("dir");
-    let mut service = Service::start(&site(&dir, &broker, &[("entrance", server.url("entrance"))], ""), dir.path());
-    assert!(wait_status(&mut probe, "online", Duration::from_secs(30)).await);
-    wait_camera_online(&mut probe, "entrance", &service).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut site = Site::start(&[("entrance", "vtest.mp4")], "").await;
+    assert!(wait_status(&mut site.probe, "online", Duration::from_secs(5)).await);
+    site.let_buffers_fill().await;
 
-    probe.publish(&t.alarm("entrance"), alarm_json("in-flight")).await.expect("publish");
+    site.raise("entrance", "in-flight").await;
     tokio::time::sleep(Duration::from_millis(500)).await; // received, waiting for post-alarm video
-    let status = service.terminate(Duration::from_secs(30));
-    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "log:\n{}", service.log());
-    let verdict = wait_verdict(&mut probe, "in-flight", Duration::from_secs(5), &service).await;
+    let status = site.service.terminate(Duration::from_secs(30));
+    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "log:\n{}", site.service.log());
+    let verdict = site.verdict("in-flight", Duration::from_secs(5)).await;
     assert_eq!(verdict.verdict, VerdictKind::Verified, "{verdict:?}");
-    assert!(wait_status(&mut probe, "offline", Duration::from_secs(5)).await, "no offline status");
+    assert!(wait_status(&mut site.probe, "offline", Duration::from_secs(5)).await, "no offline status");
 }
 
 async fn poll(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {

@@ -6,20 +6,7 @@ use alarm_verifier::config::Config;
 use chrono::{TimeDelta, Utc};
 use proptest::prelude::*;
 
-const VALID_CONFIG: &str = r#"
-site = "s"
-[mqtt]
-host = "127.0.0.1"
-port = 1883
-topic_prefix = "alarm-verifier"
-[detector]
-model = "models/yolox_nano.onnx"
-[clip]
-pre_s = 2.0
-[[camera]]
-id = "gate"
-url = "rtsp://user:pass@10.0.0.5:554/stream1"
-"#;
+const VALID_CONFIG: &str = include_str!("../config/example.toml");
 
 fn known(c: &str) -> bool {
     c == "gate"
@@ -93,7 +80,7 @@ proptest! {
 
     /// A valid config with one line replaced by junk either still parses or fails naming the file.
     #[test]
-    fn config_errors_name_the_file(line in 0usize..14, junk in "[a-z_]{1,8} = [0-9a-z\"\\[\\]]{0,6}") {
+    fn config_errors_name_the_file(line in 0usize..120, junk in "[a-z_]{1,8} = [0-9a-z\"\\[\\]]{0,6}") {
         let mut lines: Vec<&str> = VALID_CONFIG.lines().collect();
         let at = line.min(lines.len() - 1);
         lines[at] = junk.as_str();

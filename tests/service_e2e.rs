@@ -5,46 +5,22 @@ mod common;
 
 use std::time::Duration;
 
-use alarm_verifier::demo::{Broker, Probe, RtspCameraServer, footage, free_port};
+use alarm_verifier::demo::{Broker, Probe, free_port};
 use alarm_verifier::verdict::{SCHEMA, VerdictKind};
 use common::*;
 
-/// Time for the ring buffer to hold the pre-alarm window after the camera comes online.
-const FILL_PRE_WINDOW: Duration = Duration::from_secs(3);
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn people_verify_and_a_tree_in_wind_is_a_false_alarm() {
-    let broker = Broker::start().expect("broker");
-    let (vtest, tree) = (footage("vtest.mp4"), footage("tree.mp4"));
-    let server = RtspCameraServer::start(&[("entrance", vtest.as_path()), ("garden", tree.as_path())]).expect("rtsp");
+    let mut site = Site::start(&[("entrance", "vtest.mp4"), ("garden", "tree.mp4")], "").await;
     let t = topics();
-    let mut probe = Probe::connect(
-        broker.port(),
-        &[t.verdict("+"), t.evidence("+"), t.camera_state("+"), t.status()],
-    )
-    .await
-    .expect("probe");
-    let site = tempfile::tempdir().expect("site dir");
-    let service = Service::start(
-        &site_toml(
-            broker.port(),
-            &[("entrance", server.url("entrance")), ("garden", server.url("garden"))],
-            "",
-            site.path(),
-        ),
-        site.path(),
-    );
+    let status = site.probe.next(|m| m.topic == t.status(), Duration::from_secs(5)).await;
+    assert_eq!(status.map(|m| m.payload), Some(b"online".to_vec()), "log:\n{}", site.service.log());
+    site.let_buffers_fill().await;
 
-    let status = probe.next(|m| m.topic == t.status(), Duration::from_secs(30)).await;
-    assert_eq!(status.map(|m| m.payload), Some(b"online".to_vec()), "log:\n{}", service.log());
-    wait_camera_online(&mut probe, "entrance", &service).await;
-    wait_camera_online(&mut probe, "garden", &service).await;
-    tokio::time::sleep(FILL_PRE_WINDOW).await;
+    site.raise("entrance", "e2e-entrance").await;
+    site.raise("garden", "e2e-garden").await;
 
-    probe.publish(&t.alarm("entrance"), alarm_json("e2e-entrance")).await.expect("publish");
-    probe.publish(&t.alarm("garden"), alarm_json("e2e-garden")).await.expect("publish");
-
-    let entrance = wait_verdict(&mut probe, "e2e-entrance", Duration::from_secs(30), &service).await;
+    let entrance = site.verdict("e2e-entrance", Duration::from_secs(30)).await;
     assert_eq!(entrance.verdict, VerdictKind::Verified, "{entrance:?}");
     assert_eq!(entrance.schema, SCHEMA);
     assert_eq!(entrance.camera, "entrance");
@@ -60,13 +36,14 @@ async fn people_verify_and_a_tree_in_wind_is_a_false_alarm() {
     let evidence_topic = entrance.evidence_topic.clone().expect("evidence topic");
     assert_eq!(evidence_topic, t.evidence("e2e-entrance"));
 
-    let garden = wait_verdict(&mut probe, "e2e-garden", Duration::from_secs(30), &service).await;
+    let garden = site.verdict("e2e-garden", Duration::from_secs(30)).await;
     assert_eq!(garden.verdict, VerdictKind::FalseAlarm, "{garden:?}");
     assert!(garden.detections.is_empty(), "{garden:?}");
     assert!(garden.frames_analyzed > 0);
 
-    // The evidence was published before the verdict, so it is already in the probe's queue.
-    let jpeg = probe
+    // The evidence was published before the verdict, so it is already in the probe's backlog.
+    let jpeg = site
+        .probe
         .next(|m| m.topic == evidence_topic, Duration::from_secs(5))
         .await
         .expect("evidence JPEG");
@@ -80,17 +57,8 @@ async fn people_verify_and_a_tree_in_wind_is_a_false_alarm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_alarms_are_reported_and_the_next_good_alarm_is_answered() {
-    let broker = Broker::start().expect("broker");
-    let vtest = footage("vtest.mp4");
-    let server = RtspCameraServer::start(&[("entrance", vtest.as_path())]).expect("rtsp");
+    let mut site = Site::start(&[("entrance", "vtest.mp4")], "").await;
     let t = topics();
-    let mut probe = Probe::connect(broker.port(), &[t.verdict("+"), t.errors(), t.camera_state("+")])
-        .await
-        .expect("probe");
-    let site = tempfile::tempdir().expect("site dir");
-    let service = Service::start(&site_toml(broker.port(), &[("entrance", server.url("entrance"))], "", site.path()), site.path());
-    wait_camera_online(&mut probe, "entrance", &service).await;
-
     let cases: [(&str, &[u8], &str); 4] = [
         ("nowhere", b"{\"alarm_id\":\"x1\"}", "unknown camera \\\"nowhere\\\""),
         ("entrance", b"{not json", "not JSON"),
@@ -98,11 +66,12 @@ async fn bad_alarms_are_reported_and_the_next_good_alarm_is_answered() {
         ("entrance", b"{\"time\": \"2001-01-01T00:00:00Z\"}", "from this box's clock"),
     ];
     for (camera, payload, expected) in cases {
-        probe.publish(&t.alarm(camera), payload.to_vec()).await.expect("publish");
-        let report = probe
+        site.probe.publish(&t.alarm(camera), payload.to_vec()).await.expect("publish");
+        let report = site
+            .probe
             .next(|m| m.topic == t.errors(), Duration::from_secs(10))
             .await
-            .unwrap_or_else(|| panic!("no error report for {camera} {payload:?}; log:\n{}", service.log()));
+            .unwrap_or_else(|| panic!("no error report for {camera} {payload:?}; log:\n{}", site.service.log()));
         let text = String::from_utf8_lossy(&report.payload).into_owned();
         let doc: serde_json::Value = serde_json::from_str(&text).expect("error report is JSON");
         assert_eq!(doc["topic"], t.alarm(camera), "{text}");
@@ -110,9 +79,9 @@ async fn bad_alarms_are_reported_and_the_next_good_alarm_is_answered() {
         assert!(text.contains(expected), "expected {expected:?} in {text}");
     }
 
-    tokio::time::sleep(FILL_PRE_WINDOW).await;
-    probe.publish(&t.alarm("entrance"), alarm_json("after-bad-input")).await.expect("publish");
-    let verdict = wait_verdict(&mut probe, "after-bad-input", Duration::from_secs(30), &service).await;
+    site.let_buffers_fill().await;
+    site.raise("entrance", "after-bad-input").await;
+    let verdict = site.verdict("after-bad-input", Duration::from_secs(30)).await;
     assert_eq!(verdict.verdict, VerdictKind::Verified, "{verdict:?}");
 }
 

@@ -45,6 +45,10 @@ pub struct Service {
 
 impl Service {
     pub fn start(config_toml: &str, site_dir: &Path) -> Self {
+        Self::start_with_env(config_toml, site_dir, &[])
+    }
+
+    pub fn start_with_env(config_toml: &str, site_dir: &Path, env: &[(&str, &str)]) -> Self {
         let config = site_dir.join("site.toml");
         std::fs::write(&config, config_toml).expect("write config");
         let log = std::fs::OpenOptions::new()
@@ -57,6 +61,7 @@ impl Service {
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -128,4 +133,62 @@ pub async fn wait_verdict(probe: &mut Probe, alarm_id: &str, timeout: Duration, 
 
 pub fn alarm_json(alarm_id: &str) -> Vec<u8> {
     serde_json::json!({"alarm_id": alarm_id, "source": "test"}).to_string().into_bytes()
+}
+
+/// A whole test site: a broker, RTSP cameras serving footage, a probe subscribed to everything
+/// the service publishes, and the service itself, with its cameras online.
+pub struct Site {
+    pub broker: alarm_verifier::demo::Broker,
+    pub server: Option<alarm_verifier::demo::RtspCameraServer>,
+    pub probe: Probe,
+    pub service: Service,
+    /// The config the service runs with, to start it again after a crash.
+    pub config: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Site {
+    /// `cameras` pairs a camera id with a footage file (see `demo::footage`); `extra` holds config tables.
+    pub async fn start(cameras: &[(&str, &str)], extra: &str) -> Self {
+        let broker = alarm_verifier::demo::Broker::start().expect("broker");
+        let files: Vec<(&str, PathBuf)> = cameras.iter().map(|(id, f)| (*id, alarm_verifier::demo::footage(f))).collect();
+        let mounts: Vec<(&str, &Path)> = files.iter().map(|(id, f)| (*id, f.as_path())).collect();
+        let server = alarm_verifier::demo::RtspCameraServer::start(&mounts).expect("rtsp server");
+        let t = topics();
+        let probe = Probe::connect(
+            broker.port(),
+            &[t.verdict("+"), t.evidence("+"), t.camera_state("+"), t.status(), t.errors()],
+        )
+        .await
+        .expect("probe");
+        let dir = tempfile::tempdir().expect("site dir");
+        let urls: Vec<(&str, String)> = cameras.iter().map(|(id, _)| (*id, server.url(id))).collect();
+        let config = site_toml(broker.port(), &urls, extra, dir.path());
+        let service = Service::start(&config, dir.path());
+        let mut site = Self {
+            broker,
+            server: Some(server),
+            probe,
+            service,
+            config,
+            dir,
+        };
+        for (id, _) in cameras {
+            wait_camera_online(&mut site.probe, id, &site.service).await;
+        }
+        site
+    }
+
+    /// Waits until the ring buffers hold the pre-alarm window.
+    pub async fn let_buffers_fill(&self) {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+
+    pub async fn raise(&self, camera: &str, alarm_id: &str) {
+        self.probe.publish(&topics().alarm(camera), alarm_json(alarm_id)).await.expect("publish alarm");
+    }
+
+    pub async fn verdict(&mut self, alarm_id: &str, timeout: Duration) -> VerdictDocument {
+        wait_verdict(&mut self.probe, alarm_id, timeout, &self.service).await
+    }
 }
