@@ -130,8 +130,22 @@ pub struct DetectorConfig {
     pub onnxruntime: PathBuf,
     /// Intra-op threads for inference; one leaves a core for GStreamer's decoding.
     pub threads: usize,
-    /// Side of the square model input, in pixels.
-    pub input_size: u32,
+    pub provider: Provider,
+    pub optimization: Optimization,
+    /// How the model's outputs are laid out.
+    pub layout: Layout,
+    /// Side of the square model input; unset: the model's own size, or the layout's default.
+    pub input_size: Option<u32>,
+    /// Unset: the layout's default (BGR for YOLOX, RGB otherwise).
+    pub channel_order: Option<ChannelOrder>,
+    /// Each input value is `(pixel * scale - mean) / std`; unset: the layout's defaults.
+    pub scale: Option<f32>,
+    pub mean: Option<[f32; 3]>,
+    pub std: Option<[f32; 3]>,
+    /// Unset: the layout's default.
+    pub resize: Option<ResizeMode>,
+    /// Class names, one per line, in the model's class order; unset: COCO.
+    pub labels: Option<PathBuf>,
     /// Detections below this score are discarded before NMS.
     pub score_threshold: f32,
     pub nms_iou: f32,
@@ -143,11 +157,68 @@ impl Default for DetectorConfig {
             model: "models/yolox_nano.onnx".into(),
             onnxruntime: "third_party/onnxruntime/libonnxruntime.so.1.31.1".into(),
             threads: 1,
-            input_size: 416,
+            provider: Provider::Cpu,
+            optimization: Optimization::All,
+            layout: Layout::Yolox,
+            input_size: None,
+            channel_order: None,
+            scale: None,
+            mean: None,
+            std: None,
+            resize: None,
+            labels: None,
             score_threshold: 0.25,
             nms_iou: 0.45,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Cpu,
+    Cuda,
+    Tensorrt,
+    Openvino,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimization {
+    Disable,
+    Basic,
+    Extended,
+    All,
+}
+
+/// Model output layouts (DESIGN.md, "Detector").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// YOLOX: raw grid output `[1, N, 5 + classes]`, strides 8/16/32.
+    Yolox,
+    /// Ultralytics YOLO: v5 `[1, N, 5 + classes]` or v8/v11 `[1, 4 + classes, N]`, boxes decoded.
+    Yolo,
+    /// NMS inside the graph: boxes, scores, classes and count outputs (TensorFlow Object Detection API).
+    Ssd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelOrder {
+    Rgb,
+    Bgr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeMode {
+    /// Keep the aspect ratio, image at the top left, padded with grey 114 (YOLOX).
+    Letterbox,
+    /// Keep the aspect ratio, image centred, padded with grey 114 (Ultralytics).
+    LetterboxCenter,
+    /// Scale each axis to the input size (SSD).
+    Stretch,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -343,11 +414,16 @@ impl Config {
         if self.detector.threads == 0 {
             return Err(invalid("detector.threads", "expected at least 1".into()));
         }
-        if self.detector.input_size < 32 || self.detector.input_size % 32 != 0 {
-            return Err(invalid(
-                "detector.input_size",
-                format!("expected a multiple of 32 (e.g. 416), got {}", self.detector.input_size),
-            ));
+        if let Some(size) = self.detector.input_size
+            && !(16..=4096).contains(&size)
+        {
+            return Err(invalid("detector.input_size", format!("expected 16 to 4096 pixels, got {size}")));
+        }
+        if self.detector.scale.is_some_and(|s| !s.is_finite() || s == 0.0) {
+            return Err(invalid("detector.scale", "expected a finite, non-zero number".into()));
+        }
+        if self.detector.std.is_some_and(|s| s.iter().any(|v| !v.is_finite() || *v == 0.0)) {
+            return Err(invalid("detector.std", "expected three finite, non-zero numbers".into()));
         }
         check_fraction(self.detector.score_threshold).map_err(|e| invalid("detector.score_threshold", e))?;
         check_fraction(self.detector.nms_iou).map_err(|e| invalid("detector.nms_iou", e))?;

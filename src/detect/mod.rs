@@ -1,0 +1,455 @@
+//! The detector: one shared ONNX Runtime session, preprocessing and decoding in Rust.
+//!
+//! The model layout (YOLOX, Ultralytics YOLO v5/v8/v11, SSD with NMS in the graph) comes from
+//! config and is checked against the model's input and output shapes when it loads, so a wrong
+//! model is a start-up error rather than garbage verdicts.
+
+mod decode;
+pub mod labels;
+pub mod preprocess;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use image::RgbImage;
+use ort::ep;
+use ort::session::Session;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+use ort::value::TensorElementType;
+use ort::value::TensorRef;
+use serde::Serialize;
+
+use crate::config::{ChannelOrder, DetectorConfig, Layout, Optimization, Provider, ResizeMode};
+use decode::Candidate;
+use preprocess::{ElementType, InputSpec, Scratch, Transform};
+
+pub use labels::COCO80 as COCO_LABELS;
+
+/// The ONNX Runtime minor version `ort` is built for.
+const ORT_VERSION: &str = "1.31";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    #[error(
+        "cannot load the ONNX Runtime library {path} (key detector.onnxruntime): {reason}. Expected ONNX Runtime \
+         {ORT_VERSION} or newer (libonnxruntime.so.1.31.1; scripts/setup.sh installs it)"
+    )]
+    Runtime { path: PathBuf, reason: String },
+    #[error("{path}: cannot load the detector model (key detector.model): {reason}")]
+    Model { path: PathBuf, reason: String },
+    #[error("execution provider {provider:?} (key detector.provider) cannot be used: {reason}")]
+    Provider { provider: String, reason: String },
+    #[error("{path}: the model does not fit detector.layout = {layout:?}: {reason}")]
+    Layout { path: PathBuf, layout: String, reason: String },
+    #[error("{path}: cannot read the labels file (key detector.labels): {reason}")]
+    Labels { path: PathBuf, reason: String },
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("cannot prepare the frame: {0}")]
+    Frame(String),
+}
+
+/// A box in pixels of the original frame: left, top, width, height.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct BoxPx {
+    pub x: f32,
+    pub y: f32,
+    pub w: f32,
+    pub h: f32,
+}
+
+impl BoxPx {
+    pub fn area(&self) -> f32 {
+        self.w.max(0.0) * self.h.max(0.0)
+    }
+
+    pub fn iou(&self, other: &BoxPx) -> f32 {
+        let x1 = self.x.max(other.x);
+        let y1 = self.y.max(other.y);
+        let x2 = (self.x + self.w).min(other.x + other.w);
+        let y2 = (self.y + self.h).min(other.y + other.h);
+        let inter = (x2 - x1).max(0.0) * (y2 - y1).max(0.0);
+        let union = self.area() + other.area() - inter;
+        if union <= 0.0 { 0.0 } else { inter / union }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Detection {
+    pub class_id: usize,
+    pub label: String,
+    pub score: f32,
+    pub bbox: BoxPx,
+}
+
+/// Where the time of one frame went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageTimes {
+    pub preprocess: Duration,
+    pub inference: Duration,
+    pub postprocess: Duration,
+}
+
+/// How to read the outputs, as found when the model loaded.
+#[derive(Debug, Clone, Copy)]
+enum Outputs {
+    Yolox { classes: usize },
+    YoloV5 { classes: usize },
+    YoloV8 { classes: usize, anchors: usize },
+    Ssd { boxes: usize, scores: usize, classes: usize, count: usize },
+}
+
+struct Engine {
+    session: Session,
+    scratch: Scratch,
+}
+
+pub struct Detector {
+    engine: Mutex<Engine>,
+    _environment: ort::environment::Environment,
+    input: InputSpec,
+    outputs: Outputs,
+    labels: Vec<String>,
+    score_threshold: f32,
+    nms_iou: f32,
+    model_name: String,
+}
+
+impl Detector {
+    /// Loads the ONNX Runtime library and the model, and checks the model against the layout.
+    pub fn load(config: &DetectorConfig) -> Result<Self, DetectError> {
+        let environment = load_runtime(&config.onnxruntime)?;
+        let model = &config.model;
+        let model_err = |reason: String| DetectError::Model {
+            path: model.clone(),
+            reason,
+        };
+        if !model.is_file() {
+            return Err(model_err("no such file (scripts/setup.sh puts yolox_nano.onnx into models/)".into()));
+        }
+        let builder = session_builder(&environment, config).map_err(|e| model_err(e.to_string()))?;
+        let builder = register_provider(builder, config.provider)?;
+        let session = commit(builder, model).map_err(|e| model_err(e.to_string()))?;
+        let layout_err = |reason: String| DetectError::Layout {
+            path: model.clone(),
+            layout: format!("{:?}", config.layout).to_lowercase(),
+            reason,
+        };
+        let input = input_spec(&session, config).map_err(layout_err)?;
+        let labels = match &config.labels {
+            Some(path) => labels::read(path).map_err(|reason| DetectError::Labels { path: path.clone(), reason })?,
+            None if config.layout == Layout::Ssd => labels::coco91(),
+            None => labels::coco80(),
+        };
+        let outputs = output_plan(&session, config.layout, &input, labels.len()).map_err(layout_err)?;
+        let model_name = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+        Ok(Self {
+            engine: Mutex::new(Engine {
+                session,
+                scratch: Scratch::default(),
+            }),
+            _environment: environment,
+            input,
+            outputs,
+            labels,
+            score_threshold: config.score_threshold,
+            nms_iou: config.nms_iou,
+            model_name,
+        })
+    }
+
+    pub fn model_name(&self) -> &str {
+        &self.model_name
+    }
+
+    /// The model input: width, height.
+    pub fn input_size(&self) -> (u32, u32) {
+        (self.input.width, self.input.height)
+    }
+
+    /// Runs the model on one RGB frame; boxes come back in the frame's own pixels, best first.
+    pub fn detect(&self, frame: &RgbImage) -> Result<Vec<Detection>, DetectError> {
+        self.detect_timed(frame).map(|(d, _)| d)
+    }
+
+    /// As [`detect`](Self::detect), with the time spent in each stage.
+    pub fn detect_timed(&self, frame: &RgbImage) -> Result<(Vec<Detection>, StageTimes), DetectError> {
+        let mut times = StageTimes::default();
+        let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
+        let Engine { session, scratch } = &mut *engine;
+        let started = Instant::now();
+        let transform = preprocess::prepare(&self.input, frame, scratch).map_err(DetectError::Frame)?;
+        times.preprocess = started.elapsed();
+
+        let started = Instant::now();
+        let shape = self.input.shape();
+        let infer_err = |e: ort::Error| DetectError::Inference(e.to_string());
+        let outputs = match self.input.element {
+            ElementType::F32 => session.run(ort::inputs![TensorRef::from_array_view((shape, scratch.f32_input.as_slice())).map_err(infer_err)?]),
+            ElementType::U8 => session.run(ort::inputs![TensorRef::from_array_view((shape, scratch.u8_input.as_slice())).map_err(infer_err)?]),
+        }
+        .map_err(infer_err)?;
+        times.inference = started.elapsed();
+
+        let started = Instant::now();
+        let tensor = |i: usize| -> Result<&[f32], DetectError> {
+            outputs[i].try_extract_tensor::<f32>().map(|(_, d)| d).map_err(infer_err)
+        };
+        let (iw, ih) = (self.input.width as usize, self.input.height as usize);
+        let t = self.score_threshold;
+        let candidates = match self.outputs {
+            Outputs::Yolox { classes } => decode::yolox(tensor(0)?, iw, ih, classes, t),
+            Outputs::YoloV5 { classes } => decode::yolo_v5(tensor(0)?, classes, t),
+            Outputs::YoloV8 { classes, anchors } => decode::yolo_v8(tensor(0)?, classes, anchors, t),
+            Outputs::Ssd { boxes, scores, classes, count } => {
+                let n = tensor(count)?.first().copied().unwrap_or(0.0).max(0.0) as usize;
+                decode::ssd(tensor(boxes)?, tensor(scores)?, tensor(classes)?, n, iw, ih, t)
+            }
+        };
+        let detections = self.finish(candidates, transform, frame.width(), frame.height());
+        times.postprocess = started.elapsed();
+        Ok((detections, times))
+    }
+
+    /// Maps candidates to the frame, names them, and (unless the graph did it) suppresses overlaps.
+    fn finish(&self, candidates: Vec<Candidate>, transform: Transform, width: u32, height: u32) -> Vec<Detection> {
+        let detections: Vec<Detection> = candidates
+            .into_iter()
+            .map(|c| Detection {
+                label: self.labels.get(c.class_id).cloned().unwrap_or_else(|| format!("class{}", c.class_id)),
+                class_id: c.class_id,
+                score: c.score,
+                bbox: transform.to_frame(c.bbox, width, height),
+            })
+            .collect();
+        match self.outputs {
+            Outputs::Ssd { .. } => {
+                let mut d = detections;
+                d.sort_by(|a, b| b.score.total_cmp(&a.score));
+                d
+            }
+            _ => nms_per_class(detections, self.nms_iou),
+        }
+    }
+}
+
+fn load_runtime(path: &Path) -> Result<ort::environment::Environment, DetectError> {
+    let runtime_err = |reason: String| DetectError::Runtime {
+        path: path.to_owned(),
+        reason,
+    };
+    if !path.is_file() {
+        return Err(runtime_err("no such file".into()));
+    }
+    ort::init_from(path)
+        .map_err(|e| runtime_err(e.to_string()))?
+        .with_name("alarm-verifier")
+        .with_telemetry(false)
+        .build()
+        .map_err(|e| runtime_err(e.to_string()))
+}
+
+fn session_builder(environment: &ort::environment::Environment, config: &DetectorConfig) -> ort::Result<SessionBuilder> {
+    let level = match config.optimization {
+        Optimization::Disable => GraphOptimizationLevel::Disable,
+        Optimization::Basic => GraphOptimizationLevel::Level1,
+        Optimization::Extended => GraphOptimizationLevel::Level2,
+        Optimization::All => GraphOptimizationLevel::All,
+    };
+    Ok(Session::builder(environment)?
+        .with_optimization_level(level)?
+        .with_intra_threads(config.threads)?)
+}
+
+/// Registers the configured execution provider; failing to is an error, never a silent CPU fallback.
+fn register_provider(builder: SessionBuilder, provider: Provider) -> Result<SessionBuilder, DetectError> {
+    let dispatch = match provider {
+        Provider::Cpu => return Ok(builder),
+        Provider::Cuda => ep::CUDA::default().build(),
+        Provider::Tensorrt => ep::TensorRT::default().build(),
+        Provider::Openvino => ep::OpenVINO::default().build(),
+    };
+    let name = format!("{provider:?}").to_lowercase();
+    builder
+        .with_execution_providers([dispatch.error_on_failure()])
+        .map_err(|e| DetectError::Provider {
+            provider: name,
+            reason: format!("{e} (the loaded ONNX Runtime library may be a CPU-only build)"),
+        })
+}
+
+fn commit(mut builder: SessionBuilder, model: &Path) -> ort::Result<Session> {
+    builder.commit_from_file(model)
+}
+
+fn dims(shape: Option<&ort::value::Shape>) -> Vec<i64> {
+    shape.map(|s| s.iter().copied().collect()).unwrap_or_default()
+}
+
+/// Works out the input tensor's layout, element type and size, and the preprocessing for it.
+fn input_spec(session: &Session, config: &DetectorConfig) -> Result<InputSpec, String> {
+    let [input] = session.inputs() else {
+        return Err(format!("expected 1 input, found {}", session.inputs().len()));
+    };
+    let shape = dims(input.dtype().tensor_shape());
+    let element = match input.dtype().tensor_type() {
+        Some(TensorElementType::Float32) => ElementType::F32,
+        Some(TensorElementType::Uint8) => ElementType::U8,
+        other => return Err(format!("input {:?} has element type {other:?}; expected float32 or uint8", input.name())),
+    };
+    let (nhwc, h, w) = match shape.as_slice() {
+        [_, 3, h, w] => (false, *h, *w),
+        [_, h, w, 3] => (true, *h, *w),
+        _ => return Err(format!("input {:?} has shape {shape:?}; expected [1, 3, H, W] or [1, H, W, 3]", input.name())),
+    };
+    let default_size = match config.layout {
+        Layout::Yolox => 416,
+        Layout::Yolo => 640,
+        Layout::Ssd => 300,
+    };
+    let side = |dim: i64| -> Result<u32, String> {
+        match (dim > 0, config.input_size) {
+            (true, Some(size)) if size as i64 != dim => Err(format!(
+                "detector.input_size = {size} but the model's input {:?} has the fixed shape {shape:?}",
+                input.name()
+            )),
+            (true, _) => Ok(dim as u32),
+            (false, Some(size)) => Ok(size),
+            (false, None) => Ok(default_size),
+        }
+    };
+    let (height, width) = (side(h)?, side(w)?);
+    let (order, scale, resize) = match config.layout {
+        Layout::Yolox => (ChannelOrder::Bgr, 1.0, ResizeMode::Letterbox),
+        Layout::Yolo => (ChannelOrder::Rgb, 1.0 / 255.0, ResizeMode::LetterboxCenter),
+        Layout::Ssd => (ChannelOrder::Rgb, 1.0, ResizeMode::Stretch),
+    };
+    Ok(InputSpec::new(
+        width,
+        height,
+        nhwc,
+        element,
+        config.channel_order.unwrap_or(order),
+        config.resize.unwrap_or(resize),
+        config.scale.unwrap_or(scale),
+        config.mean.unwrap_or([0.0; 3]),
+        config.std.unwrap_or([1.0; 3]),
+    ))
+}
+
+/// Checks the outputs against the layout and the number of classes.
+fn output_plan(session: &Session, layout: Layout, input: &InputSpec, labels: usize) -> Result<Outputs, String> {
+    let outputs = session.outputs();
+    let describe = || {
+        outputs
+            .iter()
+            .map(|o| format!("{:?} {:?}", o.name(), dims(o.dtype().tensor_shape())))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let fits = |dim: i64, want: usize| dim <= 0 || dim as usize == want;
+    match layout {
+        Layout::Yolox | Layout::Yolo => {
+            let [output] = outputs else {
+                return Err(format!("expected 1 output, found {}: {}", outputs.len(), describe()));
+            };
+            let shape = dims(output.dtype().tensor_shape());
+            let [_, a, b] = shape.as_slice() else {
+                return Err(format!("expected a 3-dimensional output, found {}", describe()));
+            };
+            let (a, b) = (*a, *b);
+            if layout == Layout::Yolox {
+                let rows = decode::yolox_rows(input.width as usize, input.height as usize);
+                if !fits(a, rows) || !fits(b, 5 + labels) {
+                    return Err(format!(
+                        "expected output [1, {rows}, {}] (grid rows for a {}x{} input, 5 + {labels} classes), found {}",
+                        5 + labels,
+                        input.width,
+                        input.height,
+                        describe()
+                    ));
+                }
+                return Ok(Outputs::Yolox { classes: labels });
+            }
+            if a > 0 && a as usize == 4 + labels && b > 0 {
+                Ok(Outputs::YoloV8 { classes: labels, anchors: b as usize })
+            } else if b > 0 && b as usize == 5 + labels {
+                Ok(Outputs::YoloV5 { classes: labels })
+            } else {
+                Err(format!(
+                    "expected [1, {}, N] (YOLOv8/v11) or [1, N, {}] (YOLOv5) for {labels} classes, found {}",
+                    4 + labels,
+                    5 + labels,
+                    describe()
+                ))
+            }
+        }
+        Layout::Ssd => {
+            let find = |keys: &[&str]| {
+                outputs
+                    .iter()
+                    .position(|o| keys.iter().any(|k| o.name().to_ascii_lowercase().contains(k)))
+            };
+            match (find(&["box"]), find(&["score"]), find(&["class"]), find(&["num", "count"])) {
+                (Some(boxes), Some(scores), Some(classes), Some(count)) => {
+                    let box_shape = dims(outputs[boxes].dtype().tensor_shape());
+                    if box_shape.last().is_some_and(|d| *d != 4) {
+                        return Err(format!("the boxes output must end in 4 (ymin, xmin, ymax, xmax), found {}", describe()));
+                    }
+                    Ok(Outputs::Ssd { boxes, scores, classes, count })
+                }
+                _ => Err(format!(
+                    "expected outputs named for boxes, scores, classes and num_detections, found {}",
+                    describe()
+                )),
+            }
+        }
+    }
+}
+
+/// Greedy non-maximum suppression within each class; the result is sorted by score, best first.
+pub fn nms_per_class(mut detections: Vec<Detection>, iou_threshold: f32) -> Vec<Detection> {
+    detections.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut kept: Vec<Detection> = Vec::with_capacity(detections.len());
+    for d in detections {
+        let overlaps = kept
+            .iter()
+            .any(|k| k.class_id == d.class_id && k.bbox.iou(&d.bbox) > iou_threshold);
+        if !overlaps {
+            kept.push(d);
+        }
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn det(class_id: usize, score: f32, x: f32) -> Detection {
+        Detection {
+            class_id,
+            label: COCO_LABELS[class_id].into(),
+            score,
+            bbox: BoxPx { x, y: 0.0, w: 10.0, h: 10.0 },
+        }
+    }
+
+    #[test]
+    fn iou_of_identical_and_disjoint_boxes() {
+        let a = BoxPx { x: 0.0, y: 0.0, w: 10.0, h: 10.0 };
+        let b = BoxPx { x: 5.0, y: 0.0, w: 10.0, h: 10.0 };
+        let c = BoxPx { x: 20.0, y: 0.0, w: 10.0, h: 10.0 };
+        assert!((a.iou(&a) - 1.0).abs() < 1e-6);
+        assert!((a.iou(&b) - 50.0 / 150.0).abs() < 1e-6);
+        assert_eq!(a.iou(&c), 0.0);
+    }
+
+    #[test]
+    fn nms_suppresses_overlaps_within_a_class_only() {
+        let out = nms_per_class(vec![det(0, 0.6, 1.0), det(0, 0.9, 0.0), det(2, 0.5, 0.0), det(0, 0.7, 50.0)], 0.45);
+        let summary: Vec<(usize, f32)> = out.iter().map(|d| (d.class_id, d.score)).collect();
+        assert_eq!(summary, vec![(0, 0.9), (0, 0.7), (2, 0.5)]);
+    }
+}
