@@ -9,7 +9,7 @@ pub mod labels;
 pub mod preprocess;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
@@ -234,20 +234,34 @@ impl Detector {
     }
 }
 
+/// ONNX Runtime allows one library and one environment per process; every detector shares them.
+static RUNTIME: OnceLock<(PathBuf, ort::environment::Environment)> = OnceLock::new();
+static RUNTIME_INIT: Mutex<()> = Mutex::new(());
+
 fn load_runtime(path: &Path) -> Result<ort::environment::Environment, DetectError> {
     let runtime_err = |reason: String| DetectError::Runtime {
         path: path.to_owned(),
         reason,
     };
+    let _init = RUNTIME_INIT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((loaded, environment)) = RUNTIME.get() {
+        return if loaded == path {
+            Ok(environment.clone())
+        } else {
+            Err(runtime_err(format!("this process already uses {}", loaded.display())))
+        };
+    }
     if !path.is_file() {
         return Err(runtime_err("no such file".into()));
     }
-    ort::init_from(path)
+    let environment = ort::init_from(path)
         .map_err(|e| runtime_err(e.to_string()))?
         .with_name("alarm-verifier")
         .with_telemetry(false)
         .build()
-        .map_err(|e| runtime_err(e.to_string()))
+        .map_err(|e| runtime_err(e.to_string()))?;
+    let _ = RUNTIME.set((path.to_owned(), environment.clone()));
+    Ok(environment)
 }
 
 fn session_builder(environment: &ort::environment::Environment, config: &DetectorConfig) -> ort::Result<SessionBuilder> {

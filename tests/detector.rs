@@ -1,0 +1,200 @@
+//! The detector engine against references: YOLOX parity with Python ONNX Runtime on a real frame,
+//! every layout's decoder on small models with known outputs, and clear errors for bad models,
+//! layouts, libraries and providers.
+
+mod common;
+
+use std::path::PathBuf;
+
+use alarm_verifier::clip::{self, Window};
+use alarm_verifier::config::{Config, DetectorConfig, Layout, Provider};
+use alarm_verifier::detect::{BoxPx, Detection, Detector};
+use chrono::{TimeDelta, Utc};
+use common::root;
+use image::RgbImage;
+
+fn config(model: &str, layout: Layout) -> DetectorConfig {
+    DetectorConfig {
+        model: root().join(model),
+        onnxruntime: root().join(DetectorConfig::default().onnxruntime),
+        layout,
+        ..DetectorConfig::default()
+    }
+}
+
+fn load(config: &DetectorConfig) -> Detector {
+    Detector::load(config).unwrap_or_else(|e| panic!("{} does not load: {e}", config.model.display()))
+}
+
+fn load_err(config: &DetectorConfig) -> String {
+    match Detector::load(config) {
+        Ok(_) => panic!("{} loaded, but should not", config.model.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The first frame of testdata/vtest.avi, decoded the way the service decodes.
+fn first_vtest_frame() -> RgbImage {
+    gstreamer::init().expect("gstreamer");
+    let base = Utc::now();
+    let window = Window {
+        from: base,
+        to: base + TimeDelta::milliseconds(50),
+        fps: 1.0,
+    };
+    let mut frame = None;
+    clip::decode_file(&root().join("testdata/vtest.avi"), base, window, |f| {
+        frame.get_or_insert(f.image);
+        Ok(())
+    })
+    .expect("decode vtest.avi");
+    frame.expect("a frame")
+}
+
+fn summary(d: &[Detection]) -> Vec<(String, f32, [f32; 4])> {
+    d.iter().map(|d| (d.label.clone(), d.score, [d.bbox.x, d.bbox.y, d.bbox.w, d.bbox.h])).collect()
+}
+
+#[test]
+fn yolox_matches_python_onnxruntime_on_a_real_frame() {
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("tests/data/yolox_reference.json")).expect("reference"))
+            .expect("reference JSON");
+    let expected = reference["detections"].as_array().expect("detections");
+    let frame = first_vtest_frame();
+    assert_eq!(frame.dimensions(), (768, 576));
+    let detector = load(&config("models/yolox_nano.onnx", Layout::Yolox));
+    let got = detector.detect(&frame).expect("detect");
+    assert_eq!(got.len(), expected.len(), "Rust {:?}\nreference {expected:?}", summary(&got));
+    for e in expected {
+        let class_id = e["class_id"].as_u64().expect("class") as usize;
+        let score = e["score"].as_f64().expect("score") as f32;
+        let b: Vec<f32> = e["box_xyxy"].as_array().expect("box").iter().map(|v| v.as_f64().unwrap_or(-1.0) as f32).collect();
+        let want = BoxPx { x: b[0], y: b[1], w: b[2] - b[0], h: b[3] - b[1] };
+        let found = got
+            .iter()
+            .filter(|d| d.class_id == class_id)
+            .max_by(|a, b| a.bbox.iou(&want).total_cmp(&b.bbox.iou(&want)))
+            .unwrap_or_else(|| panic!("no class {class_id} in {:?}", summary(&got)));
+        assert!((found.score - score).abs() < 0.01, "score {} vs reference {score} for {e}", found.score);
+        let (x2, y2) = (found.bbox.x + found.bbox.w, found.bbox.y + found.bbox.h);
+        for (ours, theirs) in [found.bbox.x, found.bbox.y, x2, y2].iter().zip(&b) {
+            assert!((ours - theirs).abs() < 1.0, "box {:?} vs reference {b:?}", found.bbox);
+        }
+    }
+}
+
+/// Any 128x96 frame: the layout models ignore the pixels.
+fn frame() -> RgbImage {
+    RgbImage::from_pixel(128, 96, image::Rgb([90, 120, 150]))
+}
+
+fn assert_box(d: &Detection, want: [f32; 4]) {
+    let got = [d.bbox.x, d.bbox.y, d.bbox.w, d.bbox.h];
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() < 0.01, "{} box {got:?}, expected {want:?}", d.label);
+    }
+}
+
+#[test]
+fn yolox_layout_decodes_grid_cells_and_suppresses_overlaps() {
+    let d = load(&config("tests/data/models/yolox_64.onnx", Layout::Yolox)).detect(&frame()).expect("detect");
+    // Letterbox 128x96 -> 64x48 at the top left: frame = model / 0.5.
+    assert_eq!(d.len(), 2, "{:?}", summary(&d));
+    assert_eq!((d[0].label.as_str(), (d[0].score * 100.0).round()), ("person", 72.0));
+    // Model y 24..56 is frame y 48..112, clipped to the 96-pixel frame.
+    assert_box(&d[0], [32.0, 48.0, 32.0, 48.0]);
+    assert_eq!(d[1].label, "car");
+    assert!((d[1].score - 0.7).abs() < 1e-6);
+    assert_box(&d[1], [64.0, 80.0, 64.0, 16.0]); // clipped at the frame's bottom edge
+}
+
+#[test]
+fn yolo_v8_layout_decodes_columns_with_centred_letterbox() {
+    let d = load(&config("tests/data/models/yolov8_64.onnx", Layout::Yolo)).detect(&frame()).expect("detect");
+    // Centred letterbox: 64x48 image, 8 px of padding at the top; frame = (model - pad) / 0.5.
+    assert_eq!(d.len(), 2, "{:?}", summary(&d));
+    assert_eq!(d[0].label, "car");
+    assert_box(&d[0], [44.0, 38.0, 40.0, 20.0]);
+    assert_eq!(d[1].label, "person");
+    assert_box(&d[1], [12.0, 48.0, 16.0, 32.0]);
+}
+
+#[test]
+fn yolo_v5_layout_multiplies_objectness() {
+    let d = load(&config("tests/data/models/yolov5_64.onnx", Layout::Yolo)).detect(&frame()).expect("detect");
+    assert_eq!(d.len(), 1, "{:?}", summary(&d));
+    assert_eq!(d[0].label, "truck");
+    assert!((d[0].score - 0.81).abs() < 1e-5);
+    assert_box(&d[0], [44.0, 38.0, 40.0, 20.0]);
+}
+
+#[test]
+fn ssd_layout_reads_named_outputs_with_tensorflow_class_ids() {
+    let d = load(&config("tests/data/models/ssd_64.onnx", Layout::Ssd)).detect(&frame()).expect("detect");
+    // Stretch: normalised boxes scale straight to the frame; the third row is beyond num_detections.
+    assert_eq!(d.len(), 2, "{:?}", summary(&d));
+    assert_eq!(d[0].label, "person");
+    assert_box(&d[0], [64.0, 24.0, 64.0, 48.0]);
+    assert_eq!(d[1].label, "car");
+    assert_box(&d[1], [0.0, 0.0, 32.0, 48.0]);
+}
+
+#[test]
+fn labels_file_names_a_custom_model_classes() {
+    let mut c = config("tests/data/models/yolov8_2class_64.onnx", Layout::Yolo);
+    c.labels = Some(root().join("tests/data/models/yolov8_2class_64.labels"));
+    let d = load(&c).detect(&frame()).expect("detect");
+    let labels: Vec<&str> = d.iter().map(|d| d.label.as_str()).collect();
+    assert_eq!(labels, vec!["van", "intruder"]);
+    // Without the labels file, 80 COCO classes do not fit a 2-class output.
+    let err = load_err(&config("tests/data/models/yolov8_2class_64.onnx", Layout::Yolo));
+    assert!(err.contains("[1, 84, N]") && err.contains("[1, 6, 2]"), "{err}");
+}
+
+#[test]
+fn a_model_of_another_layout_is_refused_naming_the_shapes() {
+    let err = load_err(&config("tests/data/models/yolov8_64.onnx", Layout::Yolox));
+    assert!(err.contains("yolov8_64.onnx") && err.contains("yolox") && err.contains("[1, 84, 3]"), "{err}");
+    let err = load_err(&config("models/yolox_nano.onnx", Layout::Ssd));
+    assert!(err.contains("ssd") && err.contains("\"output\" [1, 3549, 85]"), "{err}");
+    let mut c = config("models/yolox_nano.onnx", Layout::Yolox);
+    c.input_size = Some(640);
+    let err = load_err(&c);
+    assert!(err.contains("input_size = 640") && err.contains("[1, 3, 416, 416]"), "{err}");
+}
+
+#[test]
+fn broken_model_files_are_clear_errors() {
+    let dir = tempfile::tempdir().expect("dir");
+    let not_onnx = dir.path().join("notes.onnx");
+    std::fs::write(&not_onnx, "this is not a model").expect("write");
+    let truncated = dir.path().join("truncated.onnx");
+    let bytes = std::fs::read(root().join("models/yolox_nano.onnx")).expect("model");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("write");
+    for (path, what) in [(not_onnx, "notes.onnx"), (truncated, "truncated.onnx"), (dir.path().join("absent.onnx"), "no such file")] {
+        let mut c = config("models/yolox_nano.onnx", Layout::Yolox);
+        c.model = path;
+        let err = load_err(&c);
+        assert!(err.contains(what) && err.contains("detector.model"), "{err}");
+    }
+}
+
+#[test]
+fn a_missing_runtime_library_says_where_it_looked_and_what_it_needs() {
+    let mut c = config("models/yolox_nano.onnx", Layout::Yolox);
+    c.onnxruntime = PathBuf::from("/opt/nowhere/libonnxruntime.so");
+    let err = load_err(&c);
+    assert!(err.contains("/opt/nowhere/libonnxruntime.so") && err.contains("1.31") && err.contains("detector.onnxruntime"), "{err}");
+}
+
+#[test]
+fn an_unavailable_provider_is_an_error_not_a_silent_cpu_fallback() {
+    let mut c = config("models/yolox_nano.onnx", Layout::Yolox);
+    c.provider = Provider::Cuda;
+    let err = load_err(&c);
+    assert!(err.contains("\"cuda\"") && err.contains("detector.provider"), "{err}");
+    // An unknown provider is caught with the config.
+    let err = Config::parse("[detector]\nprovider = \"tpu\"\n", "site.toml").unwrap_err().to_string();
+    assert!(err.contains("site.toml") && err.contains("provider") && err.contains("cuda"), "{err}");
+}
