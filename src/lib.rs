@@ -6,6 +6,7 @@
 //! `verify` runs one alarm through clip → detect → policy → verdict; `service` wires it all up.
 
 pub mod alarm;
+pub mod bench;
 pub mod camera;
 pub mod clip;
 pub mod config;

@@ -46,6 +46,20 @@ enum Command {
     },
     /// A self-contained demo: a local RTSP camera with real footage, a broker, the service, one alarm.
     Demo,
+    /// Time the detector per frame (preprocess, inference, postprocess) beside Python onnxruntime,
+    /// and the verification of one clip.
+    Bench {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The clip to take frames from and to verify.
+        #[arg(long, default_value = "testdata/vtest.mp4")]
+        clip: PathBuf,
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+        /// Python with onnxruntime and numpy (scripts/pytools.sh makes one); "none" skips the comparison.
+        #[arg(long, default_value = "third_party/pyenv/bin/python")]
+        python: PathBuf,
+    },
     /// Serve MP4 (H.264) files as RTSP cameras on 127.0.0.1, to try a config without a real camera.
     ServeRtsp {
         /// Cameras as NAME=FILE; each is served at rtsp://127.0.0.1:PORT/NAME.
@@ -92,6 +106,20 @@ fn execute(command: Command) -> Result<()> {
             evidence,
         } => verify_clip(&file, alarm_at, config.as_deref(), evidence.as_deref()),
         Command::ServeRtsp { mounts, port } => serve_rtsp(&mounts, port),
+        Command::Bench { config, clip, runs, python } => {
+            let config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::offline_default(),
+            };
+            let python = (python.as_os_str() != "none").then_some(python);
+            if let Some(p) = python.as_ref().filter(|p| !p.exists()) {
+                eprintln!("note: {} not found (run scripts/pytools.sh); skipping the onnxruntime comparison", p.display());
+            }
+            let python = python.filter(|p| p.exists());
+            let options = alarm_verifier::bench::BenchOptions { clip, runs: runs.max(1), python };
+            println!("{}", alarm_verifier::bench::run(&config, &options)?);
+            Ok(())
+        }
         Command::Demo => {
             let verdict = runtime()?.block_on(demo::run_demo())?;
             println!("demo: verdict received over MQTT:\n{verdict}");

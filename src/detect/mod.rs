@@ -168,6 +168,17 @@ impl Detector {
         (self.input.width, self.input.height)
     }
 
+    /// The model input built from `frame` (float models only), with its shape: for comparing
+    /// against other runtimes on exactly the same tensor.
+    pub fn input_tensor(&self, frame: &RgbImage) -> Result<([usize; 4], Vec<f32>), DetectError> {
+        let mut scratch = Scratch::default();
+        preprocess::prepare(&self.input, frame, &mut scratch).map_err(DetectError::Frame)?;
+        if self.input.element != ElementType::F32 {
+            return Err(DetectError::Frame("the model takes uint8 input".into()));
+        }
+        Ok((self.input.shape(), scratch.f32_input))
+    }
+
     /// Runs the model on one RGB frame; boxes come back in the frame's own pixels, best first.
     pub fn detect(&self, frame: &RgbImage) -> Result<Vec<Detection>, DetectError> {
         self.detect_timed(frame).map(|(d, _)| d)

@@ -1,0 +1,184 @@
+//! `alarm-verifier bench`: where a frame's time goes, against ONNX Runtime's own Python API on the
+//! same model, thread count and input tensor, and the wall time to verify one clip.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{TimeDelta, Utc};
+use image::RgbImage;
+
+use crate::alarm::Alarm;
+use crate::clip::{self, Window};
+use crate::config::Config;
+use crate::detect::{DetectError, Detector, StageTimes};
+use crate::verify::Verifier;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Detect(#[from] DetectError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+pub struct BenchOptions {
+    pub clip: PathBuf,
+    pub runs: usize,
+    /// Python with onnxruntime and numpy, for the side-by-side run; None skips it.
+    pub python: Option<PathBuf>,
+}
+
+/// Medians of the stage times over the runs.
+struct FrameBench {
+    name: String,
+    preprocess: Duration,
+    inference: Duration,
+    postprocess: Duration,
+    python_inference: Option<Result<f64, String>>,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+pub fn run(config: &Config, options: &BenchOptions) -> Result<String, BenchError> {
+    gstreamer::init().map_err(|e| BenchError::Setup(e.to_string()))?;
+    let detector = Arc::new(Detector::load(&config.detector)?);
+    let frame = first_frame(&options.clip)?;
+    let full_hd = image::imageops::resize(&frame, 1920, 1080, image::imageops::FilterType::Triangle);
+    let mut rows = Vec::new();
+    for (name, image) in [(format!("{}x{}", frame.width(), frame.height()), &frame), ("1920x1080".to_owned(), &full_hd)] {
+        rows.push(bench_frame(&detector, config, options, &name, image)?);
+    }
+    let (clip_time, frames) = bench_clip(&detector, config, &options.clip)?;
+    Ok(report(config, &detector, options, &rows, clip_time, frames))
+}
+
+fn bench_frame(detector: &Detector, config: &Config, options: &BenchOptions, name: &str, image: &RgbImage) -> Result<FrameBench, BenchError> {
+    for _ in 0..5 {
+        detector.detect_timed(image)?;
+    }
+    let mut samples: Vec<StageTimes> = Vec::with_capacity(options.runs);
+    for _ in 0..options.runs {
+        samples.push(detector.detect_timed(image)?.1);
+    }
+    let python_inference = options
+        .python
+        .as_ref()
+        .map(|python| python_session_run(python, detector, config, image, options.runs));
+    Ok(FrameBench {
+        name: name.to_owned(),
+        preprocess: median(samples.iter().map(|s| s.preprocess).collect()),
+        inference: median(samples.iter().map(|s| s.inference).collect()),
+        postprocess: median(samples.iter().map(|s| s.postprocess).collect()),
+        python_inference,
+    })
+}
+
+/// Median milliseconds of Python onnxruntime's session.run on the same input tensor.
+fn python_session_run(python: &Path, detector: &Detector, config: &Config, image: &RgbImage, runs: usize) -> Result<f64, String> {
+    let (shape, tensor) = detector.input_tensor(image).map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let input = dir.path().join("input.f32");
+    let bytes: Vec<u8> = tensor.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(&input, bytes).map_err(|e| e.to_string())?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/bench_ort.py");
+    let shape = shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",");
+    let out = Command::new(python)
+        .arg(&script)
+        .arg(&config.detector.model)
+        .arg(&input)
+        .arg(shape)
+        .arg(config.detector.threads.to_string())
+        .arg(runs.to_string())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("failed").to_owned());
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    doc["median_ms"].as_f64().ok_or_else(|| "no median_ms in its output".into())
+}
+
+fn first_frame(path: &Path) -> Result<RgbImage, BenchError> {
+    let base = Utc::now();
+    let window = Window {
+        from: base,
+        to: base + TimeDelta::milliseconds(50),
+        fps: 1.0,
+    };
+    let mut frame = None;
+    clip::decode_file(path, base, window, |f| {
+        frame.get_or_insert(f.image);
+        Ok(())
+    })
+    .map_err(|e| BenchError::Setup(e.to_string()))?;
+    frame.ok_or_else(|| BenchError::Setup(format!("{}: no frames", path.display())))
+}
+
+/// Wall time of verify-clip's path (decode, detect, policy, evidence) on 10 s into the clip.
+fn bench_clip(detector: &Arc<Detector>, config: &Config, path: &Path) -> Result<(Duration, usize), BenchError> {
+    let verifier = Verifier::new(detector.clone(), config);
+    let now = Utc::now();
+    let alarm = Alarm {
+        alarm_id: "bench".into(),
+        camera: "bench".into(),
+        time: now,
+        source: None,
+        received: now,
+        received_at: tokio::time::Instant::now(),
+    };
+    let base = now - TimeDelta::seconds(10);
+    let window = verifier.window(&alarm);
+    let started = Instant::now();
+    let finding = verifier
+        .analyze(&alarm, |on_frame| clip::decode_file(path, base, window, on_frame))
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
+    Ok((started.elapsed(), finding.doc.frames_analyzed))
+}
+
+fn report(config: &Config, detector: &Detector, options: &BenchOptions, rows: &[FrameBench], clip: Duration, frames: usize) -> String {
+    let (iw, ih) = detector.input_size();
+    let mut out = format!(
+        "model {} ({}x{} input), {} intra-op thread(s), median of {} runs\n\n\
+         | frame | preprocess ms | inference ms | postprocess ms | (pre+post)/inference | onnxruntime (Python) session.run ms | inference / onnxruntime |\n\
+         |---|---|---|---|---|---|---|\n",
+        config.detector.model.display(),
+        iw,
+        ih,
+        config.detector.threads,
+        options.runs
+    );
+    for r in rows {
+        let overhead = (ms(r.preprocess) + ms(r.postprocess)) / ms(r.inference).max(1e-9);
+        let (python, ratio) = match &r.python_inference {
+            Some(Ok(p)) => (format!("{p:.2}"), format!("{:.3}", ms(r.inference) / p)),
+            Some(Err(e)) => (format!("failed: {e}"), "-".into()),
+            None => ("not run".into(), "-".into()),
+        };
+        out.push_str(&format!(
+            "| {} | {:.2} | {:.2} | {:.3} | {:.1}% | {python} | {ratio} |\n",
+            r.name,
+            ms(r.preprocess),
+            ms(r.inference),
+            ms(r.postprocess),
+            overhead * 100.0
+        ));
+    }
+    out.push_str(&format!(
+        "\nverify one clip ({}, 10 s in, {} + {} s at {} fps): {:.0} ms wall for {frames} frames (decode, detect, policy, evidence)\n",
+        options.clip.display(),
+        config.clip.pre_s,
+        config.clip.post_s,
+        config.clip.analysis_fps,
+        ms(clip)
+    ));
+    out
+}
