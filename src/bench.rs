@@ -10,7 +10,7 @@ use chrono::{TimeDelta, Utc};
 use image::RgbImage;
 
 use crate::alarm::Alarm;
-use crate::clip::{self, Window};
+use crate::clip;
 use crate::config::Config;
 use crate::detect::{DetectError, Detector, StageTimes};
 use crate::verify::Verifier;
@@ -51,7 +51,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 pub fn run(config: &Config, options: &BenchOptions) -> Result<String, BenchError> {
     gstreamer::init().map_err(|e| BenchError::Setup(e.to_string()))?;
     let detector = Arc::new(Detector::load(&config.detector)?);
-    let frame = first_frame(&options.clip)?;
+    let frame = clip::first_frame(&options.clip).map_err(|e| BenchError::Setup(e.to_string()))?;
     let full_hd = image::imageops::resize(&frame, 1920, 1080, image::imageops::FilterType::Triangle);
     let mut rows = Vec::new();
     for (name, image) in [(format!("{}x{}", frame.width(), frame.height()), &frame), ("1920x1080".to_owned(), &full_hd)] {
@@ -105,22 +105,6 @@ fn python_session_run(python: &Path, detector: &Detector, config: &Config, image
     }
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
     doc["median_ms"].as_f64().ok_or_else(|| "no median_ms in its output".into())
-}
-
-fn first_frame(path: &Path) -> Result<RgbImage, BenchError> {
-    let base = Utc::now();
-    let window = Window {
-        from: base,
-        to: base + TimeDelta::milliseconds(50),
-        fps: 1.0,
-    };
-    let mut frame = None;
-    clip::decode_file(path, base, window, |f| {
-        frame.get_or_insert(f.image);
-        Ok(())
-    })
-    .map_err(|e| BenchError::Setup(e.to_string()))?;
-    frame.ok_or_else(|| BenchError::Setup(format!("{}: no frames", path.display())))
 }
 
 /// Wall time of verify-clip's path (decode, detect, policy, evidence) on 10 s into the clip.

@@ -133,6 +133,25 @@ pub fn decode_file(
     })
 }
 
+/// The first frame of a video file, decoded as the service decodes.
+pub fn first_frame(path: &Path) -> Result<RgbImage, ClipError> {
+    let base = Utc::now();
+    let window = Window {
+        from: base,
+        to: base + TimeDelta::milliseconds(50),
+        fps: 1.0,
+    };
+    let mut frame = None;
+    decode_file(path, base, window, |f| {
+        frame.get_or_insert(f.image);
+        Ok(())
+    })?;
+    frame.ok_or_else(|| ClipError::File {
+        path: path.display().to_string(),
+        reason: "no frames".into(),
+    })
+}
+
 /// The shared decode tail. videorate thins the stream before colour conversion so that only about
 /// twice the analysed frames pay for it; the exact choice of frames is made by [`FramePicker`].
 fn build_decoder(head: &str, fps: f64) -> Result<gst::Pipeline, ClipError> {

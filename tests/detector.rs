@@ -6,10 +6,9 @@ mod common;
 
 use std::path::PathBuf;
 
-use alarm_verifier::clip::{self, Window};
+use alarm_verifier::clip;
 use alarm_verifier::config::{Config, DetectorConfig, Layout, Provider};
 use alarm_verifier::detect::{BoxPx, Detection, Detector};
-use chrono::{TimeDelta, Utc};
 use common::root;
 use image::RgbImage;
 
@@ -36,19 +35,7 @@ fn load_err(config: &DetectorConfig) -> String {
 /// The first frame of testdata/vtest.avi, decoded the way the service decodes.
 fn first_vtest_frame() -> RgbImage {
     gstreamer::init().expect("gstreamer");
-    let base = Utc::now();
-    let window = Window {
-        from: base,
-        to: base + TimeDelta::milliseconds(50),
-        fps: 1.0,
-    };
-    let mut frame = None;
-    clip::decode_file(&root().join("testdata/vtest.avi"), base, window, |f| {
-        frame.get_or_insert(f.image);
-        Ok(())
-    })
-    .expect("decode vtest.avi");
-    frame.expect("a frame")
+    clip::first_frame(&root().join("testdata/vtest.avi")).expect("decode vtest.avi")
 }
 
 fn summary(d: &[Detection]) -> Vec<(String, f32, [f32; 4])> {
