@@ -245,25 +245,232 @@ impl Default for ClipConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// The site's rules for turning detections into a verdict. `[policy]` holds the site-wide
+/// defaults; a camera's `[camera.policy]` overrides any of them (see [`PolicyOverride`]).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
-    /// Labels that verify an alarm; `vehicle` stands for car, truck, bus, motorcycle and bicycle.
-    pub classes: Vec<String>,
-    /// Per-frame score a detection needs to count.
+    /// Per-frame score a detection needs to count at all.
     pub min_score: f32,
-    /// Frames of the clip a target must appear in.
+    /// Confirmation: the median of an object's scores over the frames it is in.
+    pub threshold: f32,
+    /// Analysed frames an object must be in.
     pub min_frames: usize,
+    /// Box area as a fraction of the frame.
+    pub min_area: f32,
+    pub max_area: f32,
+    /// Box width / height.
+    pub min_ratio: f32,
+    pub max_ratio: f32,
+    /// A vehicle whose boxes all overlap its first one by this IoU or more has not moved.
+    pub stationary_iou: f32,
+    /// Target classes (`person`, `vehicle`, or any label of the model) and their own rules.
+    /// Classes given here are merged over the defaults (`person`, `vehicle`); `enabled = false`
+    /// turns a default off.
+    #[serde(deserialize_with = "classes_over_defaults")]
+    pub classes: std::collections::BTreeMap<String, ClassRule>,
+    /// Where targets count; none means the whole frame.
+    #[serde(rename = "zone")]
+    pub zones: Vec<Zone>,
+    /// Where detections are ignored.
+    #[serde(rename = "mask")]
+    pub masks: Vec<Zone>,
 }
 
 impl Default for PolicyConfig {
     fn default() -> Self {
+        // Built here, not from default_classes(), which calls this.
+        let mut classes = std::collections::BTreeMap::new();
+        classes.insert("person".to_owned(), ClassRule::default());
+        classes.insert(
+            "vehicle".to_owned(),
+            ClassRule {
+                ignore_stationary: Some(true),
+                ..ClassRule::default()
+            },
+        );
         Self {
-            classes: vec!["person".into(), "vehicle".into()],
             min_score: 0.5,
+            threshold: 0.6,
             min_frames: 2,
+            min_area: 0.0005,
+            max_area: 0.9,
+            min_ratio: 0.05,
+            max_ratio: 20.0,
+            stationary_iou: 0.7,
+            classes,
+            zones: Vec::new(),
+            masks: Vec::new(),
         }
     }
+}
+
+fn default_classes() -> std::collections::BTreeMap<String, ClassRule> {
+    PolicyConfig::default().classes
+}
+
+fn classes_over_defaults<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::collections::BTreeMap<String, ClassRule>, D::Error> {
+    let given = std::collections::BTreeMap::<String, ClassRule>::deserialize(d)?;
+    let mut classes = default_classes();
+    for (name, rule) in given {
+        let merged = match classes.get(&name) {
+            Some(base) => rule.or(base),
+            None => rule,
+        };
+        classes.insert(name, merged);
+    }
+    Ok(classes)
+}
+
+/// A target class's own rules; unset values come from the policy.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClassRule {
+    /// `false` turns off a class inherited from the site defaults.
+    pub enabled: Option<bool>,
+    pub min_score: Option<f32>,
+    pub threshold: Option<f32>,
+    pub min_frames: Option<usize>,
+    pub min_area: Option<f32>,
+    pub max_area: Option<f32>,
+    pub min_ratio: Option<f32>,
+    pub max_ratio: Option<f32>,
+    /// Ignore objects of this class that were already there before the alarm and have not moved
+    /// (parked vehicles). On for `vehicle` by default; never allowed for `person`.
+    pub ignore_stationary: Option<bool>,
+}
+
+impl ClassRule {
+    /// `self`, with anything unset taken from `base`.
+    fn or(&self, base: &ClassRule) -> ClassRule {
+        ClassRule {
+            enabled: self.enabled.or(base.enabled),
+            min_score: self.min_score.or(base.min_score),
+            threshold: self.threshold.or(base.threshold),
+            min_frames: self.min_frames.or(base.min_frames),
+            min_area: self.min_area.or(base.min_area),
+            max_area: self.max_area.or(base.max_area),
+            min_ratio: self.min_ratio.or(base.min_ratio),
+            max_ratio: self.max_ratio.or(base.max_ratio),
+            ignore_stationary: self.ignore_stationary.or(base.ignore_stationary),
+        }
+    }
+}
+
+/// A polygon in normalised frame coordinates (0..1, origin top left).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Zone {
+    pub name: String,
+    pub points: Vec<[f32; 2]>,
+}
+
+/// A camera's changes to the site policy: any key of `[policy]`. Classes merge rule by rule;
+/// zones and masks, when given, replace the site's.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyOverride {
+    pub min_score: Option<f32>,
+    pub threshold: Option<f32>,
+    pub min_frames: Option<usize>,
+    pub min_area: Option<f32>,
+    pub max_area: Option<f32>,
+    pub min_ratio: Option<f32>,
+    pub max_ratio: Option<f32>,
+    pub stationary_iou: Option<f32>,
+    pub classes: Option<std::collections::BTreeMap<String, ClassRule>>,
+    #[serde(rename = "zone")]
+    pub zones: Option<Vec<Zone>>,
+    #[serde(rename = "mask")]
+    pub masks: Option<Vec<Zone>>,
+}
+
+impl PolicyConfig {
+    /// The site policy with a camera's overrides applied.
+    pub fn with_override(&self, o: &PolicyOverride) -> PolicyConfig {
+        let mut classes = self.classes.clone();
+        for (name, rule) in o.classes.iter().flatten() {
+            let merged = match classes.get(name) {
+                Some(base) => rule.or(base),
+                None => rule.clone(),
+            };
+            classes.insert(name.clone(), merged);
+        }
+        PolicyConfig {
+            min_score: o.min_score.unwrap_or(self.min_score),
+            threshold: o.threshold.unwrap_or(self.threshold),
+            min_frames: o.min_frames.unwrap_or(self.min_frames),
+            min_area: o.min_area.unwrap_or(self.min_area),
+            max_area: o.max_area.unwrap_or(self.max_area),
+            min_ratio: o.min_ratio.unwrap_or(self.min_ratio),
+            max_ratio: o.max_ratio.unwrap_or(self.max_ratio),
+            stationary_iou: o.stationary_iou.unwrap_or(self.stationary_iou),
+            classes,
+            zones: o.zones.clone().unwrap_or_else(|| self.zones.clone()),
+            masks: o.masks.clone().unwrap_or_else(|| self.masks.clone()),
+        }
+    }
+
+    /// Checks the policy; errors name the key under `prefix` (`policy` or `camera[i].policy`).
+    fn validate(&self, prefix: &str) -> Result<(), (String, String)> {
+        let key = |k: &str| format!("{prefix}.{k}");
+        let fraction = |k: &str, v: f32| check_fraction(v).map_err(|e| (key(k), e));
+        fraction("min_score", self.min_score)?;
+        fraction("threshold", self.threshold)?;
+        fraction("min_area", self.min_area)?;
+        fraction("max_area", self.max_area)?;
+        fraction("stationary_iou", self.stationary_iou)?;
+        if self.min_frames == 0 {
+            return Err((key("min_frames"), "expected at least 1".into()));
+        }
+        if !(self.min_ratio >= 0.0 && self.min_ratio <= self.max_ratio) {
+            return Err((key("min_ratio"), format!("expected 0 <= min_ratio <= max_ratio, got {} and {}", self.min_ratio, self.max_ratio)));
+        }
+        if self.min_area > self.max_area {
+            return Err((key("min_area"), format!("expected min_area <= max_area, got {} and {}", self.min_area, self.max_area)));
+        }
+        for (name, rule) in &self.classes {
+            let ck = |k: &str| format!("{prefix}.classes.{name}.{k}");
+            for (k, v) in [("min_score", rule.min_score), ("threshold", rule.threshold), ("min_area", rule.min_area), ("max_area", rule.max_area)] {
+                if let Some(v) = v {
+                    check_fraction(v).map_err(|e| (ck(k), e))?;
+                }
+            }
+            if rule.min_frames == Some(0) {
+                return Err((ck("min_frames"), "expected at least 1".into()));
+            }
+            if name == "person" && rule.ignore_stationary == Some(true) {
+                return Err((
+                    ck("ignore_stationary"),
+                    "expected false: a person on a closed site is always reported, moving or not".into(),
+                ));
+            }
+        }
+        if !self.classes.values().any(|r| r.enabled != Some(false)) {
+            return Err((key("classes"), "expected at least one enabled class, e.g. person".into()));
+        }
+        let mut names = HashSet::new();
+        for (i, zone) in self.zones.iter().enumerate() {
+            check_polygon(zone).map_err(|e| (format!("{prefix}.zone[{i}]"), e))?;
+            if !names.insert(zone.name.as_str()) {
+                return Err((format!("{prefix}.zone[{i}].name"), format!("expected a unique name, {:?} is used twice", zone.name)));
+            }
+        }
+        for (i, mask) in self.masks.iter().enumerate() {
+            check_polygon(mask).map_err(|e| (format!("{prefix}.mask[{i}]"), e))?;
+        }
+        Ok(())
+    }
+}
+
+fn check_polygon(zone: &Zone) -> Result<(), String> {
+    if zone.points.len() < 3 {
+        return Err(format!("{:?}: expected a polygon of at least 3 points, got {}", zone.name, zone.points.len()));
+    }
+    if let Some(p) = zone.points.iter().find(|p| !p.iter().all(|v| (0.0..=1.0).contains(v))) {
+        return Err(format!("{:?}: expected points in normalised coordinates 0..1, got {p:?}", zone.name));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -334,6 +541,9 @@ pub struct CameraConfig {
     /// Seconds without video after which the stream is restarted.
     #[serde(default = "default_stall_timeout")]
     pub stall_timeout_s: f64,
+    /// This camera's changes to the site policy.
+    #[serde(default)]
+    pub policy: PolicyOverride,
 }
 
 fn default_stall_timeout() -> f64 {
@@ -391,6 +601,11 @@ impl Config {
         self.cameras.iter().find(|c| c.id == id)
     }
 
+    /// The policy that applies to `camera`: the site's, with the camera's overrides.
+    pub fn camera_policy(&self, camera: &CameraConfig) -> PolicyConfig {
+        self.policy.with_override(&camera.policy)
+    }
+
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let invalid = |key: &str, expected: String| ConfigError::Invalid {
             path: origin.to_owned(),
@@ -427,7 +642,7 @@ impl Config {
         }
         check_fraction(self.detector.score_threshold).map_err(|e| invalid("detector.score_threshold", e))?;
         check_fraction(self.detector.nms_iou).map_err(|e| invalid("detector.nms_iou", e))?;
-        check_fraction(self.policy.min_score).map_err(|e| invalid("policy.min_score", e))?;
+        self.policy.validate("policy").map_err(|(k, e)| invalid(&k, e))?;
         check_positive(self.clip.pre_s, true).map_err(|e| invalid("clip.pre_s", e))?;
         check_positive(self.clip.post_s, true).map_err(|e| invalid("clip.post_s", e))?;
         check_positive(self.clip.analysis_fps, false).map_err(|e| invalid("clip.analysis_fps", e))?;
@@ -447,12 +662,6 @@ impl Config {
         }
         if self.verdict.workers == 0 {
             return Err(invalid("verdict.workers", "expected at least 1".into()));
-        }
-        if self.policy.min_frames == 0 {
-            return Err(invalid("policy.min_frames", "expected at least 1".into()));
-        }
-        if self.policy.classes.is_empty() {
-            return Err(invalid("policy.classes", "expected at least one class, e.g. [\"person\"]".into()));
         }
         if !(1..=100).contains(&self.evidence.quality) {
             return Err(invalid("evidence.quality", format!("expected 1 to 100, got {}", self.evidence.quality)));
@@ -484,6 +693,9 @@ impl Config {
             }
             check_rtsp_url(&camera.url).map_err(|e| invalid(&format!("camera[{i}].url"), e))?;
             check_positive(camera.stall_timeout_s, false).map_err(|e| invalid(&format!("camera[{i}].stall_timeout_s"), e))?;
+            self.camera_policy(camera)
+                .validate(&format!("camera[{i}].policy"))
+                .map_err(|(k, e)| invalid(&k, e))?;
         }
         Ok(())
     }
@@ -598,6 +810,40 @@ url = "rtsp://user:pass@10.0.0.5:554/stream1"
         let text = format!("{MINIMAL}\n[[camera]]\nid = \"gate\"\nurl = \"rtsp://10.0.0.6/s\"\n");
         let err = Config::parse(&text, "site.toml").unwrap_err().to_string();
         assert!(err.contains("camera[1].id") && err.contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn camera_policy_overrides_the_site_rule_by_rule() {
+        // The camera tables follow MINIMAL's [[camera]], so they belong to that camera.
+        let text = format!(
+            "[policy]\nthreshold = 0.7\n[policy.classes.person]\nmin_score = 0.4\n{MINIMAL}\n[camera.policy]\nmin_frames = 3\n\
+             [camera.policy.classes.person]\nthreshold = 0.8\n[camera.policy.classes.vehicle]\nenabled = false\n\
+             [[camera.policy.zone]]\nname = \"yard\"\npoints = [[0, 0.5], [1, 0.5], [1, 1], [0, 1]]\n"
+        );
+        let c = Config::parse(&text, "site.toml").expect("valid");
+        let p = c.camera_policy(&c.cameras[0]);
+        assert_eq!(p.threshold, 0.7);
+        assert_eq!(p.min_frames, 3);
+        let person = &p.classes["person"];
+        assert_eq!((person.min_score, person.threshold), (Some(0.4), Some(0.8)));
+        assert_eq!(p.classes["vehicle"].enabled, Some(false));
+        assert_eq!(p.classes["vehicle"].ignore_stationary, Some(true));
+        assert_eq!(p.zones.len(), 1);
+        assert!(c.policy.zones.is_empty());
+    }
+
+    #[test]
+    fn policy_errors_name_the_key() {
+        let cases = [
+            ("[policy.classes.person]\nignore_stationary = true\n", "policy.classes.person.ignore_stationary"),
+            ("[[policy.zone]]\nname = \"a\"\npoints = [[0, 0], [1, 0]]\n", "policy.zone[0]"),
+            ("[[policy.zone]]\nname = \"a\"\npoints = [[0, 0], [2, 0], [1, 1]]\n", "policy.zone[0]"),
+            ("[policy]\nthreshold = 1.5\n", "policy.threshold"),
+        ];
+        for (snippet, key) in cases {
+            let err = Config::parse(snippet, "site.toml").unwrap_err().to_string();
+            assert!(err.contains(key), "{snippet}: {err}");
+        }
     }
 
     #[test]

@@ -308,6 +308,7 @@ pub fn site_config(broker_port: u16, server: &RtspCameraServer, cameras: &[&str]
             url: server.url(id),
             transport: RtspTransport::Tcp,
             stall_timeout_s: 10.0,
+            policy: Default::default(),
         })
         .collect();
     config

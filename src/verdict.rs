@@ -58,21 +58,13 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 
 impl VerdictDocument {
     /// A verdict the policy reached on analysed frames of `width` x `height`. The detections listed
-    /// are the causes in `evidence_frame`, so the document and the evidence image agree; the reason
+    /// are the causes in the evidence frame, so the document and the evidence image agree; the reason
     /// line summarises the whole clip.
-    pub fn decided(
-        alarm: &Alarm,
-        site: &str,
-        model: &str,
-        decision: &Decision,
-        frames: &[FrameDetections],
-        evidence_frame: Option<usize>,
-        size: (u32, u32),
-    ) -> Self {
+    pub fn decided(alarm: &Alarm, site: &str, model: &str, decision: &Decision, frames: &[FrameDetections], size: (u32, u32)) -> Self {
         let detections = decision
             .causes
             .iter()
-            .filter(|(i, _)| Some(*i) == evidence_frame)
+            .filter(|(i, _)| Some(*i) == decision.evidence_frame)
             .filter_map(|(i, d)| frames.get(*i).map(|f| report(d, f.time, size)))
             .collect();
         Self {

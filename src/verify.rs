@@ -3,18 +3,18 @@
 //! The live service and `verify-clip` both come through here; they differ only in where the
 //! frames are decoded from.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::TimeDelta;
-use image::RgbImage;
 
 use crate::alarm::Alarm;
 use crate::clip::{ClipError, Frame, Window};
 use crate::config::{ClipConfig, Config, EvidenceConfig};
-use crate::detect::{Detection, Detector};
-use crate::evidence;
-use crate::policy::{FrameDetections, Policy};
-use crate::verdict::VerdictDocument;
+use crate::detect::Detector;
+use crate::evidence::{self, Annotations, Scaled};
+use crate::policy::{Decision, FrameDetections, Outcome, Policy};
+use crate::verdict::{VerdictDocument, rfc3339};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -33,25 +33,24 @@ pub struct Finding {
 
 pub struct Verifier {
     detector: Arc<Detector>,
-    policy: Policy,
+    /// The site policy, and each camera's where it overrides it.
+    site_policy: Policy,
+    camera_policies: HashMap<String, Policy>,
     clip: ClipConfig,
     evidence: EvidenceConfig,
     site: String,
-}
-
-/// The frame shown as evidence, kept while the clip is being analysed.
-struct Best {
-    rank: (bool, f32),
-    index: usize,
-    image: RgbImage,
-    detections: Vec<Detection>,
 }
 
 impl Verifier {
     pub fn new(detector: Arc<Detector>, config: &Config) -> Self {
         Self {
             detector,
-            policy: Policy::new(&config.policy),
+            site_policy: Policy::new(&config.policy),
+            camera_policies: config
+                .cameras
+                .iter()
+                .map(|c| (c.id.clone(), Policy::new(&config.camera_policy(c))))
+                .collect(),
             clip: config.clip.clone(),
             evidence: config.evidence.clone(),
             site: config.site.clone(),
@@ -60,6 +59,10 @@ impl Verifier {
 
     pub fn model_name(&self) -> &str {
         self.detector.model_name()
+    }
+
+    fn policy_for(&self, camera: &str) -> &Policy {
+        self.camera_policies.get(camera).unwrap_or(&self.site_policy)
     }
 
     /// The part of the clip analysed for `alarm`.
@@ -79,28 +82,22 @@ impl Verifier {
         }
     }
 
-    /// Runs `decode`, which feeds frames of the window to the callback it is given, and judges them.
-    /// Blocking: decoding and inference run on the calling thread.
+    /// Runs `decode`, which feeds frames of the window to the callback it is given, and judges them
+    /// by the policy of the alarm's camera. Blocking: decoding and inference run on this thread.
     pub fn analyze(
         &self,
         alarm: &Alarm,
         decode: impl FnOnce(&mut dyn FnMut(Frame) -> Result<(), String>) -> Result<usize, ClipError>,
     ) -> Result<Finding, VerifyError> {
+        let policy = self.policy_for(&alarm.camera);
         let mut frames: Vec<FrameDetections> = Vec::new();
-        let mut best: Option<Best> = None;
+        // Kept at evidence size until the policy says which frame shows the cause best.
+        let mut images: Vec<Scaled> = Vec::new();
         let mut size = (0, 0);
         let decoded = decode(&mut |frame: Frame| {
             let detections = self.detector.detect(&frame.image).map_err(|e| e.to_string())?;
             size = frame.image.dimensions();
-            let rank = self.policy.frame_rank(&detections);
-            if best.as_ref().is_none_or(|b| rank > b.rank) {
-                best = Some(Best {
-                    rank,
-                    index: frames.len(),
-                    image: frame.image,
-                    detections: detections.clone(),
-                });
-            }
+            images.push(evidence::fit(frame.image, self.evidence.max_size).map_err(|e| e.to_string())?);
             frames.push(FrameDetections {
                 time: frame.time,
                 detections,
@@ -110,14 +107,42 @@ impl Verifier {
         if decoded.map_err(VerifyError::Clip)? == 0 {
             return Err(VerifyError::NoFrames);
         }
-        let decision = self.policy.decide(&frames);
-        let evidence_frame = best.as_ref().map(|b| b.index);
-        let doc = VerdictDocument::decided(alarm, &self.site, self.model_name(), &decision, &frames, evidence_frame, size);
-        let evidence = best.and_then(|b| {
-            evidence::render(&b.image, &b.detections, |d| self.policy.is_cause(d), &self.evidence)
+        let decision = policy.decide(&frames, alarm.time, size);
+        let doc = VerdictDocument::decided(alarm, &self.site, self.model_name(), &decision, &frames, size);
+        let evidence = decision.evidence_frame.and_then(|i| {
+            self.render_evidence(alarm, policy, &decision, &frames[i], &images[i], i)
                 .map_err(|e| tracing::warn!(alarm_id = %alarm.alarm_id, error = %e, "no evidence image"))
                 .ok()
         });
         Ok(Finding { doc, evidence })
+    }
+
+    fn render_evidence(
+        &self,
+        alarm: &Alarm,
+        policy: &Policy,
+        decision: &Decision,
+        frame: &FrameDetections,
+        image: &Scaled,
+        index: usize,
+    ) -> Result<Vec<u8>, evidence::EvidenceError> {
+        let detections: Vec<_> = frame
+            .detections
+            .iter()
+            .cloned()
+            .zip(decision.roles[index].iter().copied())
+            .collect();
+        let verdict = match decision.outcome {
+            Outcome::Verified => "VERIFIED",
+            Outcome::FalseAlarm => "FALSE ALARM",
+        };
+        let notes = Annotations {
+            detections: &detections,
+            zones: policy.zones(),
+            masks: policy.masks(),
+            header: format!("{} {}", alarm.camera, rfc3339(frame.time)),
+            footer: format!("{verdict}: {}", decision.reason),
+        };
+        evidence::render(image, &notes, &self.evidence)
     }
 }
