@@ -11,6 +11,14 @@ ORT_DIR="$ROOT/third_party/onnxruntime"
 MODEL_SHA256=e8af074932d4ed7e232278e3055cefcdea3edf178874a3694ae292649fb464dd
 MODEL_URL=https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/yolox_nano.onnx
 FOOTAGE_DIR="$ROOT/testdata"
+SOURCES_DIR="$FOOTAGE_DIR/sources"
+DEVSET_DIR="$FOOTAGE_DIR/devset"
+# Photographs for the development set, and where they come from.
+OPENCV_IMAGES=(messi5.jpg squirrel_cls.jpg)
+SKIMAGE_WHEEL="scikit-image==0.26.0"
+SKIMAGE_IMAGES=(astronaut.png chelsea.png motorcycle_left.png grass.png gravel.png)
+ULTRALYTICS_WHEEL="ultralytics==8.4.190"
+ULTRALYTICS_IMAGES=(bus.jpg zidane.jpg)
 
 APT_PACKAGES=(
   pkg-config unzip ca-certificates curl
@@ -82,8 +90,14 @@ transcode_h264() {
   mv "$dest.part" "$dest"
 }
 
+have_all_images() {
+  for f in "${OPENCV_IMAGES[@]}" "${SKIMAGE_IMAGES[@]}" "${ULTRALYTICS_IMAGES[@]}"; do
+    [ -f "$SOURCES_DIR/$f" ] || return 1
+  done
+}
+
 install_footage() {
-  if [ -f "$FOOTAGE_DIR/vtest.mp4" ] && [ -f "$FOOTAGE_DIR/tree.mp4" ] && [ -f "$FOOTAGE_DIR/vtest.avi" ]; then
+  if [ -f "$FOOTAGE_DIR/vtest.mp4" ] && [ -f "$FOOTAGE_DIR/tree.mp4" ] && [ -f "$FOOTAGE_DIR/vtest.avi" ] && have_all_images; then
     log "footage: present"; return
   fi
   log "footage: building from Debian's opencv-doc"
@@ -96,11 +110,29 @@ install_footage() {
   transcode_h264 "$data/tree.avi" "$FOOTAGE_DIR/tree.mp4"
   # The original, for the detector parity test: its decoded frames do not depend on an encoder.
   cp "$data/vtest.avi" "$FOOTAGE_DIR/vtest.avi"
+  mkdir -p "$SOURCES_DIR"
+  for f in "${OPENCV_IMAGES[@]}"; do cp "$data/$f" "$SOURCES_DIR/"; done
+  log "footage: photographs from the scikit-image and ultralytics wheels"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux2014_x86_64 \
+    -d "$tmp/wheels" "$SKIMAGE_WHEEL" "$ULTRALYTICS_WHEEL"
+  for f in "${SKIMAGE_IMAGES[@]}"; do unzip -q -o -j "$tmp"/wheels/scikit_image-*.whl "skimage/data/$f" -d "$SOURCES_DIR"; done
+  for f in "${ULTRALYTICS_IMAGES[@]}"; do unzip -q -o -j "$tmp"/wheels/ultralytics-*.whl "ultralytics/assets/$f" -d "$SOURCES_DIR"; done
   rm -rf "$tmp"
+}
+
+# The labelled development set for `alarm-verifier eval`, made by the release binary from the footage.
+install_devset() {
+  if [ -f "$DEVSET_DIR/labels.tsv" ]; then log "development set: present"; return; fi
+  log "development set: building (compiles the release binary once)"
+  (cd "$ROOT" && cargo build --release --quiet && target/release/alarm-verifier make-devset \
+    --footage "$FOOTAGE_DIR" --images "$SOURCES_DIR" --out "$DEVSET_DIR.part" >/dev/null)
+  rm -rf "$DEVSET_DIR" && mv "$DEVSET_DIR.part" "$DEVSET_DIR"
 }
 
 install_system_packages
 install_onnxruntime
 install_model
 install_footage
+install_devset
 log "ready"

@@ -6,10 +6,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{TimeDelta, Utc};
 use image::RgbImage;
 
-use crate::alarm::Alarm;
 use crate::clip;
 use crate::config::Config;
 use crate::detect::{DetectError, Detector, StageTimes};
@@ -110,21 +108,8 @@ fn python_session_run(python: &Path, detector: &Detector, config: &Config, image
 /// Wall time of verify-clip's path (decode, detect, policy, evidence) on 10 s into the clip.
 fn bench_clip(detector: &Arc<Detector>, config: &Config, path: &Path) -> Result<(Duration, usize), BenchError> {
     let verifier = Verifier::new(detector.clone(), config);
-    let now = Utc::now();
-    let alarm = Alarm {
-        alarm_id: "bench".into(),
-        camera: "bench".into(),
-        time: now,
-        source: None,
-        received: now,
-        received_at: tokio::time::Instant::now(),
-    };
-    let base = now - TimeDelta::seconds(10);
-    let window = verifier.window(&alarm);
     let started = Instant::now();
-    let finding = verifier
-        .analyze(&alarm, |on_frame| clip::decode_file(path, base, window, on_frame))
-        .map_err(|e| BenchError::Setup(e.to_string()))?;
+    let finding = verifier.verify_file(path, 10.0, "bench").map_err(|e| BenchError::Setup(e.to_string()))?;
     Ok((started.elapsed(), finding.doc.frames_analyzed))
 }
 

@@ -12,6 +12,8 @@ pub mod clip;
 pub mod config;
 pub mod demo;
 pub mod detect;
+pub mod devset;
+pub mod eval;
 pub mod evidence;
 pub mod mqtt;
 pub mod policy;

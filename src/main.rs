@@ -3,11 +3,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use chrono::{TimeDelta, Utc};
 use clap::{Parser, Subcommand};
 
-use alarm_verifier::alarm::Alarm;
-use alarm_verifier::clip;
 use alarm_verifier::config::Config;
 use alarm_verifier::demo;
 use alarm_verifier::detect::Detector;
@@ -40,6 +37,9 @@ enum Command {
         alarm_at: f64,
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Judge by this camera's policy from the config (zones, masks, overrides).
+        #[arg(long)]
+        camera: Option<String>,
         /// Write the annotated evidence JPEG here.
         #[arg(long)]
         evidence: Option<PathBuf>,
@@ -59,6 +59,22 @@ enum Command {
         /// Python with onnxruntime and numpy (scripts/pytools.sh makes one); "none" skips the comparison.
         #[arg(long, default_value = "third_party/pyenv/bin/python")]
         python: PathBuf,
+    },
+    /// Verify every clip of a labelled set (DIR/labels.tsv) and score the verdicts; exits non-zero
+    /// when a real intrusion is missed.
+    Eval {
+        dir: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Build the labelled development set from the footage and photographs scripts/setup.sh fetched.
+    MakeDevset {
+        #[arg(long, default_value = "testdata")]
+        footage: PathBuf,
+        #[arg(long, default_value = "testdata/sources")]
+        images: PathBuf,
+        #[arg(long, default_value = "testdata/devset")]
+        out: PathBuf,
     },
     /// Serve MP4 (H.264) files as RTSP cameras on 127.0.0.1, to try a config without a real camera.
     ServeRtsp {
@@ -103,9 +119,29 @@ fn execute(command: Command) -> Result<()> {
             file,
             alarm_at,
             config,
+            camera,
             evidence,
-        } => verify_clip(&file, alarm_at, config.as_deref(), evidence.as_deref()),
+        } => verify_clip(&file, alarm_at, config.as_deref(), camera.as_deref(), evidence.as_deref()),
         Command::ServeRtsp { mounts, port } => serve_rtsp(&mounts, port),
+        Command::Eval { dir, config } => {
+            let config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::offline_default(),
+            };
+            let cases = alarm_verifier::eval::read_labels(&dir)?;
+            gstreamer::init().context("GStreamer cannot start")?;
+            let verifier = Verifier::new(Arc::new(Detector::load(&config.detector)?), &config);
+            let report = alarm_verifier::eval::run(&verifier, cases);
+            println!("{}", report.render());
+            anyhow::ensure!(report.recall() >= 1.0, "a real intrusion was missed: recall is below 100%");
+            Ok(())
+        }
+        Command::MakeDevset { footage, images, out } => {
+            let sources = alarm_verifier::devset::Sources { footage, images };
+            let n = alarm_verifier::devset::build(&sources, &out)?;
+            println!("{n} labelled clips in {}", out.display());
+            Ok(())
+        }
         Command::Bench { config, clip, runs, python } => {
             let config = match config {
                 Some(path) => Config::load(&path)?,
@@ -152,31 +188,21 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn verify_clip(file: &Path, alarm_at: f64, config: Option<&Path>, evidence: Option<&Path>) -> Result<()> {
+fn verify_clip(file: &Path, alarm_at: f64, config: Option<&Path>, camera: Option<&str>, evidence: Option<&Path>) -> Result<()> {
     anyhow::ensure!(alarm_at.is_finite() && alarm_at >= 0.0, "--alarm-at: expected seconds from the start of the file, 0 or more");
     let config = match config {
         Some(path) => Config::load(path)?,
         None => Config::offline_default(),
     };
+    if let Some(id) = camera {
+        anyhow::ensure!(config.camera(id).is_some(), "--camera: no camera {id:?} in the config");
+    }
     gstreamer::init().context("GStreamer cannot start")?;
-    let detector = Arc::new(Detector::load(&config.detector)?);
-    let verifier = Verifier::new(detector, &config);
-    let now = Utc::now();
-    let alarm = Alarm {
-        alarm_id: format!("clip-{}", uuid::Uuid::new_v4().simple()),
-        camera: file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "clip".into()),
-        time: now,
-        source: Some(file.display().to_string()),
-        received: now,
-        received_at: tokio::time::Instant::now(),
-    };
-    // The alarm is "now"; the file's first frame is alarm_at seconds before it.
-    let base = now - TimeDelta::milliseconds((alarm_at * 1000.0) as i64);
-    let window = verifier.window(&alarm);
-    let mut finding = verifier
-        .analyze(&alarm, |on_frame| clip::decode_file(file, base, window, on_frame))
+    let verifier = Verifier::new(Arc::new(Detector::load(&config.detector)?), &config);
+    let default_camera = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "clip".into());
+    let finding = verifier
+        .verify_file(file, alarm_at, camera.unwrap_or(&default_camera))
         .with_context(|| format!("{}: alarm at {alarm_at} s", file.display()))?;
-    finding.doc.latency_ms = alarm.received_at.elapsed().as_millis() as u64;
     if let (Some(path), Some(jpeg)) = (evidence, &finding.evidence) {
         std::fs::write(path, jpeg).with_context(|| format!("{}: cannot write the evidence image", path.display()))?;
     }

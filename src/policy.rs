@@ -152,12 +152,9 @@ impl Policy {
         self.targets.iter().position(|t| t.labels.iter().any(|l| *l == d.label))
     }
 
-    /// Per-frame gates: the zones a target detection is in, or why it does not count.
+    /// Per-frame gates other than the score: the zones a target detection is in, or why it does not count.
     fn gate(&self, d: &Detection, rule: &Rule, (w, h): (u32, u32)) -> Result<Vec<String>, Gate> {
         let (fw, fh) = (w.max(1) as f32, h.max(1) as f32);
-        if d.score < rule.min_score {
-            return Err(Gate::LowScore);
-        }
         let area = d.bbox.area() / (fw * fh);
         if area < rule.min_area || area > rule.max_area {
             return Err(Gate::Size);
@@ -203,6 +200,7 @@ impl Policy {
             }
         }
         let tracks = associate(frames, &candidates);
+        let strong = |t: &Track, f: usize, d: usize| frames[f].detections[d].score >= self.targets[t.target].rule.min_score;
 
         let mut causes = Vec::new();
         let mut cause_lines: BTreeMap<String, (usize, f32, Vec<String>, usize)> = BTreeMap::new();
@@ -211,11 +209,22 @@ impl Policy {
         for track in &tracks {
             let target = &self.targets[track.target];
             let label = majority_label(frames, track);
-            let scores: Vec<f32> = track.hits.iter().map(|&(f, d)| frames[f].detections[d].score).collect();
+            // Low-score detections keep a track together; only those at min_score or above confirm it.
+            let scores: Vec<f32> = track
+                .hits
+                .iter()
+                .filter(|&&(f, d)| strong(track, f, d))
+                .map(|&(f, d)| frames[f].detections[d].score)
+                .collect();
             let median = median(&scores);
-            let n = track.hits.len();
+            let n = scores.len();
             if target.rule.ignore_stationary && self.is_stationary(frames, track, alarm_time) {
                 *stationary.entry(label).or_default() += 1;
+                continue;
+            }
+            if n == 0 {
+                let best = track.hits.iter().map(|&(f, d)| frames[f].detections[d].score).fold(0.0, f32::max);
+                bump(&mut gated, (label, Gate::LowScore), best);
                 continue;
             }
             if n < target.rule.min_frames {

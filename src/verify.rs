@@ -4,12 +4,13 @@
 //! frames are decoded from.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
-use chrono::TimeDelta;
+use chrono::{TimeDelta, Utc};
 
 use crate::alarm::Alarm;
-use crate::clip::{ClipError, Frame, Window};
+use crate::clip::{self, ClipError, Frame, Window};
 use crate::config::{ClipConfig, Config, EvidenceConfig};
 use crate::detect::Detector;
 use crate::evidence::{self, Annotations, Scaled};
@@ -96,6 +97,12 @@ impl Verifier {
         let mut size = (0, 0);
         let decoded = decode(&mut |frame: Frame| {
             let detections = self.detector.detect(&frame.image).map_err(|e| e.to_string())?;
+            tracing::debug!(
+                alarm_id = %alarm.alarm_id,
+                frame_time = %rfc3339(frame.time),
+                detections = ?detections.iter().map(|d| format!("{} {:.2} [{:.0} {:.0} {:.0} {:.0}]", d.label, d.score, d.bbox.x, d.bbox.y, d.bbox.w, d.bbox.h)).collect::<Vec<_>>(),
+                "frame analysed"
+            );
             size = frame.image.dimensions();
             images.push(evidence::fit(frame.image, self.evidence.max_size).map_err(|e| e.to_string())?);
             frames.push(FrameDetections {
@@ -115,6 +122,26 @@ impl Verifier {
                 .ok()
         });
         Ok(Finding { doc, evidence })
+    }
+
+    /// verify-clip's path: treats second `alarm_at` of a video file as an alarm on `camera` (whose
+    /// policy applies) raised now, and judges the clip around it.
+    pub fn verify_file(&self, file: &Path, alarm_at: f64, camera: &str) -> Result<Finding, VerifyError> {
+        let now = Utc::now();
+        let alarm = Alarm {
+            alarm_id: format!("clip-{}", uuid::Uuid::new_v4().simple()),
+            camera: camera.to_owned(),
+            time: now,
+            source: Some(file.display().to_string()),
+            received: now,
+            received_at: tokio::time::Instant::now(),
+        };
+        // The file's first frame is alarm_at seconds before the alarm.
+        let base = now - TimeDelta::milliseconds((alarm_at * 1000.0) as i64);
+        let window = self.window(&alarm);
+        let mut finding = self.analyze(&alarm, |on_frame| clip::decode_file(file, base, window, on_frame))?;
+        finding.doc.latency_ms = alarm.received_at.elapsed().as_millis() as u64;
+        Ok(finding)
     }
 
     fn render_evidence(
