@@ -311,15 +311,23 @@ fn default_classes() -> std::collections::BTreeMap<String, ClassRule> {
 
 fn classes_over_defaults<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::collections::BTreeMap<String, ClassRule>, D::Error> {
     let given = std::collections::BTreeMap::<String, ClassRule>::deserialize(d)?;
-    let mut classes = default_classes();
+    Ok(merge_classes(&default_classes(), &given))
+}
+
+/// `given` over `base`, rule by rule: a class in both keeps `base`'s values where `given` has none.
+fn merge_classes(
+    base: &std::collections::BTreeMap<String, ClassRule>,
+    given: &std::collections::BTreeMap<String, ClassRule>,
+) -> std::collections::BTreeMap<String, ClassRule> {
+    let mut classes = base.clone();
     for (name, rule) in given {
-        let merged = match classes.get(&name) {
-            Some(base) => rule.or(base),
-            None => rule,
+        let merged = match base.get(name) {
+            Some(b) => rule.or(b),
+            None => rule.clone(),
         };
-        classes.insert(name, merged);
+        classes.insert(name.clone(), merged);
     }
-    Ok(classes)
+    classes
 }
 
 /// A target class's own rules; unset values come from the policy.
@@ -388,14 +396,10 @@ pub struct PolicyOverride {
 impl PolicyConfig {
     /// The site policy with a camera's overrides applied.
     pub fn with_override(&self, o: &PolicyOverride) -> PolicyConfig {
-        let mut classes = self.classes.clone();
-        for (name, rule) in o.classes.iter().flatten() {
-            let merged = match classes.get(name) {
-                Some(base) => rule.or(base),
-                None => rule.clone(),
-            };
-            classes.insert(name.clone(), merged);
-        }
+        let classes = match &o.classes {
+            Some(given) => merge_classes(&self.classes, given),
+            None => self.classes.clone(),
+        };
         PolicyConfig {
             min_score: o.min_score.unwrap_or(self.min_score),
             threshold: o.threshold.unwrap_or(self.threshold),
