@@ -60,7 +60,7 @@ pub fn decode_slice(
         _ => return Err(ClipError::Codec(codec)),
     };
     let head = format!("appsrc name=src format=time is-live=false ! {parse} ! {decoder}");
-    let pipeline = build_decoder(&head, window.fps)?;
+    let pipeline = build_decoder(&head)?;
     let src = pipeline
         .by_name("src")
         .and_downcast::<gst_app::AppSrc>()
@@ -121,7 +121,7 @@ pub fn decode_file(
     }
     let location = path.display().to_string().replace('\\', "\\\\").replace('"', "\\\"");
     let head = format!("filesrc location=\"{location}\" ! decodebin");
-    let pipeline = build_decoder(&head, window.fps)?;
+    let pipeline = build_decoder(&head)?;
     let result = pull_frames(&pipeline, window, base_wall, on_frame);
     let _ = pipeline.set_state(gst::State::Null);
     result.map_err(|e| match e {
@@ -152,18 +152,67 @@ pub fn first_frame(path: &Path) -> Result<RgbImage, ClipError> {
     })
 }
 
-/// The shared decode tail. videorate thins the stream before colour conversion so that only about
-/// twice the analysed frames pay for it; the exact choice of frames is made by [`FramePicker`].
-fn build_decoder(head: &str, fps: f64) -> Result<gst::Pipeline, ClipError> {
-    let max_rate = (fps * 2.0).ceil().max(1.0) as i32;
-    let desc = format!(
-        "{head} ! videorate drop-only=true max-rate={max_rate} ! videoconvert ! video/x-raw,format=RGB \
-         ! appsink name=sink sync=false max-buffers=4"
-    );
+/// The shared decode tail: decoded frames in whatever raw format the decoder gives. Frames are
+/// chosen in Rust ([`FramePicker`]) and only the chosen ones converted to RGB ([`RgbConverter`]).
+/// (No videorate: it aborts the process on streams without a frame rate, such as a still image.)
+fn build_decoder(head: &str) -> Result<gst::Pipeline, ClipError> {
+    let desc = format!("{head} ! appsink name=sink sync=false max-buffers=4 caps=video/x-raw");
     gst::parse::launch(&desc)
         .map_err(|e| ClipError::Gst(e.to_string()))?
         .downcast::<gst::Pipeline>()
         .map_err(|_| ClipError::Gst("not a pipeline".into()))
+}
+
+/// Converts decoded frames to RGB, reusing one converter while the stream's format stays the same.
+#[derive(Default)]
+struct RgbConverter {
+    current: Option<(gst::Caps, gst_video::VideoConverter, gst_video::VideoInfo, gst_video::VideoInfo)>,
+}
+
+impl RgbConverter {
+    fn convert(&mut self, sample: &gst::Sample) -> Result<RgbImage, ClipError> {
+        let err = |e: &dyn std::fmt::Display| ClipError::Decode(e.to_string());
+        let caps = sample.caps().ok_or_else(|| ClipError::Decode("frame without caps".into()))?;
+        if self.current.as_ref().is_none_or(|(c, ..)| c.as_ref() != caps) {
+            let in_info = gst_video::VideoInfo::from_caps(caps).map_err(|e| err(&e))?;
+            let out_info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, in_info.width(), in_info.height())
+                .fps(in_info.fps())
+                .par(in_info.par())
+                .interlace_mode(in_info.interlace_mode())
+                .build()
+                .map_err(|e| err(&e))?;
+            let converter = gst_video::VideoConverter::new(&in_info, &out_info, None).map_err(|e| err(&e))?;
+            self.current = Some((caps.to_owned(), converter, in_info, out_info));
+        }
+        let Some((_, converter, in_info, out_info)) = self.current.as_ref() else {
+            return Err(ClipError::Decode("no converter".into()));
+        };
+        let buffer = sample.buffer().ok_or_else(|| ClipError::Decode("sample without buffer".into()))?;
+        let input = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, in_info).map_err(|e| err(&e))?;
+        let mut out = gst::Buffer::with_size(out_info.size()).map_err(|e| err(&e))?;
+        {
+            let out_ref = out.get_mut().ok_or_else(|| ClipError::Decode("output buffer not writable".into()))?;
+            let mut output = gst_video::VideoFrameRef::from_buffer_ref_writable(out_ref, out_info).map_err(|e| err(&e))?;
+            converter.frame_ref(&input, &mut output);
+        }
+        rgb_image(&out, out_info)
+    }
+}
+
+/// Copies an RGB buffer into an image, dropping GStreamer's row padding.
+fn rgb_image(buffer: &gst::Buffer, info: &gst_video::VideoInfo) -> Result<RgbImage, ClipError> {
+    let map = buffer.map_readable().map_err(|e| ClipError::Decode(e.to_string()))?;
+    let (w, h) = (info.width() as usize, info.height() as usize);
+    let stride = info.stride()[0] as usize;
+    let row = w * 3;
+    if stride < row || map.len() < stride * (h.saturating_sub(1)) + row {
+        return Err(ClipError::Decode(format!("frame buffer too small for {w}x{h}")));
+    }
+    let mut pixels = Vec::with_capacity(row * h);
+    for y in 0..h {
+        pixels.extend_from_slice(&map[y * stride..y * stride + row]);
+    }
+    RgbImage::from_raw(w as u32, h as u32, pixels).ok_or_else(|| ClipError::Decode("bad frame size".into()))
 }
 
 fn pull_frames(
@@ -178,6 +227,7 @@ fn pull_frames(
         .ok_or_else(|| ClipError::Gst("appsink missing".into()))?;
     pipeline.set_state(gst::State::Playing).map_err(|e| ClipError::Gst(e.to_string()))?;
     let mut picker = FramePicker::new(window);
+    let mut converter = RgbConverter::default();
     let mut delivered = 0usize;
     let started = std::time::Instant::now();
     loop {
@@ -201,7 +251,7 @@ fn pull_frames(
         if !picker.take(time) {
             continue;
         }
-        let image = to_rgb_image(&sample)?;
+        let image = converter.convert(&sample)?;
         on_frame(Frame { image, time }).map_err(ClipError::Consumer)?;
         delivered += 1;
     }
@@ -245,25 +295,6 @@ impl FramePicker {
 fn pending_error(pipeline: &gst::Pipeline) -> Option<String> {
     let bus = pipeline.bus()?;
     bus.pop_filtered(&[gst::MessageType::Error]).map(|m| describe_bus_message(&m))
-}
-
-/// Copies a decoded RGB sample into an image, dropping GStreamer's row padding.
-fn to_rgb_image(sample: &gst::Sample) -> Result<RgbImage, ClipError> {
-    let caps = sample.caps().ok_or_else(|| ClipError::Decode("frame without caps".into()))?;
-    let info = gst_video::VideoInfo::from_caps(caps).map_err(|e| ClipError::Decode(e.to_string()))?;
-    let buffer = sample.buffer().ok_or_else(|| ClipError::Decode("sample without buffer".into()))?;
-    let map = buffer.map_readable().map_err(|e| ClipError::Decode(e.to_string()))?;
-    let (w, h) = (info.width() as usize, info.height() as usize);
-    let stride = info.stride()[0] as usize;
-    let row = w * 3;
-    if stride < row || map.len() < stride * (h.saturating_sub(1)) + row {
-        return Err(ClipError::Decode(format!("frame buffer too small for {w}x{h}")));
-    }
-    let mut pixels = Vec::with_capacity(row * h);
-    for y in 0..h {
-        pixels.extend_from_slice(&map[y * stride..y * stride + row]);
-    }
-    RgbImage::from_raw(w as u32, h as u32, pixels).ok_or_else(|| ClipError::Decode("bad frame size".into()))
 }
 
 fn clock_time(d: TimeDelta) -> gst::ClockTime {

@@ -104,6 +104,11 @@ pub fn build(sources: &Sources, out: &Path) -> Result<usize, DevsetError> {
     let motorcycle = imageops::resize(&sources.image("motorcycle_left.png")?, 300, 200, imageops::FilterType::Triangle);
     write_clip(&out.join("motorcycle.mp4"), |i| Ok(moving(&plate, &motorcycle, (0.0, 300.0), (420.0, 330.0), i)))?;
     add("motorcycle.mp4", "verified", ALARM_AT, "a motorcycle crosses the site");
+    let small_motorcycle = imageops::flip_horizontal(&imageops::resize(&motorcycle, 210, 140, imageops::FilterType::Triangle));
+    write_clip(&out.join("motorcycle_arrives.mp4"), |i| {
+        Ok(appearing(&plate, &small_motorcycle, (560.0, 180.0), (260.0, 230.0), 48, i))
+    })?;
+    add("motorcycle_arrives.mp4", "verified", ALARM_AT, "a motorcycle rides in from the far road at the alarm");
 
     // False alarms.
     for at in [5.0, 15.0, 24.0] {
@@ -171,13 +176,13 @@ fn empty_site(video: &Path) -> Result<RgbImage, DevsetError> {
     Ok(plate)
 }
 
-/// Encodes `SECONDS` of `FPS` frames from `frame(i)` as H.264 in MP4.
+/// Encodes (single-threaded, so that every build of the set is the same) `SECONDS` of `FPS` frames from `frame(i)` as H.264 in MP4.
 fn write_clip(path: &Path, mut frame: impl FnMut(u32) -> Result<RgbImage, DevsetError>) -> Result<(), DevsetError> {
     let write_err = |reason: String| DevsetError::Write { path: path.into(), reason };
     let location = path.display().to_string().replace('"', "\\\"");
     let desc = format!(
         "appsrc name=src format=time caps=video/x-raw,format=RGB,width={W},height={H},framerate={FPS}/1 \
-         ! videoconvert ! x264enc speed-preset=veryfast key-int-max={FPS} bframes=0 \
+         ! videoconvert ! x264enc speed-preset=veryfast key-int-max={FPS} bframes=0 threads=1 \
          ! h264parse ! mp4mux ! filesink location=\"{location}\""
     );
     let pipeline = gst::parse::launch(&desc)
@@ -229,8 +234,30 @@ fn moving(background: &RgbImage, sprite: &RgbImage, from: (f32, f32), to: (f32, 
     let t = i as f32 / (FPS * SECONDS - 1) as f32;
     let mut frame = with_sensor_noise(background, i);
     let (x, y) = (from.0 + (to.0 - from.0) * t, from.1 + (to.1 - from.1) * t);
-    imageops::overlay(&mut frame, sprite, x as i64, y as i64);
+    paste_feathered(&mut frame, sprite, x as i64, y as i64);
     frame
+}
+
+/// Pastes a cut-out whose edges fade into the background over a few pixels, as a real object's
+/// outline does, rather than leaving a rectangular seam no camera would show.
+fn paste_feathered(frame: &mut RgbImage, sprite: &RgbImage, x: i64, y: i64) {
+    const FEATHER: f32 = 6.0;
+    let (sw, sh) = (sprite.width() as i64, sprite.height() as i64);
+    for sy in 0..sh {
+        for sx in 0..sw {
+            let (fx, fy) = (x + sx, y + sy);
+            if fx < 0 || fy < 0 || fx >= frame.width() as i64 || fy >= frame.height() as i64 {
+                continue;
+            }
+            let edge = sx.min(sy).min(sw - 1 - sx).min(sh - 1 - sy) as f32;
+            let alpha = ((edge + 1.0) / FEATHER).min(1.0);
+            let src = sprite.get_pixel(sx as u32, sy as u32);
+            let dst = frame.get_pixel_mut(fx as u32, fy as u32);
+            for c in 0..3 {
+                dst.0[c] = (src.0[c] as f32 * alpha + dst.0[c] as f32 * (1.0 - alpha)).round() as u8;
+            }
+        }
+    }
 }
 
 /// As [`moving`], but the sprite only comes into view at frame `first`.
@@ -242,7 +269,7 @@ fn appearing(background: &RgbImage, sprite: &RgbImage, from: (f32, f32), to: (f3
     let t = (i - first) as f32 / span;
     let mut frame = with_sensor_noise(background, i);
     let (x, y) = (from.0 + (to.0 - from.0) * t, from.1 + (to.1 - from.1) * t);
-    imageops::overlay(&mut frame, sprite, x as i64, y as i64);
+    paste_feathered(&mut frame, sprite, x as i64, y as i64);
     frame
 }
 

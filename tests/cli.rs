@@ -66,6 +66,17 @@ fn verify_clip_on_a_missing_or_broken_file_fails_naming_it() {
 }
 
 #[test]
+fn verify_clip_on_a_still_image_analyses_its_one_frame() {
+    // A JPEG has no frame rate; GStreamer's videorate used to abort the whole process on it.
+    let out = verify_clip(&root().join("testdata/sources/zidane.jpg"), "0", None);
+    let doc = verdict_of(&out);
+    assert_eq!(doc.frames_analyzed, 1, "{doc:?}");
+    // One frame cannot meet min_frames = 2: the people are seen, and the reason says why not.
+    assert_eq!(doc.verdict, VerdictKind::FalseAlarm, "{doc:?}");
+    assert!(doc.reason.contains("person in 1 of 1 frames (fewer than 2)"), "{}", doc.reason);
+}
+
+#[test]
 fn check_config_accepts_the_example_and_names_bad_keys() {
     let run = |path: &std::path::Path| {
         Command::new(env!("CARGO_BIN_EXE_alarm-verifier"))
