@@ -77,7 +77,9 @@ pub fn yolo_v5(data: &[f32], classes: usize, threshold: f32) -> Vec<Candidate> {
 }
 
 /// Ultralytics YOLOv8/v11: `[1, 4 + classes, N]`, columns `cx, cy, w, h, class scores...` in input pixels.
-pub fn yolo_v8(data: &[f32], classes: usize, anchors: usize, threshold: f32) -> Vec<Candidate> {
+/// N is taken from the data itself, so a model whose N varies at run time cannot index out of it.
+pub fn yolo_v8(data: &[f32], classes: usize, threshold: f32) -> Vec<Candidate> {
+    let anchors = data.len() / (4 + classes);
     let at = |row: usize, i: usize| data[row * anchors + i];
     (0..anchors)
         .filter_map(|i| {
@@ -144,7 +146,7 @@ mod tests {
             0.1, 0.9, 0.2, // class 0
             0.3, 0.1, 0.7, // class 1
         ];
-        let dets = yolo_v8(&data, 2, 3, 0.5);
+        let dets = yolo_v8(&data, 2, 0.5);
         let got: Vec<(usize, f32, f32)> = dets.iter().map(|d| (d.class_id, d.score, d.bbox.x)).collect();
         assert_eq!(got, vec![(0, 0.9, 18.0), (1, 0.7, 28.0)]);
     }

@@ -96,7 +96,7 @@ pub struct StageTimes {
 enum Outputs {
     Yolox { classes: usize },
     YoloV5 { classes: usize },
-    YoloV8 { classes: usize, anchors: usize },
+    YoloV8 { classes: usize },
     Ssd { boxes: usize, scores: usize, classes: usize, count: usize },
 }
 
@@ -212,7 +212,7 @@ impl Detector {
         let candidates = match self.outputs {
             Outputs::Yolox { classes } => decode::yolox(tensor(0)?, iw, ih, classes, t),
             Outputs::YoloV5 { classes } => decode::yolo_v5(tensor(0)?, classes, t),
-            Outputs::YoloV8 { classes, anchors } => decode::yolo_v8(tensor(0)?, classes, anchors, t),
+            Outputs::YoloV8 { classes } => decode::yolo_v8(tensor(0)?, classes, t),
             Outputs::Ssd { boxes, scores, classes, count } => {
                 let n = tensor(count)?.first().copied().unwrap_or(0.0).max(0.0) as usize;
                 decode::ssd(tensor(boxes)?, tensor(scores)?, tensor(classes)?, n, iw, ih, t)
@@ -397,8 +397,8 @@ fn output_plan(session: &Session, layout: Layout, input: &InputSpec, labels: usi
                 }
                 return Ok(Outputs::Yolox { classes: labels });
             }
-            if a > 0 && a as usize == 4 + labels && b > 0 {
-                Ok(Outputs::YoloV8 { classes: labels, anchors: b as usize })
+            if a > 0 && a as usize == 4 + labels {
+                Ok(Outputs::YoloV8 { classes: labels })
             } else if b > 0 && b as usize == 5 + labels {
                 Ok(Outputs::YoloV5 { classes: labels })
             } else {
