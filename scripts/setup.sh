@@ -13,6 +13,8 @@ MODEL_URL=https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1r
 FOOTAGE_DIR="$ROOT/testdata"
 SOURCES_DIR="$FOOTAGE_DIR/sources"
 DEVSET_DIR="$FOOTAGE_DIR/devset"
+# Bumped whenever the footage or development-set recipe changes, so that existing copies are rebuilt.
+FOOTAGE_VERSION=2
 # Photographs for the development set, and where they come from.
 OPENCV_IMAGES=(messi5.jpg squirrel_cls.jpg)
 SKIMAGE_WHEEL="scikit-image==0.26.0"
@@ -81,11 +83,11 @@ install_model() {
   mv "$dest.part" "$dest"
 }
 
-# Re-encodes a clip to H.264 with a 1 s GOP, as an IP camera would send it.
+# Re-encodes a clip to H.264 with a 1 s GOP and one slice per frame, as most IP cameras send it.
 transcode_h264() {
   local src="$1" dest="$2"
   gst-launch-1.0 -q filesrc location="$src" ! decodebin ! videoconvert ! video/x-raw,format=I420 \
-    ! x264enc speed-preset=veryfast key-int-max=10 bframes=0 tune=zerolatency \
+    ! x264enc speed-preset=veryfast key-int-max=10 bframes=0 threads=1 \
     ! video/x-h264,profile=constrained-baseline ! h264parse ! mp4mux ! filesink location="$dest.part" >/dev/null
   mv "$dest.part" "$dest"
 }
@@ -97,9 +99,11 @@ have_all_images() {
 }
 
 install_footage() {
-  if [ -f "$FOOTAGE_DIR/vtest.mp4" ] && [ -f "$FOOTAGE_DIR/tree.mp4" ] && [ -f "$FOOTAGE_DIR/vtest.avi" ] && have_all_images; then
+  if [ -f "$FOOTAGE_DIR/vtest.mp4" ] && [ -f "$FOOTAGE_DIR/tree.mp4" ] && [ -f "$FOOTAGE_DIR/vtest.avi" ] && have_all_images \
+    && [ "$(cat "$FOOTAGE_DIR/.version" 2>/dev/null)" = "$FOOTAGE_VERSION" ]; then
     log "footage: present"; return
   fi
+  rm -rf "$DEVSET_DIR"
   log "footage: building from Debian's opencv-doc"
   local tmp; tmp="$(mktemp -d)"
   (cd "$tmp" && apt-get download opencv-doc >/dev/null 2>&1) || { as_root apt-get update -qq; (cd "$tmp" && apt-get download opencv-doc >/dev/null); }
@@ -119,6 +123,7 @@ install_footage() {
   for f in "${SKIMAGE_IMAGES[@]}"; do unzip -q -o -j "$tmp"/wheels/scikit_image-*.whl "skimage/data/$f" -d "$SOURCES_DIR"; done
   for f in "${ULTRALYTICS_IMAGES[@]}"; do unzip -q -o -j "$tmp"/wheels/ultralytics-*.whl "ultralytics/assets/$f" -d "$SOURCES_DIR"; done
   rm -rf "$tmp"
+  echo "$FOOTAGE_VERSION" > "$FOOTAGE_DIR/.version"
 }
 
 # The labelled development set for `alarm-verifier eval`, made by the release binary from the footage.

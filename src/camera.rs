@@ -369,7 +369,9 @@ impl Ingest {
                     };
                     let now = Utc::now();
                     let unit = AccessUnit {
-                        keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
+                        // A unit without a timestamp continues the picture before it (the second
+                        // slice of a multi-slice IDR, split off by repeated SPS/PPS): never a start.
+                        keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT) && buffer.pts().is_some(),
                         buffer,
                         wall: now,
                     };

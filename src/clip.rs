@@ -72,15 +72,19 @@ pub fn decode_slice(
     };
     let base_wall = first.wall;
     let base_pts = first.buffer.pts();
-    // Timestamps are rebased to zero; the wall time of a frame is base_wall + its PTS.
+    // Timestamps are rebased to zero; the wall time of a frame is base_wall + its PTS. A unit
+    // without a PTS continues the previous picture and takes its timestamp.
+    let mut previous = gst::ClockTime::ZERO;
     let buffers: Vec<gst::Buffer> = slice
         .units
         .iter()
         .map(|u| {
             let offset = match (u.buffer.pts(), base_pts) {
                 (Some(p), Some(b)) if p >= b => p - b,
+                (None, _) => previous,
                 _ => clock_time(u.wall - base_wall),
             };
+            previous = offset;
             let mut b = u.buffer.copy();
             let bm = b.make_mut();
             bm.set_pts(offset);

@@ -667,6 +667,18 @@ mod tests {
     }
 
     #[test]
+    fn parked_neighbours_stay_apart_when_one_is_missed() {
+        // A van and a small car parked side by side (as on the vtest site); the detector misses
+        // the van now and then. Its track must not jump onto the car and look as if it moved.
+        let van = || det("truck", 0.75, 651.0, 42.0, 74.0, 57.0);
+        let small = || det("car", 0.8, 732.0, 51.0, 35.0, 43.0);
+        let frames = clip((0..8).map(|i| if i % 3 == 1 { vec![small()] } else { vec![van(), small()] }).collect());
+        let d = decide(&PolicyConfig::default(), &frames);
+        assert_eq!(d.outcome, Outcome::FalseAlarm, "{}", d.reason);
+        assert_eq!(d.reason, "no person or vehicle in 8 frames; ignored: parked car (stationary), parked truck (stationary)");
+    }
+
+    #[test]
     fn per_class_rules_override_the_policy() {
         let mut config = PolicyConfig::default();
         if let Some(v) = config.classes.get_mut("vehicle") {
