@@ -23,7 +23,7 @@ ULTRALYTICS_WHEEL="ultralytics==8.4.190"
 ULTRALYTICS_IMAGES=(bus.jpg zidane.jpg)
 
 APT_PACKAGES=(
-  pkg-config unzip ca-certificates curl
+  pkg-config unzip ca-certificates curl openssl procps
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
