@@ -14,7 +14,7 @@ FOOTAGE_DIR="$ROOT/testdata"
 SOURCES_DIR="$FOOTAGE_DIR/sources"
 DEVSET_DIR="$FOOTAGE_DIR/devset"
 # Bumped whenever the footage or development-set recipe changes, so that existing copies are rebuilt.
-FOOTAGE_VERSION=2
+FOOTAGE_VERSION=4
 # Photographs for the development set, and where they come from.
 OPENCV_IMAGES=(messi5.jpg squirrel_cls.jpg)
 SKIMAGE_WHEEL="scikit-image==0.26.0"
@@ -83,11 +83,13 @@ install_model() {
   mv "$dest.part" "$dest"
 }
 
-# Re-encodes a clip to H.264 with a 1 s GOP and one slice per frame, as most IP cameras send it.
+# Re-encodes a clip to H.264 with a 1 s GOP, as an IP camera sends it: one slice per frame, or with
+# "sliced" two, as many cameras do (the test RTSP server then repeats SPS/PPS before each slice).
 transcode_h264() {
-  local src="$1" dest="$2"
+  local src="$1" dest="$2" slicing="threads=1"
+  [ "${3:-}" = sliced ] && slicing="tune=zerolatency"
   gst-launch-1.0 -q filesrc location="$src" ! decodebin ! videoconvert ! video/x-raw,format=I420 \
-    ! x264enc speed-preset=veryfast key-int-max=10 bframes=0 threads=1 \
+    ! x264enc speed-preset=veryfast key-int-max=10 bframes=0 $slicing \
     ! video/x-h264,profile=constrained-baseline ! h264parse ! mp4mux ! filesink location="$dest.part" >/dev/null
   mv "$dest.part" "$dest"
 }
@@ -99,7 +101,8 @@ have_all_images() {
 }
 
 install_footage() {
-  if [ -f "$FOOTAGE_DIR/vtest.mp4" ] && [ -f "$FOOTAGE_DIR/tree.mp4" ] && [ -f "$FOOTAGE_DIR/vtest.avi" ] && have_all_images \
+  if [ -f "$FOOTAGE_DIR/vtest.mp4" ] && [ -f "$FOOTAGE_DIR/vtest_multislice.mp4" ] && [ -f "$FOOTAGE_DIR/tree.mp4" ] \
+    && [ -f "$FOOTAGE_DIR/vtest.avi" ] && have_all_images \
     && [ "$(cat "$FOOTAGE_DIR/.version" 2>/dev/null)" = "$FOOTAGE_VERSION" ]; then
     log "footage: present"; return
   fi
@@ -112,6 +115,7 @@ install_footage() {
   mkdir -p "$FOOTAGE_DIR"
   transcode_h264 "$data/vtest.avi" "$FOOTAGE_DIR/vtest.mp4"
   transcode_h264 "$data/tree.avi" "$FOOTAGE_DIR/tree.mp4"
+  transcode_h264 "$data/vtest.avi" "$FOOTAGE_DIR/vtest_multislice.mp4" sliced
   # The original, for the detector parity test: its decoded frames do not depend on an encoder.
   cp "$data/vtest.avi" "$FOOTAGE_DIR/vtest.avi"
   mkdir -p "$SOURCES_DIR"

@@ -105,6 +105,21 @@ impl Ring {
         }
     }
 
+    /// Adds `continuation`, the rest of the last unit's picture (a later slice split off by
+    /// repeated parameter sets), to that unit, from its first slice NAL on: one picture, one unit.
+    pub fn extend_last(&mut self, continuation: &[u8]) {
+        let h265 = self.caps.as_ref().and_then(|c| c.structure(0)).is_some_and(|s| s.name() == "video/x-h265");
+        let Some(start) = first_slice_nal(continuation, h265) else {
+            return;
+        };
+        let Some(last) = self.units.back_mut() else {
+            return; // nothing to continue: its start was never stored
+        };
+        let mut merged = last.buffer.copy();
+        merged.make_mut().append_memory(gst::Memory::from_mut_slice(continuation[start..].to_vec()));
+        last.buffer = merged;
+    }
+
     pub fn clear(&mut self) {
         self.units.clear();
     }
@@ -368,10 +383,17 @@ impl Ingest {
                         return Ok(gst::FlowSuccess::Ok);
                     };
                     let now = Utc::now();
+                    // A unit without a timestamp continues the picture before it: a later slice of
+                    // a multi-slice keyframe, split off because the camera repeats SPS/PPS before
+                    // each slice. Kept apart, a decoder would see two broken half pictures.
+                    if buffer.pts().is_none() {
+                        if let Ok(map) = buffer.map_readable() {
+                            lock(&shared.ring).extend_last(map.as_slice());
+                        }
+                        return Ok(gst::FlowSuccess::Ok);
+                    }
                     let unit = AccessUnit {
-                        // A unit without a timestamp continues the picture before it (the second
-                        // slice of a multi-slice IDR, split off by repeated SPS/PPS): never a start.
-                        keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT) && buffer.pts().is_some(),
+                        keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
                         buffer,
                         wall: now,
                     };
@@ -528,6 +550,27 @@ fn link_depayloader(pipeline: &gst::Pipeline, pad: &gst::Pad, sink: &gst_app::Ap
     Ok(())
 }
 
+/// Offset of the start code of the first coded-slice NAL in an Annex B byte stream (H.264 types
+/// 1-5, H.265 types 0-31): what comes before it (AUD, SPS, PPS, SEI) describes the picture and is
+/// already in the unit being continued.
+fn first_slice_nal(data: &[u8], h265: bool) -> Option<usize> {
+    let mut i = 0;
+    while i + 3 < data.len() {
+        if data[i..i + 3] == [0, 0, 1] {
+            let header = data[i + 3];
+            let is_slice = if h265 { (header >> 1) & 0x3f <= 31 } else { (1..=5).contains(&(header & 0x1f)) };
+            if is_slice {
+                // Keep a four-byte start code whole.
+                return Some(if i > 0 && data[i - 1] == 0 { i - 1 } else { i });
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
 /// One line from an error or end-of-stream message, with the camera URL's password hidden.
 pub fn describe_bus_message(msg: &gst::Message) -> String {
     match msg.view() {
@@ -617,6 +660,17 @@ mod tests {
         let seq: Vec<(i64, bool)> = (0..10).map(|t| (t, t % 2 == 0)).collect();
         let ring = ring_with(30, &seq);
         assert!(ring.slice(ts(20), ts(25)).is_none());
+    }
+
+    #[test]
+    fn a_split_off_slice_joins_its_picture_without_the_repeated_headers() {
+        let mut ring = ring_with(10, &[(0, true)]);
+        // AUD, SPS, PPS, then the second IDR slice.
+        let continuation = [0, 0, 0, 1, 9, 0xf0, 0, 0, 0, 1, 0x67, 1, 2, 0, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 0xaa, 0xbb];
+        ring.extend_last(&continuation);
+        let last = ring.units.back().map(|u| u.buffer.map_readable().map(|m| m.to_vec()).unwrap_or_default()).unwrap_or_default();
+        assert_eq!(last, vec![0, 0, 0, 1, 0x65, 0xaa, 0xbb]);
+        assert_eq!(ring.len(), 1);
     }
 
     #[test]

@@ -72,8 +72,8 @@ pub fn decode_slice(
     };
     let base_wall = first.wall;
     let base_pts = first.buffer.pts();
-    // Timestamps are rebased to zero; the wall time of a frame is base_wall + its PTS. A unit
-    // without a PTS continues the previous picture and takes its timestamp.
+    // Timestamps are rebased to zero; the wall time of a frame is base_wall + its PTS. (Ingest
+    // merges PTS-less continuations into their picture; should one remain, it keeps the same time.)
     let mut previous = gst::ClockTime::ZERO;
     let buffers: Vec<gst::Buffer> = slice
         .units
