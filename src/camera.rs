@@ -413,7 +413,7 @@ impl Ingest {
         let Some(bus) = pipeline.bus() else {
             return SessionEnd::Failed("pipeline has no bus".into());
         };
-        let mut last_seen = (0usize, std::time::Instant::now());
+        let mut last_seen = (None, std::time::Instant::now());
         loop {
             if self.stopping() {
                 return SessionEnd::Stopped;
@@ -424,11 +424,8 @@ impl Ingest {
             ) {
                 return SessionEnd::Failed(describe_bus_message(&msg));
             }
-            let ring = lock(&self.shared.ring);
-            let marker = (ring.len(), ring.newest());
-            drop(ring);
-            // Progress is any change of the ring; a frozen ring means a stalled camera.
-            let progress = marker.0.wrapping_add(marker.1.map_or(0, |t| t.timestamp_subsec_nanos() as usize));
+            // A newest unit that does not change means a stalled camera.
+            let progress = lock(&self.shared.ring).newest();
             if progress != last_seen.0 {
                 last_seen = (progress, std::time::Instant::now());
             } else if last_seen.1.elapsed() > self.stall_timeout() {

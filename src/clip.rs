@@ -72,19 +72,15 @@ pub fn decode_slice(
     };
     let base_wall = first.wall;
     let base_pts = first.buffer.pts();
-    // Timestamps are rebased to zero; the wall time of a frame is base_wall + its PTS. (Ingest
-    // merges PTS-less continuations into their picture; should one remain, it keeps the same time.)
-    let mut previous = gst::ClockTime::ZERO;
+    // Timestamps are rebased to zero; the wall time of a frame is base_wall + its PTS.
     let buffers: Vec<gst::Buffer> = slice
         .units
         .iter()
         .map(|u| {
             let offset = match (u.buffer.pts(), base_pts) {
                 (Some(p), Some(b)) if p >= b => p - b,
-                (None, _) => previous,
                 _ => clock_time(u.wall - base_wall),
             };
-            previous = offset;
             let mut b = u.buffer.copy();
             let bm = b.make_mut();
             bm.set_pts(offset);

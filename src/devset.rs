@@ -91,7 +91,7 @@ pub fn build(sources: &Sources, out: &Path) -> Result<usize, DevsetError> {
     // An intruder crosses the empty site, from the left and from the right; the cut-outs come from vtest's first frame.
     let walker_a = imageops::crop_imm(&first, 637, 233, 53, 95).to_image();
     let walker_b = imageops::crop_imm(&first, 246, 214, 44, 100).to_image();
-    write_clip(&out.join("intruder_left.mp4"), |i| Ok(moving(&plate, &walker_a, (60.0, 250.0), (560.0, 280.0), i)))?;
+    write_clip(&out.join("intruder_left.mp4"), |i| Ok(appearing(&plate, &walker_a, (60.0, 250.0), (560.0, 280.0), 0, i)))?;
     add("intruder_left.mp4", "verified", ALARM_AT, "one person crossing the empty site");
     write_clip(&out.join("intruder_right.mp4"), |i| {
         Ok(appearing(&plate, &walker_b, (620.0, 200.0), (380.0, 260.0), 40, i))
@@ -102,7 +102,7 @@ pub fn build(sources: &Sources, out: &Path) -> Result<usize, DevsetError> {
     write_clip(&out.join("van_arrives.mp4"), |i| Ok(appearing(&plate, &van, (700.0, 220.0), (300.0, 250.0), 35, i)))?;
     add("van_arrives.mp4", "verified", ALARM_AT, "a van drives onto the site");
     let motorcycle = imageops::resize(&sources.image("motorcycle_left.png")?, 300, 200, imageops::FilterType::Triangle);
-    write_clip(&out.join("motorcycle.mp4"), |i| Ok(moving(&plate, &motorcycle, (0.0, 300.0), (420.0, 330.0), i)))?;
+    write_clip(&out.join("motorcycle.mp4"), |i| Ok(appearing(&plate, &motorcycle, (0.0, 300.0), (420.0, 330.0), 0, i)))?;
     add("motorcycle.mp4", "verified", ALARM_AT, "a motorcycle crosses the site");
     let small_motorcycle = imageops::flip_horizontal(&imageops::resize(&motorcycle, 210, 140, imageops::FilterType::Triangle));
     write_clip(&out.join("motorcycle_arrives.mp4"), |i| {
@@ -127,7 +127,7 @@ pub fn build(sources: &Sources, out: &Path) -> Result<usize, DevsetError> {
     write_clip(&out.join("ir_insect.mp4"), |i| Ok(insect(&infrared(&plate), i)))?;
     add("ir_insect.mp4", "false_alarm", ALARM_AT, "an insect on the lens of an IR camera at night");
     let cat = imageops::resize(&sources.image("chelsea.png")?, 220, 146, imageops::FilterType::Triangle);
-    write_clip(&out.join("cat_crossing.mp4"), |i| Ok(moving(&plate, &cat, (40.0, 380.0), (480.0, 400.0), i)))?;
+    write_clip(&out.join("cat_crossing.mp4"), |i| Ok(appearing(&plate, &cat, (40.0, 380.0), (480.0, 400.0), 0, i)))?;
     add("cat_crossing.mp4", "false_alarm", ALARM_AT, "a cat crossing the lawn");
     for (name, file, note) in [
         ("cat", "chelsea.png", "a cat, photo"),
@@ -229,15 +229,6 @@ fn slow_zoom(photo: &RgbImage, i: u32) -> Result<RgbImage, DevsetError> {
     Ok(imageops::resize(&view, W, H, imageops::FilterType::Triangle))
 }
 
-/// `sprite` pasted on `background`, moving from `from` to `to` over the clip.
-fn moving(background: &RgbImage, sprite: &RgbImage, from: (f32, f32), to: (f32, f32), i: u32) -> RgbImage {
-    let t = i as f32 / (FPS * SECONDS - 1) as f32;
-    let mut frame = with_sensor_noise(background, i);
-    let (x, y) = (from.0 + (to.0 - from.0) * t, from.1 + (to.1 - from.1) * t);
-    paste_feathered(&mut frame, sprite, x as i64, y as i64);
-    frame
-}
-
 /// Pastes a cut-out whose edges fade into the background over a few pixels, as a real object's
 /// outline does, rather than leaving a rectangular seam no camera would show.
 fn paste_feathered(frame: &mut RgbImage, sprite: &RgbImage, x: i64, y: i64) {
@@ -260,7 +251,7 @@ fn paste_feathered(frame: &mut RgbImage, sprite: &RgbImage, x: i64, y: i64) {
     }
 }
 
-/// As [`moving`], but the sprite only comes into view at frame `first`.
+/// `sprite` pasted on `background` from frame `first` on, moving from `from` to `to` by the last frame.
 fn appearing(background: &RgbImage, sprite: &RgbImage, from: (f32, f32), to: (f32, f32), first: u32, i: u32) -> RgbImage {
     if i < first {
         return with_sensor_noise(background, i);

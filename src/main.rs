@@ -124,10 +124,7 @@ fn execute(command: Command) -> Result<()> {
         } => verify_clip(&file, alarm_at, config.as_deref(), camera.as_deref(), evidence.as_deref()),
         Command::ServeRtsp { mounts, port } => serve_rtsp(&mounts, port),
         Command::Eval { dir, config } => {
-            let config = match config {
-                Some(path) => Config::load(&path)?,
-                None => Config::offline_default(),
-            };
+            let config = config_or_default(config.as_deref())?;
             let cases = alarm_verifier::eval::read_labels(&dir)?;
             gstreamer::init().context("GStreamer cannot start")?;
             let verifier = Verifier::new(Arc::new(Detector::load(&config.detector)?), &config);
@@ -143,10 +140,7 @@ fn execute(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Bench { config, clip, runs, python } => {
-            let config = match config {
-                Some(path) => Config::load(&path)?,
-                None => Config::offline_default(),
-            };
+            let config = config_or_default(config.as_deref())?;
             let python = (python.as_os_str() != "none").then_some(python);
             if let Some(p) = python.as_ref().filter(|p| !p.exists()) {
                 eprintln!("note: {} not found (run scripts/pytools.sh); skipping the onnxruntime comparison", p.display());
@@ -162,6 +156,14 @@ fn execute(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The config file given with `--config`, or the defaults (the model in `models/`, person and vehicle).
+fn config_or_default(path: Option<&Path>) -> Result<Config> {
+    Ok(match path {
+        Some(path) => Config::load(path)?,
+        None => Config::offline_default(),
+    })
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -190,10 +192,7 @@ async fn shutdown_signal() {
 
 fn verify_clip(file: &Path, alarm_at: f64, config: Option<&Path>, camera: Option<&str>, evidence: Option<&Path>) -> Result<()> {
     anyhow::ensure!(alarm_at.is_finite() && alarm_at >= 0.0, "--alarm-at: expected seconds from the start of the file, 0 or more");
-    let config = match config {
-        Some(path) => Config::load(path)?,
-        None => Config::offline_default(),
-    };
+    let config = config_or_default(config)?;
     if let Some(id) = camera {
         anyhow::ensure!(config.camera(id).is_some(), "--camera: no camera {id:?} in the config");
     }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{ClassRule, PolicyConfig, Zone};
+use crate::config::{PolicyConfig, Zone};
 use crate::detect::{BoxPx, Detection};
 
 /// The labels the `vehicle` class stands for.
@@ -110,7 +110,6 @@ struct Track {
 
 impl Policy {
     pub fn new(config: &PolicyConfig) -> Self {
-        let base = ClassRule::default();
         let targets = config
             .classes
             .iter()
@@ -131,7 +130,7 @@ impl Policy {
                     min_ratio: r.min_ratio.unwrap_or(config.min_ratio),
                     max_ratio: r.max_ratio.unwrap_or(config.max_ratio),
                     // People are never suppressed as stationary (the config refuses it too).
-                    ignore_stationary: name != "person" && r.ignore_stationary.or(base.ignore_stationary).unwrap_or(false),
+                    ignore_stationary: name != "person" && r.ignore_stationary.unwrap_or(false),
                 },
             })
             .collect();
