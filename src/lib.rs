@@ -1,24 +1,16 @@
 //! alarm-verifier: video alarm verification for monitoring centres.
 //!
-//! Modules follow the data flow in DESIGN.md, from ingest to publish:
-//! `config` → `camera` (encoded ring buffers) → `alarm` (intake) → `clip` (decode on demand)
-//! → `detect` (ONNX) → `policy` → `verdict` + `evidence` → `store` (outbox) → `publish` (over `mqtt`).
-//! `verify` runs one alarm through clip → detect → policy → verdict; `service` wires it all up.
+//! The folders are the stages of the data flow (docs/architecture.md):
+//! `ingest` (cameras into encoded ring buffers) and `intake` (alarms) feed `analysis` (decode the
+//! clip, detect, apply the policy, make the verdict and its evidence), whose findings `delivery`
+//! stores and sends. `mqtt` is the one transport, `config` the site's settings, `service` wires the
+//! stages together, and `tools` holds what technicians and tests run beside the service.
 
-pub mod alarm;
-pub mod bench;
-pub mod camera;
-pub mod clip;
+pub mod analysis;
 pub mod config;
-pub mod demo;
-pub mod detect;
-pub mod devset;
-pub mod eval;
-pub mod evidence;
+pub mod delivery;
+pub mod ingest;
+pub mod intake;
 pub mod mqtt;
-pub mod policy;
-pub mod publish;
 pub mod service;
-pub mod store;
-pub mod verdict;
-pub mod verify;
+pub mod tools;

@@ -6,10 +6,10 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use alarm_verifier::config::Config;
-use alarm_verifier::demo;
-use alarm_verifier::detect::Detector;
+use alarm_verifier::tools::demo;
+use alarm_verifier::analysis::detect::Detector;
 use alarm_verifier::service;
-use alarm_verifier::verify::Verifier;
+use alarm_verifier::analysis::verify::Verifier;
 
 /// Video alarm verification: takes the clip around an alarm, runs a person/vehicle detector and
 /// tells the monitoring centre whether the alarm is real.
@@ -125,17 +125,17 @@ fn execute(command: Command) -> Result<()> {
         Command::ServeRtsp { mounts, port } => serve_rtsp(&mounts, port),
         Command::Eval { dir, config } => {
             let config = config_or_default(config.as_deref())?;
-            let cases = alarm_verifier::eval::read_labels(&dir)?;
+            let cases = alarm_verifier::tools::eval::read_labels(&dir)?;
             gstreamer::init().context("GStreamer cannot start")?;
             let verifier = Verifier::new(Arc::new(Detector::load(&config.detector)?), &config);
-            let report = alarm_verifier::eval::run(&verifier, cases);
+            let report = alarm_verifier::tools::eval::run(&verifier, cases);
             println!("{}", report.render());
             anyhow::ensure!(report.recall() >= 1.0, "a real intrusion was missed: recall is below 100%");
             Ok(())
         }
         Command::MakeDevset { footage, images, out } => {
-            let sources = alarm_verifier::devset::Sources { footage, images };
-            let n = alarm_verifier::devset::build(&sources, &out)?;
+            let sources = alarm_verifier::tools::devset::Sources { footage, images };
+            let n = alarm_verifier::tools::devset::build(&sources, &out)?;
             println!("{n} labelled clips in {}", out.display());
             Ok(())
         }
@@ -146,8 +146,8 @@ fn execute(command: Command) -> Result<()> {
                 eprintln!("note: {} not found (run scripts/pytools.sh); skipping the onnxruntime comparison", p.display());
             }
             let python = python.filter(|p| p.exists());
-            let options = alarm_verifier::bench::BenchOptions { clip, runs: runs.max(1), python };
-            println!("{}", alarm_verifier::bench::run(&config, &options)?);
+            let options = alarm_verifier::tools::bench::BenchOptions { clip, runs: runs.max(1), python };
+            println!("{}", alarm_verifier::tools::bench::run(&config, &options)?);
             Ok(())
         }
         Command::Demo => {

@@ -15,15 +15,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::alarm::{self, Alarm};
-use crate::camera::{Camera, CameraHealth};
-use crate::clip;
+use crate::intake::alarm::{self, Alarm};
+use crate::ingest::camera::{Camera, CameraHealth};
+use crate::analysis::clip;
 use crate::config::Config;
-use crate::detect::{DetectError, Detector};
+use crate::analysis::detect::{DetectError, Detector};
 use crate::mqtt::{self, Inbound, LinkEvent, MqttError, Session, Topics};
-use crate::publish::{Outbox, Publisher};
-use crate::store::{Store, StoreError};
-use crate::verify::{Finding, Verifier};
+use crate::delivery::publish::{Outbox, Publisher};
+use crate::delivery::store::{Store, StoreError};
+use crate::analysis::verify::{Finding, Verifier};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {

@@ -4,8 +4,8 @@ mod common;
 
 use std::process::Command;
 
-use alarm_verifier::demo::footage;
-use alarm_verifier::verdict::{VerdictDocument, VerdictKind};
+use alarm_verifier::tools::demo::footage;
+use alarm_verifier::analysis::verdict::{VerdictDocument, VerdictKind};
 use common::root;
 
 fn verify_clip(file: &std::path::Path, alarm_at: &str, evidence: Option<&std::path::Path>) -> std::process::Output {

@@ -6,9 +6,9 @@ mod common;
 
 use std::path::PathBuf;
 
-use alarm_verifier::clip;
+use alarm_verifier::analysis::clip;
 use alarm_verifier::config::{Config, DetectorConfig, Layout, Provider};
-use alarm_verifier::detect::{BoxPx, Detection, Detector};
+use alarm_verifier::analysis::detect::{BoxPx, Detection, Detector};
 use common::root;
 use image::RgbImage;
 

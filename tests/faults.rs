@@ -6,9 +6,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use alarm_verifier::demo::{Probe, RtspCameraServer, footage};
-use alarm_verifier::store::Store;
-use alarm_verifier::verdict::{VerdictDocument, VerdictKind};
+use alarm_verifier::tools::demo::{Probe, RtspCameraServer, footage};
+use alarm_verifier::delivery::store::Store;
+use alarm_verifier::analysis::verdict::{VerdictDocument, VerdictKind};
 use common::*;
 
 /// A short clip keeps verification quick, so faults rather than analysis dominate the timing.

@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use alarm_verifier::config::MqttConfig;
-use alarm_verifier::demo::{Broker, Probe, RtspCameraServer, footage};
-use alarm_verifier::verdict::VerdictKind;
+use alarm_verifier::tools::demo::{Broker, Probe, RtspCameraServer, footage};
+use alarm_verifier::analysis::verdict::VerdictKind;
 use common::*;
 
 const PASSWORD: &str = "correct-horse-battery";

@@ -1,7 +1,7 @@
 //! Property tests: the alarm parser and the config loader never panic, and what they accept or
 //! reject follows their contract, for arbitrary input.
 
-use alarm_verifier::alarm::{self, AlarmError, MAX_PAYLOAD_BYTES};
+use alarm_verifier::intake::alarm::{self, AlarmError, MAX_PAYLOAD_BYTES};
 use alarm_verifier::config::Config;
 use chrono::{TimeDelta, Utc};
 use proptest::prelude::*;

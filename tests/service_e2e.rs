@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use alarm_verifier::demo::{Broker, Probe, free_port};
-use alarm_verifier::verdict::{SCHEMA, VerdictKind};
+use alarm_verifier::tools::demo::{Broker, Probe, free_port};
+use alarm_verifier::analysis::verdict::{SCHEMA, VerdictKind};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

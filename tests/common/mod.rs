@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use alarm_verifier::demo::Probe;
+use alarm_verifier::tools::demo::Probe;
 use alarm_verifier::mqtt::Topics;
-use alarm_verifier::verdict::VerdictDocument;
+use alarm_verifier::analysis::verdict::VerdictDocument;
 
 pub const PREFIX: &str = "alarm-verifier";
 
@@ -138,8 +138,8 @@ pub fn alarm_json(alarm_id: &str) -> Vec<u8> {
 /// A whole test site: a broker, RTSP cameras serving footage, a probe subscribed to everything
 /// the service publishes, and the service itself, with its cameras online.
 pub struct Site {
-    pub broker: alarm_verifier::demo::Broker,
-    pub server: Option<alarm_verifier::demo::RtspCameraServer>,
+    pub broker: alarm_verifier::tools::demo::Broker,
+    pub server: Option<alarm_verifier::tools::demo::RtspCameraServer>,
     pub probe: Probe,
     pub service: Service,
     /// The config the service runs with, to start it again after a crash.
@@ -150,10 +150,10 @@ pub struct Site {
 impl Site {
     /// `cameras` pairs a camera id with a footage file (see `demo::footage`); `extra` holds config tables.
     pub async fn start(cameras: &[(&str, &str)], extra: &str) -> Self {
-        let broker = alarm_verifier::demo::Broker::start().expect("broker");
-        let files: Vec<(&str, PathBuf)> = cameras.iter().map(|(id, f)| (*id, alarm_verifier::demo::footage(f))).collect();
+        let broker = alarm_verifier::tools::demo::Broker::start().expect("broker");
+        let files: Vec<(&str, PathBuf)> = cameras.iter().map(|(id, f)| (*id, alarm_verifier::tools::demo::footage(f))).collect();
         let mounts: Vec<(&str, &Path)> = files.iter().map(|(id, f)| (*id, f.as_path())).collect();
-        let server = alarm_verifier::demo::RtspCameraServer::start(&mounts).expect("rtsp server");
+        let server = alarm_verifier::tools::demo::RtspCameraServer::start(&mounts).expect("rtsp server");
         let t = topics();
         let probe = Probe::connect(
             broker.port(),

@@ -9,13 +9,13 @@ use std::sync::Arc;
 
 use chrono::{TimeDelta, Utc};
 
-use crate::alarm::Alarm;
-use crate::clip::{self, ClipError, Frame, Window};
+use crate::intake::alarm::Alarm;
+use crate::analysis::clip::{self, ClipError, Frame, Window};
 use crate::config::{ClipConfig, Config, EvidenceConfig};
-use crate::detect::Detector;
-use crate::evidence::{self, Annotations, Scaled};
-use crate::policy::{Decision, FrameDetections, Outcome, Policy};
-use crate::verdict::{VerdictDocument, rfc3339};
+use crate::analysis::detect::Detector;
+use crate::analysis::evidence::{self, Annotations, Scaled};
+use crate::analysis::policy::{Decision, FrameDetections, Outcome, Policy};
+use crate::analysis::verdict::{VerdictDocument, rfc3339};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::config::{CameraConfig, Config, RtspTransport};
 use crate::mqtt::{self, Inbound, LinkEvent, Session, Topics};
-use crate::verdict::VerdictDocument;
+use crate::analysis::verdict::VerdictDocument;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -354,7 +354,7 @@ pub async fn run_demo() -> Result<String, DemoError> {
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(20), service).await;
     let doc: VerdictDocument = serde_json::from_slice(&verdict.payload)
-        .map_err(|e| DemoError::Mqtt(format!("verdict does not follow {}: {e}", crate::verdict::SCHEMA)))?;
+        .map_err(|e| DemoError::Mqtt(format!("verdict does not follow {}: {e}", crate::analysis::verdict::SCHEMA)))?;
     Ok(serde_json::to_string_pretty(&doc).unwrap_or_default())
 }
 

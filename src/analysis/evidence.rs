@@ -12,8 +12,8 @@ use imageproc::drawing::{draw_filled_rect_mut, draw_hollow_rect_mut, draw_line_s
 use imageproc::rect::Rect;
 
 use crate::config::{EvidenceConfig, Zone};
-use crate::detect::Detection;
-use crate::policy::Role;
+use crate::analysis::detect::Detection;
+use crate::analysis::policy::Role;
 
 const CAUSE: Rgb<u8> = Rgb([255, 40, 40]);
 const IGNORED: Rgb<u8> = Rgb([255, 150, 0]);
@@ -154,7 +154,7 @@ fn draw_text(image: &mut RgbImage, x: i32, y: i32, text: &str, scale: u32, colou
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::BoxPx;
+    use crate::analysis::detect::BoxPx;
 
     fn annotated(detections: &[(Detection, Role)]) -> RgbImage {
         let frame = fit(RgbImage::from_pixel(400, 300, Rgb([40, 90, 40])), 1280).expect("fit");

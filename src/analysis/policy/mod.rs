@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use crate::config::{PolicyConfig, Zone};
-use crate::detect::{BoxPx, Detection};
+use crate::analysis::detect::{BoxPx, Detection};
 
 /// The labels the `vehicle` class stands for.
 pub const VEHICLE_LABELS: [&str; 5] = ["car", "truck", "bus", "motorcycle", "bicycle"];

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use image::RgbImage;
 
-use crate::clip;
+use crate::analysis::clip;
 use crate::config::Config;
-use crate::detect::{DetectError, Detector, StageTimes};
-use crate::verify::Verifier;
+use crate::analysis::detect::{DetectError, Detector, StageTimes};
+use crate::analysis::verify::Verifier;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {

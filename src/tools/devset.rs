@@ -18,7 +18,7 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use image::{Rgb, RgbImage, imageops};
 
-use crate::clip::{self, Window};
+use crate::analysis::clip::{self, Window};
 
 const W: u32 = 768;
 const H: u32 = 576;

@@ -10,8 +10,8 @@ use std::sync::{Mutex, MutexGuard};
 use chrono::{DateTime, TimeDelta, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::alarm::Alarm;
-use crate::verdict::{VerdictDocument, rfc3339};
+use crate::intake::alarm::Alarm;
+use crate::analysis::verdict::{VerdictDocument, rfc3339};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -3,9 +3,9 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::alarm::Alarm;
-use crate::detect::Detection;
-use crate::policy::{Decision, FrameDetections, Outcome};
+use crate::intake::alarm::Alarm;
+use crate::analysis::detect::Detection;
+use crate::analysis::policy::{Decision, FrameDetections, Outcome};
 
 pub const SCHEMA: &str = "alarm-verifier/verdict/v1";
 

@@ -13,10 +13,10 @@ use rumqttc::{AsyncClient, QoS};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::camera::CameraHealth;
+use crate::ingest::camera::CameraHealth;
 use crate::mqtt::{Connection, LinkEvent, Topics};
-use crate::store::{OutboxItem, Store, StoreError};
-use crate::verdict::{VerdictDocument, rfc3339};
+use crate::delivery::store::{OutboxItem, Store, StoreError};
+use crate::analysis::verdict::{VerdictDocument, rfc3339};
 
 /// How long the broker has to acknowledge one publish before it is sent again.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);

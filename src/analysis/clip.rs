@@ -13,7 +13,7 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use image::RgbImage;
 
-use crate::camera::{EncodedSlice, describe_bus_message};
+use crate::ingest::camera::{EncodedSlice, describe_bus_message};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClipError {

@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::verdict::VerdictKind;
-use crate::verify::Verifier;
+use crate::analysis::verdict::VerdictKind;
+use crate::analysis::verify::Verifier;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {

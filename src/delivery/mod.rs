@@ -1,0 +1,5 @@
+//! Delivery: the durable record of alarms and verdicts, and sending verdicts, camera state, errors
+//! and status to the monitoring centre.
+
+pub mod publish;
+pub mod store;

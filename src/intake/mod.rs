@@ -1,0 +1,3 @@
+//! Intake: where alarms come from, all turned into one [`alarm::Alarm`] type.
+
+pub mod alarm;
