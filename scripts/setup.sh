@@ -48,6 +48,15 @@ install_system_packages() {
   # mosquitto's Debian package starts a system broker on 1883; tests start their own on free ports.
 }
 
+# cargo fmt and clippy, which CI runs before the tests (README, "Developing").
+install_rust_tools() {
+  if cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1; then
+    log "rustfmt and clippy: present"; return
+  fi
+  log "rustfmt and clippy: installing"
+  rustup component add rustfmt clippy
+}
+
 install_onnxruntime() {
   local lib="$ORT_DIR/libonnxruntime.so.$ORT_VERSION"
   if [ -f "$lib" ]; then log "onnxruntime $ORT_VERSION: present"; return; fi
@@ -140,6 +149,7 @@ install_devset() {
 }
 
 install_system_packages
+install_rust_tools
 install_onnxruntime
 install_model
 install_footage

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use alarm_verifier::config::Config;
-use alarm_verifier::tools::demo;
 use alarm_verifier::analysis::detect::Detector;
-use alarm_verifier::service;
 use alarm_verifier::analysis::verify::Verifier;
+use alarm_verifier::config::Config;
+use alarm_verifier::service;
+use alarm_verifier::tools::demo;
 
 /// Video alarm verification: takes the clip around an alarm, runs a person/vehicle detector and
 /// tells the monitoring centre whether the alarm is real.
@@ -89,7 +89,8 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -121,7 +122,13 @@ fn execute(command: Command) -> Result<()> {
             config,
             camera,
             evidence,
-        } => verify_clip(&file, alarm_at, config.as_deref(), camera.as_deref(), evidence.as_deref()),
+        } => verify_clip(
+            &file,
+            alarm_at,
+            config.as_deref(),
+            camera.as_deref(),
+            evidence.as_deref(),
+        ),
         Command::ServeRtsp { mounts, port } => serve_rtsp(&mounts, port),
         Command::Eval { dir, config } => {
             let config = config_or_default(config.as_deref())?;
@@ -130,7 +137,10 @@ fn execute(command: Command) -> Result<()> {
             let verifier = Verifier::new(Arc::new(Detector::load(&config.detector)?), &config);
             let report = alarm_verifier::tools::eval::run(&verifier, cases);
             println!("{}", report.render());
-            anyhow::ensure!(report.recall() >= 1.0, "a real intrusion was missed: recall is below 100%");
+            anyhow::ensure!(
+                report.recall() >= 1.0,
+                "a real intrusion was missed: recall is below 100%"
+            );
             Ok(())
         }
         Command::MakeDevset { footage, images, out } => {
@@ -139,14 +149,26 @@ fn execute(command: Command) -> Result<()> {
             println!("{n} labelled clips in {}", out.display());
             Ok(())
         }
-        Command::Bench { config, clip, runs, python } => {
+        Command::Bench {
+            config,
+            clip,
+            runs,
+            python,
+        } => {
             let config = config_or_default(config.as_deref())?;
             let python = (python.as_os_str() != "none").then_some(python);
             if let Some(p) = python.as_ref().filter(|p| !p.exists()) {
-                eprintln!("note: {} not found (run scripts/pytools.sh); skipping the onnxruntime comparison", p.display());
+                eprintln!(
+                    "note: {} not found (run scripts/pytools.sh); skipping the onnxruntime comparison",
+                    p.display()
+                );
             }
             let python = python.filter(|p| p.exists());
-            let options = alarm_verifier::tools::bench::BenchOptions { clip, runs: runs.max(1), python };
+            let options = alarm_verifier::tools::bench::BenchOptions {
+                clip,
+                runs: runs.max(1),
+                python,
+            };
             println!("{}", alarm_verifier::tools::bench::run(&config, &options)?);
             Ok(())
         }
@@ -167,7 +189,10 @@ fn config_or_default(path: Option<&Path>) -> Result<Config> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 async fn shutdown_signal() {
@@ -190,15 +215,27 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn verify_clip(file: &Path, alarm_at: f64, config: Option<&Path>, camera: Option<&str>, evidence: Option<&Path>) -> Result<()> {
-    anyhow::ensure!(alarm_at.is_finite() && alarm_at >= 0.0, "--alarm-at: expected seconds from the start of the file, 0 or more");
+fn verify_clip(
+    file: &Path,
+    alarm_at: f64,
+    config: Option<&Path>,
+    camera: Option<&str>,
+    evidence: Option<&Path>,
+) -> Result<()> {
+    anyhow::ensure!(
+        alarm_at.is_finite() && alarm_at >= 0.0,
+        "--alarm-at: expected seconds from the start of the file, 0 or more"
+    );
     let config = config_or_default(config)?;
     if let Some(id) = camera {
         anyhow::ensure!(config.camera(id).is_some(), "--camera: no camera {id:?} in the config");
     }
     gstreamer::init().context("GStreamer cannot start")?;
     let verifier = Verifier::new(Arc::new(Detector::load(&config.detector)?), &config);
-    let default_camera = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "clip".into());
+    let default_camera = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "clip".into());
     let finding = verifier
         .verify_file(file, alarm_at, camera.unwrap_or(&default_camera))
         .with_context(|| format!("{}: alarm at {alarm_at} s", file.display()))?;

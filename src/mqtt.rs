@@ -34,7 +34,9 @@ pub struct Topics {
 
 impl Topics {
     pub fn new(prefix: &str) -> Self {
-        Self { prefix: prefix.to_owned() }
+        Self {
+            prefix: prefix.to_owned(),
+        }
     }
     pub fn alarms_filter(&self) -> String {
         format!("{}/alarms/+", self.prefix)
@@ -44,7 +46,10 @@ impl Topics {
     }
     /// The camera an alarm topic is for, if it is one.
     pub fn camera_of_alarm<'t>(&self, topic: &'t str) -> Option<&'t str> {
-        topic.strip_prefix(&self.prefix)?.strip_prefix("/alarms/").filter(|c| !c.contains('/'))
+        topic
+            .strip_prefix(&self.prefix)?
+            .strip_prefix("/alarms/")
+            .filter(|c| !c.contains('/'))
     }
     pub fn verdict(&self, camera: &str) -> String {
         format!("{}/verdicts/{camera}", self.prefix)
@@ -147,14 +152,20 @@ pub fn options(config: &MqttConfig, client_id: &str) -> Result<MqttOptions, Mqtt
         };
         // rustls needs a process-wide crypto provider; installing it twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        options.set_transport(Transport::Tls(TlsConfiguration::Simple { ca, alpn: None, client_auth }));
+        options.set_transport(Transport::Tls(TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth,
+        }));
     }
     Ok(options)
 }
 
 /// Connects, and keeps reconnecting, with `options`; everything that happens arrives on `events`.
 pub fn connect(mut options: MqttOptions, session: Session) -> Connection {
-    options.set_clean_session(!session.persistent).set_manual_acks(session.manual_acks);
+    options
+        .set_clean_session(!session.persistent)
+        .set_manual_acks(session.manual_acks);
     if let Some((topic, payload)) = &session.will {
         options.set_last_will(LastWill::new(topic, payload.clone(), QoS::AtLeastOnce, true));
     }
@@ -223,6 +234,9 @@ mod tests {
             ..Default::default()
         };
         let err = options(&config, "x").err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("/nonexistent/ca.pem") && err.contains("mqtt.ca_file"), "{err}");
+        assert!(
+            err.contains("/nonexistent/ca.pem") && err.contains("mqtt.ca_file"),
+            "{err}"
+        );
     }
 }

@@ -15,15 +15,16 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::intake::alarm::{self, Alarm};
-use crate::ingest::camera::{Camera, CameraHealth};
 use crate::analysis::clip;
-use crate::config::Config;
 use crate::analysis::detect::{DetectError, Detector};
-use crate::mqtt::{self, Inbound, LinkEvent, MqttError, Session, Topics};
+use crate::analysis::verify::{Finding, Verifier};
+use crate::config::Config;
 use crate::delivery::publish::{Outbox, Publisher};
 use crate::delivery::store::{Store, StoreError};
-use crate::analysis::verify::{Finding, Verifier};
+use crate::ingest::camera::Camera;
+use crate::ingest::health::CameraHealth;
+use crate::intake::alarm::{self, Alarm};
+use crate::mqtt::{self, Inbound, LinkEvent, MqttError, Session, Topics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -141,17 +142,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     }
 
-    tracing::info!(in_flight = alarms.len(), "shutting down: no new alarms; answering those in flight");
+    tracing::info!(
+        in_flight = alarms.len(),
+        "shutting down: no new alarms; answering those in flight"
+    );
     let drained = tokio::time::timeout(shared.deadline + Duration::from_secs(1), async {
         while alarms.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
-        tracing::error!(left = alarms.len(), "alarms still in flight at shutdown; they are answered after the restart");
+        tracing::error!(
+            left = alarms.len(),
+            "alarms still in flight at shutdown; they are answered after the restart"
+        );
     }
     let _ = stop_outbox.send(true);
     if tokio::time::timeout(SHUTDOWN_FLUSH, outbox_task).await.is_err() {
-        tracing::warn!(pending = shared.outbox.pending(), "outbox not empty at shutdown; delivery resumes after the restart");
+        tracing::warn!(
+            pending = shared.outbox.pending(),
+            "outbox not empty at shutdown; delivery resumes after the restart"
+        );
     }
     let _ = publisher.status(false).await;
     let _ = main.client.disconnect().await;
@@ -182,7 +192,10 @@ async fn intake(shared: &Arc<Shared>, alarms: &mut JoinSet<()>, msg: Inbound) {
         Ok(true) => {}
         Ok(false) => {
             tracing::info!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, "duplicate alarm ignored");
-            let reason = format!("duplicate alarm_id {:?}: already received; no second verdict", alarm.alarm_id);
+            let reason = format!(
+                "duplicate alarm_id {:?}: already received; no second verdict",
+                alarm.alarm_id
+            );
             reject(shared, &msg, &reason).await;
             acknowledge(shared, &msg).await;
             return;
@@ -197,7 +210,9 @@ async fn intake(shared: &Arc<Shared>, alarms: &mut JoinSet<()>, msg: Inbound) {
             alarms.spawn(handle_alarm(shared.clone(), alarm, permit));
         }
         Err(_) => {
-            let finding = shared.verifier.unverifiable(&alarm, "overloaded: too many alarms in verification");
+            let finding = shared
+                .verifier
+                .unverifiable(&alarm, "overloaded: too many alarms in verification");
             deliver(shared, &alarm, finding).await;
         }
     }
@@ -222,7 +237,10 @@ async fn handle_alarm(shared: Arc<Shared>, alarm: Alarm, _in_flight: OwnedSemaph
         Ok(finding) => finding,
         Err(_) => shared.verifier.unverifiable(
             &alarm,
-            &format!("overloaded: not verified within the {} s deadline", shared.deadline.as_secs_f64()),
+            &format!(
+                "overloaded: not verified within the {} s deadline",
+                shared.deadline.as_secs_f64()
+            ),
         ),
     };
     deliver(&shared, &alarm, finding).await;
@@ -300,7 +318,9 @@ fn answer_interrupted_alarms(shared: &Shared) {
             received_at: Instant::now(),
         };
         tracing::warn!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, "alarm interrupted by a restart");
-        let finding = shared.verifier.unverifiable(&alarm, "the service restarted before this alarm was verified");
+        let finding = shared
+            .verifier
+            .unverifiable(&alarm, "the service restarted before this alarm was verified");
         if let Err(e) = shared.outbox.submit(&finding.doc, None) {
             tracing::error!(alarm_id = %alarm.alarm_id, error = %e, "cannot store verdict for interrupted alarm");
         }

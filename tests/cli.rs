@@ -4,13 +4,17 @@ mod common;
 
 use std::process::Command;
 
-use alarm_verifier::tools::demo::footage;
 use alarm_verifier::analysis::verdict::{VerdictDocument, VerdictKind};
+use alarm_verifier::tools::demo::footage;
 use common::root;
 
 fn verify_clip(file: &std::path::Path, alarm_at: &str, evidence: Option<&std::path::Path>) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_alarm-verifier"));
-    cmd.current_dir(root()).arg("verify-clip").arg(file).arg("--alarm-at").arg(alarm_at);
+    cmd.current_dir(root())
+        .arg("verify-clip")
+        .arg(file)
+        .arg("--alarm-at")
+        .arg(alarm_at);
     if let Some(e) = evidence {
         cmd.arg("--evidence").arg(e);
     }
@@ -18,8 +22,18 @@ fn verify_clip(file: &std::path::Path, alarm_at: &str, evidence: Option<&std::pa
 }
 
 fn verdict_of(out: &std::process::Output) -> VerdictDocument {
-    assert!(out.status.success(), "exit {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not a verdict ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not a verdict ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 #[test]
@@ -48,13 +62,20 @@ fn verify_clip_on_a_missing_or_broken_file_fails_naming_it() {
     let out = verify_clip(std::path::Path::new("/nonexistent/clip.mp4"), "1", None);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/nonexistent/clip.mp4") && err.contains("no such file"), "{err}");
+    assert!(
+        err.contains("/nonexistent/clip.mp4") && err.contains("no such file"),
+        "{err}"
+    );
 
     let dir = tempfile::tempdir().expect("temp dir");
     let junk = dir.path().join("junk.mp4");
     std::fs::write(&junk, b"this is not a video").expect("write");
     let out = verify_clip(&junk, "1", None);
-    assert!(!out.status.success(), "a broken file must fail, got: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "a broken file must fail, got: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("junk.mp4"), "{err}");
 
@@ -73,7 +94,11 @@ fn verify_clip_on_a_still_image_analyses_its_one_frame() {
     assert_eq!(doc.frames_analyzed, 1, "{doc:?}");
     // One frame cannot meet min_frames = 2: the people are seen, and the reason says why not.
     assert_eq!(doc.verdict, VerdictKind::FalseAlarm, "{doc:?}");
-    assert!(doc.reason.contains("person in 1 of 1 frames (fewer than 2)"), "{}", doc.reason);
+    assert!(
+        doc.reason.contains("person in 1 of 1 frames (fewer than 2)"),
+        "{}",
+        doc.reason
+    );
 }
 
 #[test]
@@ -91,7 +116,9 @@ fn check_config_accepts_the_example_and_names_bad_keys() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let bad = dir.path().join("bad.toml");
-    let text = std::fs::read_to_string(&example).expect("example").replace("port = 1883", "port = \"1883\"");
+    let text = std::fs::read_to_string(&example)
+        .expect("example")
+        .replace("port = 1883", "port = \"1883\"");
     std::fs::write(&bad, text).expect("write");
     let out = run(&bad);
     assert!(!out.status.success());

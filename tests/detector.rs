@@ -7,8 +7,8 @@ mod common;
 use std::path::PathBuf;
 
 use alarm_verifier::analysis::clip;
-use alarm_verifier::config::{Config, DetectorConfig, Layout, Provider};
 use alarm_verifier::analysis::detect::{BoxPx, Detection, Detector};
+use alarm_verifier::config::{Config, DetectorConfig, Layout, Provider};
 use common::root;
 use image::RgbImage;
 
@@ -39,31 +39,53 @@ fn first_vtest_frame() -> RgbImage {
 }
 
 fn summary(d: &[Detection]) -> Vec<(String, f32, [f32; 4])> {
-    d.iter().map(|d| (d.label.clone(), d.score, [d.bbox.x, d.bbox.y, d.bbox.w, d.bbox.h])).collect()
+    d.iter()
+        .map(|d| (d.label.clone(), d.score, [d.bbox.x, d.bbox.y, d.bbox.w, d.bbox.h]))
+        .collect()
 }
 
 #[test]
 fn yolox_matches_python_onnxruntime_on_a_real_frame() {
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root().join("tests/data/yolox_reference.json")).expect("reference"))
-            .expect("reference JSON");
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/data/yolox_reference.json")).expect("reference"),
+    )
+    .expect("reference JSON");
     let expected = reference["detections"].as_array().expect("detections");
     let frame = first_vtest_frame();
     assert_eq!(frame.dimensions(), (768, 576));
     let detector = load(&config("models/yolox_nano.onnx", Layout::Yolox));
     let got = detector.detect(&frame).expect("detect");
-    assert_eq!(got.len(), expected.len(), "Rust {:?}\nreference {expected:?}", summary(&got));
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "Rust {:?}\nreference {expected:?}",
+        summary(&got)
+    );
     for e in expected {
         let class_id = e["class_id"].as_u64().expect("class") as usize;
         let score = e["score"].as_f64().expect("score") as f32;
-        let b: Vec<f32> = e["box_xyxy"].as_array().expect("box").iter().map(|v| v.as_f64().unwrap_or(-1.0) as f32).collect();
-        let want = BoxPx { x: b[0], y: b[1], w: b[2] - b[0], h: b[3] - b[1] };
+        let b: Vec<f32> = e["box_xyxy"]
+            .as_array()
+            .expect("box")
+            .iter()
+            .map(|v| v.as_f64().unwrap_or(-1.0) as f32)
+            .collect();
+        let want = BoxPx {
+            x: b[0],
+            y: b[1],
+            w: b[2] - b[0],
+            h: b[3] - b[1],
+        };
         let found = got
             .iter()
             .filter(|d| d.class_id == class_id)
             .max_by(|a, b| a.bbox.iou(&want).total_cmp(&b.bbox.iou(&want)))
             .unwrap_or_else(|| panic!("no class {class_id} in {:?}", summary(&got)));
-        assert!((found.score - score).abs() < 0.01, "score {} vs reference {score} for {e}", found.score);
+        assert!(
+            (found.score - score).abs() < 0.01,
+            "score {} vs reference {score} for {e}",
+            found.score
+        );
         let (x2, y2) = (found.bbox.x + found.bbox.w, found.bbox.y + found.bbox.h);
         for (ours, theirs) in [found.bbox.x, found.bbox.y, x2, y2].iter().zip(&b) {
             assert!((ours - theirs).abs() < 1.0, "box {:?} vs reference {b:?}", found.bbox);
@@ -85,7 +107,9 @@ fn assert_box(d: &Detection, want: [f32; 4]) {
 
 #[test]
 fn yolox_layout_decodes_grid_cells_and_suppresses_overlaps() {
-    let d = load(&config("tests/data/models/yolox_64.onnx", Layout::Yolox)).detect(&frame()).expect("detect");
+    let d = load(&config("tests/data/models/yolox_64.onnx", Layout::Yolox))
+        .detect(&frame())
+        .expect("detect");
     // Letterbox 128x96 -> 64x48 at the top left: frame = model / 0.5.
     assert_eq!(d.len(), 2, "{:?}", summary(&d));
     assert_eq!((d[0].label.as_str(), (d[0].score * 100.0).round()), ("person", 72.0));
@@ -98,7 +122,9 @@ fn yolox_layout_decodes_grid_cells_and_suppresses_overlaps() {
 
 #[test]
 fn yolo_v8_layout_decodes_columns_with_centred_letterbox() {
-    let d = load(&config("tests/data/models/yolov8_64.onnx", Layout::Yolo)).detect(&frame()).expect("detect");
+    let d = load(&config("tests/data/models/yolov8_64.onnx", Layout::Yolo))
+        .detect(&frame())
+        .expect("detect");
     // Centred letterbox: 64x48 image, 8 px of padding at the top; frame = (model - pad) / 0.5.
     assert_eq!(d.len(), 2, "{:?}", summary(&d));
     assert_eq!(d[0].label, "car");
@@ -109,7 +135,9 @@ fn yolo_v8_layout_decodes_columns_with_centred_letterbox() {
 
 #[test]
 fn yolo_v5_layout_multiplies_objectness() {
-    let d = load(&config("tests/data/models/yolov5_64.onnx", Layout::Yolo)).detect(&frame()).expect("detect");
+    let d = load(&config("tests/data/models/yolov5_64.onnx", Layout::Yolo))
+        .detect(&frame())
+        .expect("detect");
     assert_eq!(d.len(), 1, "{:?}", summary(&d));
     assert_eq!(d[0].label, "truck");
     assert!((d[0].score - 0.81).abs() < 1e-5);
@@ -118,7 +146,9 @@ fn yolo_v5_layout_multiplies_objectness() {
 
 #[test]
 fn ssd_layout_reads_named_outputs_with_tensorflow_class_ids() {
-    let d = load(&config("tests/data/models/ssd_64.onnx", Layout::Ssd)).detect(&frame()).expect("detect");
+    let d = load(&config("tests/data/models/ssd_64.onnx", Layout::Ssd))
+        .detect(&frame())
+        .expect("detect");
     // Stretch: normalised boxes scale straight to the frame; the third row is beyond num_detections.
     assert_eq!(d.len(), 2, "{:?}", summary(&d));
     assert_eq!(d[0].label, "person");
@@ -142,13 +172,19 @@ fn labels_file_names_a_custom_model_classes() {
 #[test]
 fn a_model_of_another_layout_is_refused_naming_the_shapes() {
     let err = load_err(&config("tests/data/models/yolov8_64.onnx", Layout::Yolox));
-    assert!(err.contains("yolov8_64.onnx") && err.contains("yolox") && err.contains("[1, 84, 3]"), "{err}");
+    assert!(
+        err.contains("yolov8_64.onnx") && err.contains("yolox") && err.contains("[1, 84, 3]"),
+        "{err}"
+    );
     let err = load_err(&config("models/yolox_nano.onnx", Layout::Ssd));
     assert!(err.contains("ssd") && err.contains("\"output\" [1, 3549, 85]"), "{err}");
     let mut c = config("models/yolox_nano.onnx", Layout::Yolox);
     c.input_size = Some(640);
     let err = load_err(&c);
-    assert!(err.contains("input_size = 640") && err.contains("[1, 3, 416, 416]"), "{err}");
+    assert!(
+        err.contains("input_size = 640") && err.contains("[1, 3, 416, 416]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -159,7 +195,11 @@ fn broken_model_files_are_clear_errors() {
     let truncated = dir.path().join("truncated.onnx");
     let bytes = std::fs::read(root().join("models/yolox_nano.onnx")).expect("model");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("write");
-    for (path, what) in [(not_onnx, "notes.onnx"), (truncated, "truncated.onnx"), (dir.path().join("absent.onnx"), "no such file")] {
+    for (path, what) in [
+        (not_onnx, "notes.onnx"),
+        (truncated, "truncated.onnx"),
+        (dir.path().join("absent.onnx"), "no such file"),
+    ] {
         let mut c = config("models/yolox_nano.onnx", Layout::Yolox);
         c.model = path;
         let err = load_err(&c);
@@ -172,7 +212,10 @@ fn a_missing_runtime_library_says_where_it_looked_and_what_it_needs() {
     let mut c = config("models/yolox_nano.onnx", Layout::Yolox);
     c.onnxruntime = PathBuf::from("/opt/nowhere/libonnxruntime.so");
     let err = load_err(&c);
-    assert!(err.contains("/opt/nowhere/libonnxruntime.so") && err.contains("1.31") && err.contains("detector.onnxruntime"), "{err}");
+    assert!(
+        err.contains("/opt/nowhere/libonnxruntime.so") && err.contains("1.31") && err.contains("detector.onnxruntime"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -182,6 +225,11 @@ fn an_unavailable_provider_is_an_error_not_a_silent_cpu_fallback() {
     let err = load_err(&c);
     assert!(err.contains("\"cuda\"") && err.contains("detector.provider"), "{err}");
     // An unknown provider is caught with the config.
-    let err = Config::parse("[detector]\nprovider = \"tpu\"\n", "site.toml").unwrap_err().to_string();
-    assert!(err.contains("site.toml") && err.contains("provider") && err.contains("cuda"), "{err}");
+    let err = Config::parse("[detector]\nprovider = \"tpu\"\n", "site.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("site.toml") && err.contains("provider") && err.contains("cuda"),
+        "{err}"
+    );
 }

@@ -10,7 +10,11 @@ use common::root;
 #[test]
 fn eval_on_the_development_set_has_full_recall_and_filters_false_alarms() {
     let devset = root().join("testdata/devset");
-    assert!(devset.join("labels.tsv").is_file(), "no development set in {}; run scripts/setup.sh", devset.display());
+    assert!(
+        devset.join("labels.tsv").is_file(),
+        "no development set in {}; run scripts/setup.sh",
+        devset.display()
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_alarm-verifier"))
         .current_dir(root())
         .arg("eval")
@@ -19,16 +23,30 @@ fn eval_on_the_development_set_has_full_recall_and_filters_false_alarms() {
         .expect("run eval");
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}");
-    assert!(out.status.success(), "eval failed (recall below 100%?):\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let summary = stdout.lines().find(|l| l.starts_with("recall on real intrusions")).expect("summary line");
+    assert!(
+        out.status.success(),
+        "eval failed (recall below 100%?):\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("recall on real intrusions"))
+        .expect("summary line");
     let percent = |label: &str| -> f64 {
         let after = summary.split(label).nth(1).expect(label);
-        let inside = after.split('(').nth(1).and_then(|s| s.split('%').next()).expect("a percentage");
+        let inside = after
+            .split('(')
+            .nth(1)
+            .and_then(|s| s.split('%').next())
+            .expect("a percentage");
         inside.parse().expect("a number")
     };
     assert_eq!(percent("recall on real intrusions:"), 100.0, "{summary}");
     assert!(percent("false alarms filtered:") >= 95.0, "{summary}");
-    let clips = stdout.lines().filter(|l| l.starts_with("| ") && (l.contains("| yes |") || l.contains("| NO |"))).count();
+    let clips = stdout
+        .lines()
+        .filter(|l| l.starts_with("| ") && (l.contains("| yes |") || l.contains("| NO |")))
+        .count();
     assert!(clips >= 20, "only {clips} clips evaluated");
 }
 
@@ -38,7 +56,10 @@ fn eval_fails_when_a_real_intrusion_is_missed() {
     let dir = tempfile::tempdir().expect("dir");
     std::fs::write(
         dir.path().join("labels.tsv"),
-        format!("{}\tverified\t5\tmislabelled on purpose\n", root().join("testdata/tree.mp4").display()),
+        format!(
+            "{}\tverified\t5\tmislabelled on purpose\n",
+            root().join("testdata/tree.mp4").display()
+        ),
     )
     .expect("write labels");
     let out = Command::new(env!("CARGO_BIN_EXE_alarm-verifier"))

@@ -6,9 +6,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use alarm_verifier::tools::demo::{Probe, RtspCameraServer, footage};
-use alarm_verifier::delivery::store::Store;
 use alarm_verifier::analysis::verdict::{VerdictDocument, VerdictKind};
+use alarm_verifier::delivery::store::Store;
+use alarm_verifier::tools::demo::{Probe, RtspCameraServer, footage};
 use common::*;
 
 /// A short clip keeps verification quick, so faults rather than analysis dominate the timing.
@@ -45,7 +45,10 @@ async fn collect_verdicts(
 
 async fn wait_status(probe: &mut Probe, want: &str, timeout: Duration) -> bool {
     let topic = topics().status();
-    probe.next(|m| m.topic == topic && m.payload == want.as_bytes(), timeout).await.is_some()
+    probe
+        .next(|m| m.topic == topic && m.payload == want.as_bytes(), timeout)
+        .await
+        .is_some()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,7 +57,7 @@ async fn broker_killed_mid_run_every_verdict_still_arrives() {
     site.let_buffers_fill().await;
 
     let ids: Vec<String> = (0..50).map(|i| format!("outage-{i:02}")).collect();
-    let camera_of = |i: usize| if i % 2 == 0 { "entrance" } else { "garden" };
+    let camera_of = |i: usize| if i.is_multiple_of(2) { "entrance" } else { "garden" };
     for (i, id) in ids.iter().enumerate().take(25) {
         site.raise(camera_of(i), id).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -79,10 +82,17 @@ async fn broker_killed_mid_run_every_verdict_still_arrives() {
 
     let seen = collect_verdicts(&mut site.probe, &ids, Duration::from_secs(90), Duration::from_secs(3)).await;
     let missing: Vec<&String> = ids.iter().filter(|id| !seen.contains_key(*id)).collect();
-    assert!(missing.is_empty(), "no verdict for {missing:?}; log:\n{}", site.service.log());
+    assert!(
+        missing.is_empty(),
+        "no verdict for {missing:?}; log:\n{}",
+        site.service.log()
+    );
     let duplicates: usize = seen.values().map(|v| v.len() - 1).sum();
     for (id, docs) in &seen {
-        assert!(docs.iter().all(|d| d.verdict == docs[0].verdict), "{id} got different verdicts: {docs:?}");
+        assert!(
+            docs.iter().all(|d| d.verdict == docs[0].verdict),
+            "{id} got different verdicts: {docs:?}"
+        );
     }
     let count = |kind: VerdictKind| seen.values().filter(|d| d[0].verdict == kind).count();
     println!(
@@ -106,11 +116,18 @@ async fn verdicts_undelivered_at_a_crash_are_delivered_after_restart() {
         site.raise("entrance", id).await;
     }
     let store = Store::open(&site.dir.path().join("alarm-verifier.db")).expect("open the service's store");
-    let recorded = poll(Duration::from_secs(10), || store.unanswered().map(|u| u.len() == 5).unwrap_or(false)).await;
+    let recorded = poll(Duration::from_secs(10), || {
+        store.unanswered().map(|u| u.len() == 5).unwrap_or(false)
+    })
+    .await;
     assert!(recorded, "alarms not recorded; log:\n{}", site.service.log());
     site.broker.kill();
     let stored = poll(Duration::from_secs(15), || store.undelivered_count().unwrap_or(0) == 5).await;
-    assert!(stored, "verdicts not stored as undelivered; log:\n{}", site.service.log());
+    assert!(
+        stored,
+        "verdicts not stored as undelivered; log:\n{}",
+        site.service.log()
+    );
     site.service.kill();
 
     site.broker.restart().expect("broker restart");
@@ -119,7 +136,11 @@ async fn verdicts_undelivered_at_a_crash_are_delivered_after_restart() {
     site.service = Service::start(&site.config, site.dir.path());
     let seen = collect_verdicts(&mut site.probe, &ids, Duration::from_secs(40), Duration::from_secs(2)).await;
     let missing: Vec<&String> = ids.iter().filter(|id| !seen.contains_key(*id)).collect();
-    assert!(missing.is_empty(), "lost across the crash: {missing:?}; log:\n{}", site.service.log());
+    assert!(
+        missing.is_empty(),
+        "lost across the crash: {missing:?}; log:\n{}",
+        site.service.log()
+    );
     for docs in seen.values() {
         assert_eq!(docs[0].verdict, VerdictKind::Verified, "{docs:?}");
     }
@@ -142,9 +163,16 @@ async fn camera_lost_gives_unverifiable_in_time_and_verifies_again_when_back() {
     let state_topic = t.camera_state("entrance");
     let offline = site
         .probe
-        .next(|m| m.topic == state_topic && String::from_utf8_lossy(&m.payload).contains("\"offline\""), Duration::from_secs(30))
+        .next(
+            |m| m.topic == state_topic && String::from_utf8_lossy(&m.payload).contains("\"offline\""),
+            Duration::from_secs(30),
+        )
         .await;
-    assert!(offline.is_some(), "camera loss not noticed; log:\n{}", site.service.log());
+    assert!(
+        offline.is_some(),
+        "camera loss not noticed; log:\n{}",
+        site.service.log()
+    );
     let noticed = lost.elapsed();
 
     let sent = Instant::now();
@@ -174,7 +202,11 @@ async fn camera_lost_gives_unverifiable_in_time_and_verifies_again_when_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_200_alarms_gets_exactly_one_verdict_each() {
-    let mut site = Site::start(&[("entrance", "vtest.mp4")], &format!("{FAST_CLIP}[verdict]\nqueue = 4\nworkers = 1\n")).await;
+    let mut site = Site::start(
+        &[("entrance", "vtest.mp4")],
+        &format!("{FAST_CLIP}[verdict]\nqueue = 4\nworkers = 1\n"),
+    )
+    .await;
     site.let_buffers_fill().await;
 
     let ids: Vec<String> = (0..200).map(|i| format!("burst-{i:03}")).collect();
@@ -185,8 +217,17 @@ async fn a_burst_of_200_alarms_gets_exactly_one_verdict_each() {
     let seen = collect_verdicts(&mut site.probe, &ids, Duration::from_secs(60), Duration::from_secs(3)).await;
     let all_in = sent.elapsed();
     let missing: Vec<&String> = ids.iter().filter(|id| !seen.contains_key(*id)).collect();
-    assert!(missing.is_empty(), "{} alarms unanswered: {missing:?}; log:\n{}", missing.len(), site.service.log());
-    let repeated: Vec<(&String, usize)> = seen.iter().filter(|(_, v)| v.len() > 1).map(|(k, v)| (k, v.len())).collect();
+    assert!(
+        missing.is_empty(),
+        "{} alarms unanswered: {missing:?}; log:\n{}",
+        missing.len(),
+        site.service.log()
+    );
+    let repeated: Vec<(&String, usize)> = seen
+        .iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(k, v)| (k, v.len()))
+        .collect();
     assert!(repeated.is_empty(), "more than one verdict: {repeated:?}");
     let overloaded = seen
         .values()
@@ -219,7 +260,10 @@ async fn bad_input_interleaved_with_good_alarms_leaves_every_good_alarm_answered
     ];
     let good: Vec<String> = (0..6).map(|i| format!("good-{i}")).collect();
     for (id, (camera, payload)) in good.iter().zip(&bad) {
-        site.probe.publish(&t.alarm(camera), payload.clone()).await.expect("publish bad");
+        site.probe
+            .publish(&t.alarm(camera), payload.clone())
+            .await
+            .expect("publish bad");
         site.raise("entrance", id).await;
     }
     // A repeated alarm_id is answered once.
@@ -227,7 +271,9 @@ async fn bad_input_interleaved_with_good_alarms_leaves_every_good_alarm_answered
 
     let seen = collect_verdicts(&mut site.probe, &good, Duration::from_secs(40), Duration::from_secs(2)).await;
     for id in &good {
-        let docs = seen.get(id).unwrap_or_else(|| panic!("good alarm {id} unanswered; log:\n{}", site.service.log()));
+        let docs = seen
+            .get(id)
+            .unwrap_or_else(|| panic!("good alarm {id} unanswered; log:\n{}", site.service.log()));
         assert_eq!(docs.len(), 1, "{id}: {docs:?}");
         assert_eq!(docs[0].verdict, VerdictKind::Verified, "{docs:?}");
     }
@@ -235,9 +281,23 @@ async fn bad_input_interleaved_with_good_alarms_leaves_every_good_alarm_answered
     while let Some(m) = site.probe.next(|m| m.topic == t.errors(), Duration::from_secs(2)).await {
         reports.push(String::from_utf8_lossy(&m.payload).into_owned());
     }
-    assert_eq!(reports.len(), bad.len() + 1, "one report per bad input and the duplicate: {reports:#?}");
-    for expected in ["not JSON", "over the limit", "unknown camera", "field `alarm_id`", "expected a JSON object", "duplicate alarm_id"] {
-        assert!(reports.iter().any(|r| r.contains(expected)), "no report saying {expected:?}: {reports:#?}");
+    assert_eq!(
+        reports.len(),
+        bad.len() + 1,
+        "one report per bad input and the duplicate: {reports:#?}"
+    );
+    for expected in [
+        "not JSON",
+        "over the limit",
+        "unknown camera",
+        "field `alarm_id`",
+        "expected a JSON object",
+        "duplicate alarm_id",
+    ] {
+        assert!(
+            reports.iter().any(|r| r.contains(expected)),
+            "no report saying {expected:?}: {reports:#?}"
+        );
     }
 }
 
@@ -253,7 +313,10 @@ async fn sigterm_answers_the_alarm_in_flight_publishes_offline_and_exits_0() {
     assert_eq!(status.map(|s| s.code()), Some(Some(0)), "log:\n{}", site.service.log());
     let verdict = site.verdict("in-flight", Duration::from_secs(5)).await;
     assert_eq!(verdict.verdict, VerdictKind::Verified, "{verdict:?}");
-    assert!(wait_status(&mut site.probe, "offline", Duration::from_secs(5)).await, "no offline status");
+    assert!(
+        wait_status(&mut site.probe, "offline", Duration::from_secs(5)).await,
+        "no offline status"
+    );
 }
 
 async fn poll(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {

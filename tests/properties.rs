@@ -1,8 +1,8 @@
 //! Property tests: the alarm parser and the config loader never panic, and what they accept or
 //! reject follows their contract, for arbitrary input.
 
-use alarm_verifier::intake::alarm::{self, AlarmError, MAX_PAYLOAD_BYTES};
 use alarm_verifier::config::Config;
+use alarm_verifier::intake::alarm::{self, AlarmError, MAX_PAYLOAD_BYTES};
 use chrono::{TimeDelta, Utc};
 use proptest::prelude::*;
 
@@ -18,7 +18,9 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
         Just(serde_json::Value::Null),
         any::<bool>().prop_map(serde_json::Value::from),
         any::<i64>().prop_map(serde_json::Value::from),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(serde_json::Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(serde_json::Value::from),
         ".{0,20}".prop_map(serde_json::Value::from),
     ];
     leaf.prop_recursive(3, 24, 6, |inner| {

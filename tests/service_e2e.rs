@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use alarm_verifier::tools::demo::{Broker, Probe, free_port};
 use alarm_verifier::analysis::verdict::{SCHEMA, VerdictKind};
+use alarm_verifier::tools::demo::{Broker, Probe, free_port};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -14,7 +14,12 @@ async fn people_verify_and_a_tree_in_wind_is_a_false_alarm() {
     let mut site = Site::start(&[("entrance", "vtest.mp4"), ("garden", "tree.mp4")], "").await;
     let t = topics();
     let status = site.probe.next(|m| m.topic == t.status(), Duration::from_secs(5)).await;
-    assert_eq!(status.map(|m| m.payload), Some(b"online".to_vec()), "log:\n{}", site.service.log());
+    assert_eq!(
+        status.map(|m| m.payload),
+        Some(b"online".to_vec()),
+        "log:\n{}",
+        site.service.log()
+    );
     site.let_buffers_fill().await;
 
     site.raise("entrance", "e2e-entrance").await;
@@ -29,14 +34,34 @@ async fn people_verify_and_a_tree_in_wind_is_a_false_alarm() {
     // The site's parked vehicles are there in every frame, before the alarm too: if the live
     // decode broke pictures (as split multi-slice keyframes once did), they would seem to arrive.
     assert!(entrance.reason.contains("ignored: parked"), "{}", entrance.reason);
-    assert!(!entrance.reason.contains("car in") && !entrance.reason.contains("truck in"), "{}", entrance.reason);
-    assert!(entrance.detections.iter().any(|d| d.label == "person" && d.score >= 0.5));
+    assert!(
+        !entrance.reason.contains("car in") && !entrance.reason.contains("truck in"),
+        "{}",
+        entrance.reason
+    );
+    assert!(
+        entrance
+            .detections
+            .iter()
+            .any(|d| d.label == "person" && d.score >= 0.5)
+    );
     for d in &entrance.detections {
-        assert!(d.bbox.iter().all(|v| (0.0..=1.0).contains(v)), "box not normalised: {d:?}");
+        assert!(
+            d.bbox.iter().all(|v| (0.0..=1.0).contains(v)),
+            "box not normalised: {d:?}"
+        );
     }
     // 6 s of clip at 3 fps.
-    assert!((15..=20).contains(&entrance.frames_analyzed), "{}", entrance.frames_analyzed);
-    assert!(entrance.latency_ms > 0 && entrance.latency_ms < 15_000, "{}", entrance.latency_ms);
+    assert!(
+        (15..=20).contains(&entrance.frames_analyzed),
+        "{}",
+        entrance.frames_analyzed
+    );
+    assert!(
+        entrance.latency_ms > 0 && entrance.latency_ms < 15_000,
+        "{}",
+        entrance.latency_ms
+    );
     let evidence_topic = entrance.evidence_topic.clone().expect("evidence topic");
     assert_eq!(evidence_topic, t.evidence("e2e-entrance"));
 
@@ -51,7 +76,8 @@ async fn people_verify_and_a_tree_in_wind_is_a_false_alarm() {
         .next(|m| m.topic == evidence_topic, Duration::from_secs(5))
         .await
         .expect("evidence JPEG");
-    let image = image::load_from_memory_with_format(&jpeg.payload, image::ImageFormat::Jpeg).expect("evidence decodes as JPEG");
+    let image =
+        image::load_from_memory_with_format(&jpeg.payload, image::ImageFormat::Jpeg).expect("evidence decodes as JPEG");
     assert_eq!((image.width(), image.height()), (768, 576));
     println!(
         "latency_ms: entrance {} (verified), garden {} (false_alarm)",
@@ -67,10 +93,17 @@ async fn bad_alarms_are_reported_and_the_next_good_alarm_is_answered() {
         ("nowhere", b"{\"alarm_id\":\"x1\"}", "unknown camera \\\"nowhere\\\""),
         ("entrance", b"{not json", "not JSON"),
         ("entrance", b"{\"time\": 42}", "field `time`"),
-        ("entrance", b"{\"time\": \"2001-01-01T00:00:00Z\"}", "from this box's clock"),
+        (
+            "entrance",
+            b"{\"time\": \"2001-01-01T00:00:00Z\"}",
+            "from this box's clock",
+        ),
     ];
     for (camera, payload, expected) in cases {
-        site.probe.publish(&t.alarm(camera), payload.to_vec()).await.expect("publish");
+        site.probe
+            .publish(&t.alarm(camera), payload.to_vec())
+            .await
+            .expect("publish");
         let report = site
             .probe
             .next(|m| m.topic == t.errors(), Duration::from_secs(10))
@@ -93,11 +126,16 @@ async fn bad_alarms_are_reported_and_the_next_good_alarm_is_answered() {
 async fn an_alarm_on_a_camera_that_is_down_is_unverifiable_with_the_reason() {
     let broker = Broker::start().expect("broker");
     let t = topics();
-    let mut probe = Probe::connect(broker.port(), &[t.verdict("+"), t.camera_state("+")]).await.expect("probe");
+    let mut probe = Probe::connect(broker.port(), &[t.verdict("+"), t.camera_state("+")])
+        .await
+        .expect("probe");
     // Nothing listens on this port: the camera is down from the start.
     let dead = format!("rtsp://admin:s3cret@127.0.0.1:{}/stream1", free_port().expect("port"));
     let site = tempfile::tempdir().expect("site dir");
-    let service = Service::start(&site_toml(broker.port(), &[("loading-bay", dead)], "", site.path()), site.path());
+    let service = Service::start(
+        &site_toml(broker.port(), &[("loading-bay", dead)], "", site.path()),
+        site.path(),
+    );
 
     let state_topic = t.camera_state("loading-bay");
     let state = probe
@@ -109,12 +147,18 @@ async fn an_alarm_on_a_camera_that_is_down_is_unverifiable_with_the_reason() {
     assert!(!state.contains("s3cret"), "password leaked in state: {state}");
 
     let sent = tokio::time::Instant::now();
-    probe.publish(&t.alarm("loading-bay"), alarm_json("while-down")).await.expect("publish");
+    probe
+        .publish(&t.alarm("loading-bay"), alarm_json("while-down"))
+        .await
+        .expect("publish");
     let verdict = wait_verdict(&mut probe, "while-down", Duration::from_secs(20), &service).await;
     let waited = sent.elapsed();
     assert_eq!(verdict.verdict, VerdictKind::Unverifiable, "{verdict:?}");
     assert!(verdict.reason.contains("offline"), "{}", verdict.reason);
-    assert!(waited < Duration::from_secs(15), "answered after {waited:?}, beyond the 15 s deadline");
+    assert!(
+        waited < Duration::from_secs(15),
+        "answered after {waited:?}, beyond the 15 s deadline"
+    );
     assert!(!service.log().contains("s3cret"), "password leaked in the log");
 }
 
@@ -129,6 +173,10 @@ async fn multi_slice_keyframes_decode_whole_pictures() {
     let verdict = site.verdict("multi-slice", Duration::from_secs(30)).await;
     assert_eq!(verdict.verdict, VerdictKind::Verified, "{verdict:?}");
     assert!(verdict.reason.contains("ignored: parked"), "{}", verdict.reason);
-    assert!(!verdict.reason.contains("car in") && !verdict.reason.contains("truck in"), "{}", verdict.reason);
+    assert!(
+        !verdict.reason.contains("car in") && !verdict.reason.contains("truck in"),
+        "{}",
+        verdict.reason
+    );
     assert!(verdict.frames_analyzed >= 15, "{}", verdict.frames_analyzed);
 }

@@ -13,7 +13,8 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use image::RgbImage;
 
-use crate::ingest::camera::{EncodedSlice, describe_bus_message};
+use crate::ingest::pipeline::describe_bus_message;
+use crate::ingest::ring::EncodedSlice;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClipError {
@@ -53,7 +54,11 @@ pub fn decode_slice(
     window: Window,
     on_frame: impl FnMut(Frame) -> Result<(), String>,
 ) -> Result<usize, ClipError> {
-    let codec = slice.caps.structure(0).map(|s| s.name().to_string()).unwrap_or_default();
+    let codec = slice
+        .caps
+        .structure(0)
+        .map(|s| s.name().to_string())
+        .unwrap_or_default();
     let (parse, decoder) = match codec.as_str() {
         "video/x-h264" => ("h264parse", "avdec_h264"),
         "video/x-h265" => ("h265parse", "avdec_h265"),
@@ -166,33 +171,46 @@ fn build_decoder(head: &str) -> Result<gst::Pipeline, ClipError> {
 /// Converts decoded frames to RGB, reusing one converter while the stream's format stays the same.
 #[derive(Default)]
 struct RgbConverter {
-    current: Option<(gst::Caps, gst_video::VideoConverter, gst_video::VideoInfo, gst_video::VideoInfo)>,
+    current: Option<(
+        gst::Caps,
+        gst_video::VideoConverter,
+        gst_video::VideoInfo,
+        gst_video::VideoInfo,
+    )>,
 }
 
 impl RgbConverter {
     fn convert(&mut self, sample: &gst::Sample) -> Result<RgbImage, ClipError> {
         let err = |e: &dyn std::fmt::Display| ClipError::Decode(e.to_string());
-        let caps = sample.caps().ok_or_else(|| ClipError::Decode("frame without caps".into()))?;
+        let caps = sample
+            .caps()
+            .ok_or_else(|| ClipError::Decode("frame without caps".into()))?;
         if self.current.as_ref().is_none_or(|(c, ..)| c.as_ref() != caps) {
             let in_info = gst_video::VideoInfo::from_caps(caps).map_err(|e| err(&e))?;
-            let out_info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, in_info.width(), in_info.height())
-                .fps(in_info.fps())
-                .par(in_info.par())
-                .interlace_mode(in_info.interlace_mode())
-                .build()
-                .map_err(|e| err(&e))?;
+            let out_info =
+                gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, in_info.width(), in_info.height())
+                    .fps(in_info.fps())
+                    .par(in_info.par())
+                    .interlace_mode(in_info.interlace_mode())
+                    .build()
+                    .map_err(|e| err(&e))?;
             let converter = gst_video::VideoConverter::new(&in_info, &out_info, None).map_err(|e| err(&e))?;
             self.current = Some((caps.to_owned(), converter, in_info, out_info));
         }
         let Some((_, converter, in_info, out_info)) = self.current.as_ref() else {
             return Err(ClipError::Decode("no converter".into()));
         };
-        let buffer = sample.buffer().ok_or_else(|| ClipError::Decode("sample without buffer".into()))?;
+        let buffer = sample
+            .buffer()
+            .ok_or_else(|| ClipError::Decode("sample without buffer".into()))?;
         let input = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, in_info).map_err(|e| err(&e))?;
         let mut out = gst::Buffer::with_size(out_info.size()).map_err(|e| err(&e))?;
         {
-            let out_ref = out.get_mut().ok_or_else(|| ClipError::Decode("output buffer not writable".into()))?;
-            let mut output = gst_video::VideoFrameRef::from_buffer_ref_writable(out_ref, out_info).map_err(|e| err(&e))?;
+            let out_ref = out
+                .get_mut()
+                .ok_or_else(|| ClipError::Decode("output buffer not writable".into()))?;
+            let mut output =
+                gst_video::VideoFrameRef::from_buffer_ref_writable(out_ref, out_info).map_err(|e| err(&e))?;
             converter.frame_ref(&input, &mut output);
         }
         rgb_image(&out, out_info)
@@ -225,14 +243,19 @@ fn pull_frames(
         .by_name("sink")
         .and_downcast::<gst_app::AppSink>()
         .ok_or_else(|| ClipError::Gst("appsink missing".into()))?;
-    pipeline.set_state(gst::State::Playing).map_err(|e| ClipError::Gst(e.to_string()))?;
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| ClipError::Gst(e.to_string()))?;
     let mut picker = FramePicker::new(window);
     let mut converter = RgbConverter::default();
     let mut delivered = 0usize;
     let started = std::time::Instant::now();
     loop {
         if started.elapsed() > MAX_DECODE_TIME {
-            return Err(ClipError::Decode(format!("decoding took over {} s", MAX_DECODE_TIME.as_secs())));
+            return Err(ClipError::Decode(format!(
+                "decoding took over {} s",
+                MAX_DECODE_TIME.as_secs()
+            )));
         }
         if let Some(err) = pending_error(pipeline) {
             return Err(ClipError::Decode(err));
@@ -244,7 +267,11 @@ fn pull_frames(
             continue;
         };
         let Some(buffer) = sample.buffer() else { continue };
-        let time = base_wall + buffer.pts().map(|p| TimeDelta::nanoseconds(p.nseconds() as i64)).unwrap_or_default();
+        let time = base_wall
+            + buffer
+                .pts()
+                .map(|p| TimeDelta::nanoseconds(p.nseconds() as i64))
+                .unwrap_or_default();
         if time > window.to {
             break;
         }
@@ -294,7 +321,8 @@ impl FramePicker {
 
 fn pending_error(pipeline: &gst::Pipeline) -> Option<String> {
     let bus = pipeline.bus()?;
-    bus.pop_filtered(&[gst::MessageType::Error]).map(|m| describe_bus_message(&m))
+    bus.pop_filtered(&[gst::MessageType::Error])
+        .map(|m| describe_bus_message(&m))
 }
 
 fn clock_time(d: TimeDelta) -> gst::ClockTime {
@@ -308,7 +336,11 @@ mod tests {
     fn picked(source_fps: f64, analysis_fps: f64, seconds: f64) -> usize {
         let from = DateTime::from_timestamp(1_000, 0).unwrap_or_default();
         let to = from + TimeDelta::milliseconds((seconds * 1000.0) as i64);
-        let mut picker = FramePicker::new(Window { from, to, fps: analysis_fps });
+        let mut picker = FramePicker::new(Window {
+            from,
+            to,
+            fps: analysis_fps,
+        });
         let start = from - TimeDelta::seconds(1);
         (0..=((seconds + 1.0) * source_fps) as i64)
             .map(|i| start + TimeDelta::microseconds((i as f64 * 1e6 / source_fps) as i64))

@@ -11,9 +11,9 @@ use image::{Rgb, RgbImage};
 use imageproc::drawing::{draw_filled_rect_mut, draw_hollow_rect_mut, draw_line_segment_mut};
 use imageproc::rect::Rect;
 
-use crate::config::{EvidenceConfig, Zone};
 use crate::analysis::detect::Detection;
 use crate::analysis::policy::Role;
+use crate::config::{EvidenceConfig, Zone};
 
 const CAUSE: Rgb<u8> = Rgb([255, 40, 40]);
 const IGNORED: Rgb<u8> = Rgb([255, 150, 0]);
@@ -38,15 +38,20 @@ pub fn fit(frame: RgbImage, max_size: u32) -> Result<Scaled, EvidenceError> {
     let (w, h) = frame.dimensions();
     let scale = (max_size as f32 / w.max(h) as f32).min(1.0);
     if scale >= 1.0 {
-        return Ok(Scaled { image: frame, scale: 1.0 });
+        return Ok(Scaled {
+            image: frame,
+            scale: 1.0,
+        });
     }
     let (nw, nh) = (((w as f32 * scale) as u32).max(1), ((h as f32 * scale) as u32).max(1));
-    let src = fr::images::ImageRef::new(w, h, frame.as_raw(), fr::PixelType::U8x3).map_err(|e| EvidenceError(e.to_string()))?;
+    let src = fr::images::ImageRef::new(w, h, frame.as_raw(), fr::PixelType::U8x3)
+        .map_err(|e| EvidenceError(e.to_string()))?;
     let mut dst = fr::images::Image::new(nw, nh, fr::PixelType::U8x3);
     fr::Resizer::new()
         .resize(&src, &mut dst, &fr::ResizeOptions::new())
         .map_err(|e| EvidenceError(e.to_string()))?;
-    let image = RgbImage::from_raw(nw, nh, dst.into_vec()).ok_or_else(|| EvidenceError("resized frame of the wrong size".into()))?;
+    let image = RgbImage::from_raw(nw, nh, dst.into_vec())
+        .ok_or_else(|| EvidenceError("resized frame of the wrong size".into()))?;
     Ok(Scaled { image, scale })
 }
 
@@ -67,12 +72,24 @@ pub fn render(frame: &Scaled, notes: &Annotations, config: &EvidenceConfig) -> R
     let (w, h) = image.dimensions();
     let text_scale = if w >= 960 { 2 } else { 1 };
     let thickness = (w.max(h) / 400).max(2) as i32;
-    for (zone, colour) in notes.masks.iter().map(|m| (m, MASK)).chain(notes.zones.iter().map(|z| (z, ZONE))) {
+    for (zone, colour) in notes
+        .masks
+        .iter()
+        .map(|m| (m, MASK))
+        .chain(notes.zones.iter().map(|z| (z, ZONE)))
+    {
         outline(&mut image, &zone.points, colour);
         if colour == ZONE
             && let Some(p) = zone.points.first()
         {
-            draw_text(&mut image, (p[0] * w as f32) as i32 + 2, (p[1] * h as f32) as i32 + 2, &zone.name, text_scale, ZONE);
+            draw_text(
+                &mut image,
+                (p[0] * w as f32) as i32 + 2,
+                (p[1] * h as f32) as i32 + 2,
+                &zone.name,
+                text_scale,
+                ZONE,
+            );
         }
     }
     // Causes last, so they are drawn on top.
@@ -96,7 +113,11 @@ pub fn render(frame: &Scaled, notes: &Annotations, config: &EvidenceConfig) -> R
             draw_hollow_rect_mut(&mut image, Rect::at(x - t, y - t).of_size(rw, rh), colour);
         }
         let label = format!("{} {:.2}", d.label, d.score);
-        let label_y = if y >= 10 * text_scale as i32 + thickness { y - 10 * text_scale as i32 - thickness } else { y + thickness };
+        let label_y = if y >= 10 * text_scale as i32 + thickness {
+            y - 10 * text_scale as i32 - thickness
+        } else {
+            y + thickness
+        };
         draw_text(&mut image, x - thickness, label_y, &label, text_scale, colour);
     }
     draw_text(&mut image, 0, 0, &notes.header, text_scale, INK);
@@ -131,7 +152,10 @@ fn draw_text(image: &mut RgbImage, x: i32, y: i32, text: &str, scale: u32, colou
     let y = y.clamp(0, (ih - 10 * s).max(0));
     draw_filled_rect_mut(image, Rect::at(x, y).of_size(width, 10 * scale), PAPER);
     for (i, ch) in text.chars().enumerate() {
-        let glyph = font8x8::BASIC_FONTS.get(ch).or_else(|| font8x8::BASIC_FONTS.get('?')).unwrap_or([0; 8]);
+        let glyph = font8x8::BASIC_FONTS
+            .get(ch)
+            .or_else(|| font8x8::BASIC_FONTS.get('?'))
+            .unwrap_or([0; 8]);
         for (row, bits) in glyph.iter().enumerate() {
             for col in 0..8 {
                 if bits & (1 << col) == 0 {
@@ -183,13 +207,25 @@ mod tests {
             class_id: 0,
             label: "person".into(),
             score: 0.9,
-            bbox: BoxPx { x: 100.0, y: 100.0, w: 50.0, h: 100.0 },
+            bbox: BoxPx {
+                x: 100.0,
+                y: 100.0,
+                w: 50.0,
+                h: 100.0,
+            },
         };
         let img = annotated(&[(person, Role::Cause)]);
         // The left edge of the box is red; the zone's top edge (y = 150) is cyan; the header band is dark with white ink.
         assert!(is_near(img.get_pixel(100, 150), CAUSE), "{:?}", img.get_pixel(100, 150));
-        assert!(is_near(img.get_pixel(300, 149), ZONE) || is_near(img.get_pixel(300, 150), ZONE), "{:?}", img.get_pixel(300, 150));
-        let header_ink = (0..100).flat_map(|x| (0..10).map(move |y| (x, y))).filter(|&(x, y)| is_near(img.get_pixel(x, y), INK)).count();
+        assert!(
+            is_near(img.get_pixel(300, 149), ZONE) || is_near(img.get_pixel(300, 150), ZONE),
+            "{:?}",
+            img.get_pixel(300, 150)
+        );
+        let header_ink = (0..100)
+            .flat_map(|x| (0..10).map(move |y| (x, y)))
+            .filter(|&(x, y)| is_near(img.get_pixel(x, y), INK))
+            .count();
         assert!(header_ink > 50, "no header text ({header_ink} white pixels)");
     }
 

@@ -3,9 +3,9 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::intake::alarm::Alarm;
 use crate::analysis::detect::Detection;
 use crate::analysis::policy::{Decision, FrameDetections, Outcome};
+use crate::intake::alarm::Alarm;
 
 pub const SCHEMA: &str = "alarm-verifier/verdict/v1";
 
@@ -60,7 +60,14 @@ impl VerdictDocument {
     /// A verdict the policy reached on analysed frames of `width` x `height`. The detections listed
     /// are the causes in the evidence frame, so the document and the evidence image agree; the reason
     /// line summarises the whole clip.
-    pub fn decided(alarm: &Alarm, site: &str, model: &str, decision: &Decision, frames: &[FrameDetections], size: (u32, u32)) -> Self {
+    pub fn decided(
+        alarm: &Alarm,
+        site: &str,
+        model: &str,
+        decision: &Decision,
+        frames: &[FrameDetections],
+        size: (u32, u32),
+    ) -> Self {
         let detections = decision
             .causes
             .iter()
@@ -106,7 +113,12 @@ fn report(d: &Detection, time: DateTime<Utc>, (w, h): (u32, u32)) -> ReportedDet
     ReportedDetection {
         label: d.label.clone(),
         score: round(d.score),
-        bbox: [round(d.bbox.x / w), round(d.bbox.y / h), round(d.bbox.w / w), round(d.bbox.h / h)],
+        bbox: [
+            round(d.bbox.x / w),
+            round(d.bbox.y / h),
+            round(d.bbox.w / w),
+            round(d.bbox.h / h),
+        ],
         frame_time: rfc3339(time),
     }
 }

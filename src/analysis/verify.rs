@@ -9,13 +9,13 @@ use std::sync::Arc;
 
 use chrono::{TimeDelta, Utc};
 
-use crate::intake::alarm::Alarm;
 use crate::analysis::clip::{self, ClipError, Frame, Window};
-use crate::config::{ClipConfig, Config, EvidenceConfig};
 use crate::analysis::detect::Detector;
 use crate::analysis::evidence::{self, Annotations, Scaled};
 use crate::analysis::policy::{Decision, FrameDetections, Outcome, Policy};
 use crate::analysis::verdict::{VerdictDocument, rfc3339};
+use crate::config::{ClipConfig, Config, EvidenceConfig};
+use crate::intake::alarm::Alarm;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {

@@ -8,13 +8,26 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod camera;
+mod clip;
+mod delivery;
+mod detector;
+mod mqtt;
+mod policy;
+
+pub use camera::{CameraConfig, RtspTransport, redact_url};
+pub use clip::ClipConfig;
+pub use delivery::{EvidenceConfig, StoreConfig, VerdictConfig};
+pub use detector::{ChannelOrder, DetectorConfig, Layout, Optimization, Provider, ResizeMode};
+pub use mqtt::{MqttConfig, Secret};
+pub use policy::{ClassRule, PolicyConfig, PolicyOverride, Zone};
+
+use camera::check_rtsp_url;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read the config file: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
     #[error("{path}: key `{key}`: {expected}")]
@@ -47,521 +60,6 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default, rename = "camera")]
     pub cameras: Vec<CameraConfig>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MqttConfig {
-    pub host: String,
-    pub port: u16,
-    pub topic_prefix: String,
-    /// MQTT client id; empty means `alarm-verifier-{site}`.
-    pub client_id: String,
-    pub keep_alive_s: u64,
-    pub username: String,
-    /// The password itself; prefer `password_env` so it stays out of the file.
-    pub password: Secret,
-    /// Name of an environment variable holding the password.
-    pub password_env: String,
-    /// CA certificate (PEM) of the broker; setting it turns TLS on.
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate and key (PEM) for brokers that authenticate clients by certificate.
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
-}
-
-/// A password: deserialised like a string, never shown by `Debug`.
-#[derive(Clone, Default, Deserialize, PartialEq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
-    }
-}
-
-impl MqttConfig {
-    /// The password from `password_env` or `password`, if any.
-    pub fn resolve_password(&self) -> Result<Option<String>, ConfigError> {
-        if !self.password_env.is_empty() {
-            return std::env::var(&self.password_env).map(Some).map_err(|_| ConfigError::Invalid {
-                path: "environment".into(),
-                key: "mqtt.password_env".into(),
-                expected: format!("expected the environment variable {} to hold the MQTT password", self.password_env),
-            });
-        }
-        Ok((!self.password.is_empty()).then(|| self.password.expose().to_owned()))
-    }
-}
-
-impl Default for MqttConfig {
-    fn default() -> Self {
-        Self {
-            host: "127.0.0.1".into(),
-            port: 1883,
-            topic_prefix: "alarm-verifier".into(),
-            client_id: String::new(),
-            keep_alive_s: 10,
-            username: String::new(),
-            password: Secret::default(),
-            password_env: String::new(),
-            ca_file: None,
-            client_cert: None,
-            client_key: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DetectorConfig {
-    pub model: PathBuf,
-    /// The ONNX Runtime shared library, loaded at start-up.
-    pub onnxruntime: PathBuf,
-    /// Intra-op threads for inference; one leaves a core for GStreamer's decoding.
-    pub threads: usize,
-    pub provider: Provider,
-    pub optimization: Optimization,
-    /// How the model's outputs are laid out.
-    pub layout: Layout,
-    /// Side of the square model input; unset: the model's own size, or the layout's default.
-    pub input_size: Option<u32>,
-    /// Unset: the layout's default (BGR for YOLOX, RGB otherwise).
-    pub channel_order: Option<ChannelOrder>,
-    /// Each input value is `(pixel * scale - mean) / std`; unset: the layout's defaults.
-    pub scale: Option<f32>,
-    pub mean: Option<[f32; 3]>,
-    pub std: Option<[f32; 3]>,
-    /// Unset: the layout's default.
-    pub resize: Option<ResizeMode>,
-    /// Class names, one per line, in the model's class order; unset: COCO.
-    pub labels: Option<PathBuf>,
-    /// Detections below this score are discarded before NMS.
-    pub score_threshold: f32,
-    pub nms_iou: f32,
-}
-
-impl Default for DetectorConfig {
-    fn default() -> Self {
-        Self {
-            model: "models/yolox_nano.onnx".into(),
-            onnxruntime: "third_party/onnxruntime/libonnxruntime.so.1.31.1".into(),
-            threads: 1,
-            provider: Provider::Cpu,
-            optimization: Optimization::All,
-            layout: Layout::Yolox,
-            input_size: None,
-            channel_order: None,
-            scale: None,
-            mean: None,
-            std: None,
-            resize: None,
-            labels: None,
-            score_threshold: 0.25,
-            nms_iou: 0.45,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Provider {
-    Cpu,
-    Cuda,
-    Tensorrt,
-    Openvino,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Optimization {
-    Disable,
-    Basic,
-    Extended,
-    All,
-}
-
-/// Model output layouts (DESIGN.md, "Detector").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Layout {
-    /// YOLOX: raw grid output `[1, N, 5 + classes]`, strides 8/16/32.
-    Yolox,
-    /// Ultralytics YOLO: v5 `[1, N, 5 + classes]` or v8/v11 `[1, 4 + classes, N]`, boxes decoded.
-    Yolo,
-    /// NMS inside the graph: boxes, scores, classes and count outputs (TensorFlow Object Detection API).
-    Ssd,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ChannelOrder {
-    Rgb,
-    Bgr,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ResizeMode {
-    /// Keep the aspect ratio, image at the top left, padded with grey 114 (YOLOX).
-    Letterbox,
-    /// Keep the aspect ratio, image centred, padded with grey 114 (Ultralytics).
-    LetterboxCenter,
-    /// Scale each axis to the input size (SSD).
-    Stretch,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClipConfig {
-    /// Seconds of video analysed before the alarm time.
-    pub pre_s: f64,
-    /// Seconds of video analysed after the alarm time.
-    pub post_s: f64,
-    /// Frames per second sampled from the clip for detection.
-    pub analysis_fps: f64,
-    /// Seconds of encoded video each camera keeps in memory.
-    pub buffer_s: f64,
-}
-
-impl Default for ClipConfig {
-    fn default() -> Self {
-        Self {
-            pre_s: 2.0,
-            post_s: 4.0,
-            analysis_fps: 3.0,
-            buffer_s: 10.0,
-        }
-    }
-}
-
-/// The site's rules for turning detections into a verdict. `[policy]` holds the site-wide
-/// defaults; a camera's `[camera.policy]` overrides any of them (see [`PolicyOverride`]).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct PolicyConfig {
-    /// Per-frame score a detection needs to count at all.
-    pub min_score: f32,
-    /// Confirmation: the median of an object's scores over the frames it is in.
-    pub threshold: f32,
-    /// Analysed frames an object must be in.
-    pub min_frames: usize,
-    /// Box area as a fraction of the frame.
-    pub min_area: f32,
-    pub max_area: f32,
-    /// Box width / height.
-    pub min_ratio: f32,
-    pub max_ratio: f32,
-    /// A vehicle whose boxes all overlap its first one by this IoU or more has not moved.
-    pub stationary_iou: f32,
-    /// Target classes (`person`, `vehicle`, or any label of the model) and their own rules.
-    /// Classes given here are merged over the defaults (`person`, `vehicle`); `enabled = false`
-    /// turns a default off.
-    #[serde(deserialize_with = "classes_over_defaults")]
-    pub classes: std::collections::BTreeMap<String, ClassRule>,
-    /// Where targets count; none means the whole frame.
-    #[serde(rename = "zone")]
-    pub zones: Vec<Zone>,
-    /// Where detections are ignored.
-    #[serde(rename = "mask")]
-    pub masks: Vec<Zone>,
-}
-
-impl Default for PolicyConfig {
-    fn default() -> Self {
-        // Built here, not from default_classes(), which calls this.
-        let mut classes = std::collections::BTreeMap::new();
-        classes.insert("person".to_owned(), ClassRule::default());
-        classes.insert(
-            "vehicle".to_owned(),
-            ClassRule {
-                ignore_stationary: Some(true),
-                ..ClassRule::default()
-            },
-        );
-        Self {
-            min_score: 0.5,
-            // YOLOX-Nano scores real people and vehicles lower than the models Frigate's 0.7 was
-            // set for; 0.55 is what the development set supports (README, "Verification policy").
-            threshold: 0.55,
-            min_frames: 2,
-            min_area: 0.0005,
-            max_area: 0.9,
-            min_ratio: 0.05,
-            max_ratio: 20.0,
-            stationary_iou: 0.7,
-            classes,
-            zones: Vec::new(),
-            masks: Vec::new(),
-        }
-    }
-}
-
-fn default_classes() -> std::collections::BTreeMap<String, ClassRule> {
-    PolicyConfig::default().classes
-}
-
-fn classes_over_defaults<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::collections::BTreeMap<String, ClassRule>, D::Error> {
-    let given = std::collections::BTreeMap::<String, ClassRule>::deserialize(d)?;
-    Ok(merge_classes(&default_classes(), &given))
-}
-
-/// `given` over `base`, rule by rule: a class in both keeps `base`'s values where `given` has none.
-fn merge_classes(
-    base: &std::collections::BTreeMap<String, ClassRule>,
-    given: &std::collections::BTreeMap<String, ClassRule>,
-) -> std::collections::BTreeMap<String, ClassRule> {
-    let mut classes = base.clone();
-    for (name, rule) in given {
-        let merged = match base.get(name) {
-            Some(b) => rule.or(b),
-            None => rule.clone(),
-        };
-        classes.insert(name.clone(), merged);
-    }
-    classes
-}
-
-/// A target class's own rules; unset values come from the policy.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ClassRule {
-    /// `false` turns off a class inherited from the site defaults.
-    pub enabled: Option<bool>,
-    pub min_score: Option<f32>,
-    pub threshold: Option<f32>,
-    pub min_frames: Option<usize>,
-    pub min_area: Option<f32>,
-    pub max_area: Option<f32>,
-    pub min_ratio: Option<f32>,
-    pub max_ratio: Option<f32>,
-    /// Ignore objects of this class that were already there before the alarm and have not moved
-    /// (parked vehicles). On for `vehicle` by default; never allowed for `person`.
-    pub ignore_stationary: Option<bool>,
-}
-
-impl ClassRule {
-    /// `self`, with anything unset taken from `base`.
-    fn or(&self, base: &ClassRule) -> ClassRule {
-        ClassRule {
-            enabled: self.enabled.or(base.enabled),
-            min_score: self.min_score.or(base.min_score),
-            threshold: self.threshold.or(base.threshold),
-            min_frames: self.min_frames.or(base.min_frames),
-            min_area: self.min_area.or(base.min_area),
-            max_area: self.max_area.or(base.max_area),
-            min_ratio: self.min_ratio.or(base.min_ratio),
-            max_ratio: self.max_ratio.or(base.max_ratio),
-            ignore_stationary: self.ignore_stationary.or(base.ignore_stationary),
-        }
-    }
-}
-
-/// A polygon in normalised frame coordinates (0..1, origin top left).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Zone {
-    pub name: String,
-    pub points: Vec<[f32; 2]>,
-}
-
-/// A camera's changes to the site policy: any key of `[policy]`. Classes merge rule by rule;
-/// zones and masks, when given, replace the site's.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyOverride {
-    pub min_score: Option<f32>,
-    pub threshold: Option<f32>,
-    pub min_frames: Option<usize>,
-    pub min_area: Option<f32>,
-    pub max_area: Option<f32>,
-    pub min_ratio: Option<f32>,
-    pub max_ratio: Option<f32>,
-    pub stationary_iou: Option<f32>,
-    pub classes: Option<std::collections::BTreeMap<String, ClassRule>>,
-    #[serde(rename = "zone")]
-    pub zones: Option<Vec<Zone>>,
-    #[serde(rename = "mask")]
-    pub masks: Option<Vec<Zone>>,
-}
-
-impl PolicyConfig {
-    /// The site policy with a camera's overrides applied.
-    pub fn with_override(&self, o: &PolicyOverride) -> PolicyConfig {
-        let classes = match &o.classes {
-            Some(given) => merge_classes(&self.classes, given),
-            None => self.classes.clone(),
-        };
-        PolicyConfig {
-            min_score: o.min_score.unwrap_or(self.min_score),
-            threshold: o.threshold.unwrap_or(self.threshold),
-            min_frames: o.min_frames.unwrap_or(self.min_frames),
-            min_area: o.min_area.unwrap_or(self.min_area),
-            max_area: o.max_area.unwrap_or(self.max_area),
-            min_ratio: o.min_ratio.unwrap_or(self.min_ratio),
-            max_ratio: o.max_ratio.unwrap_or(self.max_ratio),
-            stationary_iou: o.stationary_iou.unwrap_or(self.stationary_iou),
-            classes,
-            zones: o.zones.clone().unwrap_or_else(|| self.zones.clone()),
-            masks: o.masks.clone().unwrap_or_else(|| self.masks.clone()),
-        }
-    }
-
-    /// Checks the policy; errors name the key under `prefix` (`policy` or `camera[i].policy`).
-    fn validate(&self, prefix: &str) -> Result<(), (String, String)> {
-        let key = |k: &str| format!("{prefix}.{k}");
-        let fraction = |k: &str, v: f32| check_fraction(v).map_err(|e| (key(k), e));
-        fraction("min_score", self.min_score)?;
-        fraction("threshold", self.threshold)?;
-        fraction("min_area", self.min_area)?;
-        fraction("max_area", self.max_area)?;
-        fraction("stationary_iou", self.stationary_iou)?;
-        if self.min_frames == 0 {
-            return Err((key("min_frames"), "expected at least 1".into()));
-        }
-        if !(self.min_ratio >= 0.0 && self.min_ratio <= self.max_ratio) {
-            return Err((key("min_ratio"), format!("expected 0 <= min_ratio <= max_ratio, got {} and {}", self.min_ratio, self.max_ratio)));
-        }
-        if self.min_area > self.max_area {
-            return Err((key("min_area"), format!("expected min_area <= max_area, got {} and {}", self.min_area, self.max_area)));
-        }
-        for (name, rule) in &self.classes {
-            let ck = |k: &str| format!("{prefix}.classes.{name}.{k}");
-            for (k, v) in [("min_score", rule.min_score), ("threshold", rule.threshold), ("min_area", rule.min_area), ("max_area", rule.max_area)] {
-                if let Some(v) = v {
-                    check_fraction(v).map_err(|e| (ck(k), e))?;
-                }
-            }
-            if rule.min_frames == Some(0) {
-                return Err((ck("min_frames"), "expected at least 1".into()));
-            }
-            if name == "person" && rule.ignore_stationary == Some(true) {
-                return Err((
-                    ck("ignore_stationary"),
-                    "expected false: a person on a closed site is always reported, moving or not".into(),
-                ));
-            }
-        }
-        if !self.classes.values().any(|r| r.enabled != Some(false)) {
-            return Err((key("classes"), "expected at least one enabled class, e.g. person".into()));
-        }
-        let mut names = HashSet::new();
-        for (i, zone) in self.zones.iter().enumerate() {
-            check_polygon(zone).map_err(|e| (format!("{prefix}.zone[{i}]"), e))?;
-            if !names.insert(zone.name.as_str()) {
-                return Err((format!("{prefix}.zone[{i}].name"), format!("expected a unique name, {:?} is used twice", zone.name)));
-            }
-        }
-        for (i, mask) in self.masks.iter().enumerate() {
-            check_polygon(mask).map_err(|e| (format!("{prefix}.mask[{i}]"), e))?;
-        }
-        Ok(())
-    }
-}
-
-fn check_polygon(zone: &Zone) -> Result<(), String> {
-    if zone.points.len() < 3 {
-        return Err(format!("{:?}: expected a polygon of at least 3 points, got {}", zone.name, zone.points.len()));
-    }
-    if let Some(p) = zone.points.iter().find(|p| !p.iter().all(|v| (0.0..=1.0).contains(v))) {
-        return Err(format!("{:?}: expected points in normalised coordinates 0..1, got {p:?}", zone.name));
-    }
-    Ok(())
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct VerdictConfig {
-    /// Every alarm gets a verdict within this many seconds of arriving, `unverifiable` if need be.
-    pub deadline_s: f64,
-    /// Alarms waiting for a verifier; beyond this an alarm is answered `unverifiable` (overloaded) at once.
-    pub queue: usize,
-    /// Alarms verified at the same time.
-    pub workers: usize,
-}
-
-impl Default for VerdictConfig {
-    fn default() -> Self {
-        Self {
-            deadline_s: 15.0,
-            queue: 64,
-            workers: 1,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EvidenceConfig {
-    /// Longest side of the evidence JPEG, in pixels; larger frames are scaled down.
-    pub max_size: u32,
-    /// JPEG quality, 1 to 100.
-    pub quality: u8,
-}
-
-impl Default for EvidenceConfig {
-    fn default() -> Self {
-        Self {
-            max_size: 1280,
-            quality: 85,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    /// The SQLite file holding the alarm log and the verdict outbox.
-    pub path: PathBuf,
-    /// Delivered verdicts and their alarms are deleted after this many days.
-    pub retention_days: f64,
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        Self {
-            path: "data/alarm-verifier.db".into(),
-            retention_days: 30.0,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CameraConfig {
-    pub id: String,
-    pub url: String,
-    /// RTSP lower transport: `tcp` (default, survives lossy links) or `udp`.
-    #[serde(default)]
-    pub transport: RtspTransport,
-    /// Seconds without video after which the stream is restarted.
-    #[serde(default = "default_stall_timeout")]
-    pub stall_timeout_s: f64,
-    /// This camera's changes to the site policy.
-    #[serde(default)]
-    pub policy: PolicyOverride,
-}
-
-fn default_stall_timeout() -> f64 {
-    10.0
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RtspTransport {
-    #[default]
-    Tcp,
-    Udp,
 }
 
 fn default_site() -> String {
@@ -638,13 +136,23 @@ impl Config {
         if let Some(size) = self.detector.input_size
             && !(16..=4096).contains(&size)
         {
-            return Err(invalid("detector.input_size", format!("expected 16 to 4096 pixels, got {size}")));
+            return Err(invalid(
+                "detector.input_size",
+                format!("expected 16 to 4096 pixels, got {size}"),
+            ));
         }
         if self.detector.scale.is_some_and(|s| !s.is_finite() || s == 0.0) {
             return Err(invalid("detector.scale", "expected a finite, non-zero number".into()));
         }
-        if self.detector.std.is_some_and(|s| s.iter().any(|v| !v.is_finite() || *v == 0.0)) {
-            return Err(invalid("detector.std", "expected three finite, non-zero numbers".into()));
+        if self
+            .detector
+            .std
+            .is_some_and(|s| s.iter().any(|v| !v.is_finite() || *v == 0.0))
+        {
+            return Err(invalid(
+                "detector.std",
+                "expected three finite, non-zero numbers".into(),
+            ));
         }
         check_fraction(self.detector.score_threshold).map_err(|e| invalid("detector.score_threshold", e))?;
         check_fraction(self.detector.nms_iou).map_err(|e| invalid("detector.nms_iou", e))?;
@@ -670,7 +178,10 @@ impl Config {
             return Err(invalid("verdict.workers", "expected at least 1".into()));
         }
         if !(1..=100).contains(&self.evidence.quality) {
-            return Err(invalid("evidence.quality", format!("expected 1 to 100, got {}", self.evidence.quality)));
+            return Err(invalid(
+                "evidence.quality",
+                format!("expected 1 to 100, got {}", self.evidence.quality),
+            ));
         }
         check_positive(self.store.retention_days, false).map_err(|e| invalid("store.retention_days", e))?;
         if self.mqtt.client_cert.is_some() != self.mqtt.client_key.is_some() {
@@ -680,13 +191,22 @@ impl Config {
             ));
         }
         if self.mqtt.client_cert.is_some() && self.mqtt.ca_file.is_none() {
-            return Err(invalid("mqtt.ca_file", "expected a CA file: client certificates need TLS".into()));
+            return Err(invalid(
+                "mqtt.ca_file",
+                "expected a CA file: client certificates need TLS".into(),
+            ));
         }
         if !self.mqtt.password.is_empty() && !self.mqtt.password_env.is_empty() {
-            return Err(invalid("mqtt.password", "expected either mqtt.password or mqtt.password_env, not both".into()));
+            return Err(invalid(
+                "mqtt.password",
+                "expected either mqtt.password or mqtt.password_env, not both".into(),
+            ));
         }
         if self.evidence.max_size < 64 {
-            return Err(invalid("evidence.max_size", format!("expected at least 64, got {}", self.evidence.max_size)));
+            return Err(invalid(
+                "evidence.max_size",
+                format!("expected at least 64, got {}", self.evidence.max_size),
+            ));
         }
         let mut seen = HashSet::new();
         for (i, camera) in self.cameras.iter().enumerate() {
@@ -698,7 +218,8 @@ impl Config {
                 ));
             }
             check_rtsp_url(&camera.url).map_err(|e| invalid(&format!("camera[{i}].url"), e))?;
-            check_positive(camera.stall_timeout_s, false).map_err(|e| invalid(&format!("camera[{i}].stall_timeout_s"), e))?;
+            check_positive(camera.stall_timeout_s, false)
+                .map_err(|e| invalid(&format!("camera[{i}].stall_timeout_s"), e))?;
             self.camera_policy(camera)
                 .validate(&format!("camera[{i}].policy"))
                 .map_err(|(k, e)| invalid(&k, e))?;
@@ -715,34 +236,6 @@ fn check_topic_level(value: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-fn check_rtsp_url(value: &str) -> Result<(), String> {
-    match url::Url::parse(value) {
-        Ok(u) if matches!(u.scheme(), "rtsp" | "rtsps" | "rtspt") && u.host_str().is_some_and(|h| !h.is_empty()) => Ok(()),
-        Ok(u) => Err(format!(
-            "expected an rtsp:// URL with a host, got scheme {:?} in {}",
-            u.scheme(),
-            redact_url(value)
-        )),
-        Err(e) => Err(format!("expected an rtsp:// URL, got {} ({e})", redact_url(value))),
-    }
-}
-
-/// Hides the password of a camera URL, for logs, errors and state messages.
-pub fn redact_url(value: &str) -> String {
-    match url::Url::parse(value) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        // Not a URL: hide whatever sits between "://" and "@", where credentials would be.
-        Err(_) => match (value.find("://"), value.rfind('@')) {
-            (Some(s), Some(at)) if at > s + 3 => format!("{}***{}", &value[..s + 3], &value[at..]),
-            _ => value.to_owned(),
-        },
-    }
 }
 
 fn check_fraction(v: f32) -> Result<(), String> {
@@ -841,9 +334,18 @@ url = "rtsp://user:pass@10.0.0.5:554/stream1"
     #[test]
     fn policy_errors_name_the_key() {
         let cases = [
-            ("[policy.classes.person]\nignore_stationary = true\n", "policy.classes.person.ignore_stationary"),
-            ("[[policy.zone]]\nname = \"a\"\npoints = [[0, 0], [1, 0]]\n", "policy.zone[0]"),
-            ("[[policy.zone]]\nname = \"a\"\npoints = [[0, 0], [2, 0], [1, 1]]\n", "policy.zone[0]"),
+            (
+                "[policy.classes.person]\nignore_stationary = true\n",
+                "policy.classes.person.ignore_stationary",
+            ),
+            (
+                "[[policy.zone]]\nname = \"a\"\npoints = [[0, 0], [1, 0]]\n",
+                "policy.zone[0]",
+            ),
+            (
+                "[[policy.zone]]\nname = \"a\"\npoints = [[0, 0], [2, 0], [1, 1]]\n",
+                "policy.zone[0]",
+            ),
             ("[policy]\nthreshold = 1.5\n", "policy.threshold"),
         ];
         for (snippet, key) in cases {
@@ -865,7 +367,10 @@ url = "rtsp://user:pass@10.0.0.5:554/stream1"
         let text = MINIMAL.replace("port = 1883", "port = 1883\npassword_env = \"AV_TEST_UNSET_PASSWORD\"");
         let c = Config::parse(&text, "site.toml").expect("valid");
         let err = c.mqtt.resolve_password().unwrap_err().to_string();
-        assert!(err.contains("mqtt.password_env") && err.contains("AV_TEST_UNSET_PASSWORD"), "{err}");
+        assert!(
+            err.contains("mqtt.password_env") && err.contains("AV_TEST_UNSET_PASSWORD"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -13,10 +13,10 @@ use rumqttc::{AsyncClient, QoS};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::ingest::camera::CameraHealth;
-use crate::mqtt::{Connection, LinkEvent, Topics};
-use crate::delivery::store::{OutboxItem, Store, StoreError};
 use crate::analysis::verdict::{VerdictDocument, rfc3339};
+use crate::delivery::store::{OutboxItem, Store, StoreError};
+use crate::ingest::health::CameraHealth;
+use crate::mqtt::{Connection, LinkEvent, Topics};
 
 /// How long the broker has to acknowledge one publish before it is sent again.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,7 +61,10 @@ impl Publisher {
         self.client
             .publish(topic.clone(), QoS::AtLeastOnce, retain, payload)
             .await
-            .map_err(|e| PublishError { topic, reason: e.to_string() })
+            .map_err(|e| PublishError {
+                topic,
+                reason: e.to_string(),
+            })
     }
 
     pub async fn camera_state(&self, health: &CameraHealth) -> Result<(), PublishError> {
@@ -92,7 +95,8 @@ impl Publisher {
         if let Some(jpeg) = evidence {
             self.send(self.topics.evidence(&doc.alarm_id), false, jpeg).await?;
         }
-        self.send(self.topics.verdict(&doc.camera), false, doc.to_json().into_bytes()).await
+        self.send(self.topics.verdict(&doc.camera), false, doc.to_json().into_bytes())
+            .await
     }
 }
 
@@ -128,7 +132,13 @@ impl Outbox {
     /// Delivers stored verdicts over `connection` until `stop` turns true and nothing is left
     /// (or the connection's owner goes away). After each (re)connect it waits `settle`, so that
     /// subscribers who lost their session with the broker have resubscribed before the backlog goes.
-    pub async fn deliver(self, topics: Topics, connection: Connection, settle: Duration, mut stop: watch::Receiver<bool>) {
+    pub async fn deliver(
+        self,
+        topics: Topics,
+        connection: Connection,
+        settle: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let Connection { client, mut events, .. } = connection;
         let mut connected = false;
         loop {
@@ -219,7 +229,9 @@ async fn wait_for_ack(events: &mut mpsc::Receiver<LinkEvent>) -> Result<(), Inte
     let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
     let mut pkid = None;
     loop {
-        let event = tokio::time::timeout_at(deadline, events.recv()).await.map_err(|_| Interrupted::NoAck)?;
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .map_err(|_| Interrupted::NoAck)?;
         match (event, pkid) {
             (None, _) => return Err(Interrupted::Closed),
             (Some(LinkEvent::Disconnected(_)), _) => return Err(Interrupted::Disconnected),

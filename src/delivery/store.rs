@@ -10,8 +10,8 @@ use std::sync::{Mutex, MutexGuard};
 use chrono::{DateTime, TimeDelta, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::intake::alarm::Alarm;
 use crate::analysis::verdict::{VerdictDocument, rfc3339};
+use crate::intake::alarm::Alarm;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -103,18 +103,35 @@ impl Store {
         let inserted = self.conn().execute(
             "INSERT OR IGNORE INTO alarms (alarm_id, camera, alarm_time, received, source, payload)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![alarm.alarm_id, alarm.camera, rfc3339(alarm.time), rfc3339(alarm.received), alarm.source, payload],
+            params![
+                alarm.alarm_id,
+                alarm.camera,
+                rfc3339(alarm.time),
+                rfc3339(alarm.received),
+                alarm.source,
+                payload
+            ],
         )?;
         Ok(inserted == 1)
     }
 
     /// Stores a verdict for delivery. A second verdict for the same alarm is ignored.
     pub fn record_verdict(&self, doc: &VerdictDocument, evidence: Option<&[u8]>) -> Result<(), StoreError> {
-        let verdict = serde_json::to_value(doc.verdict).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let verdict = serde_json::to_value(doc.verdict)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
         self.conn().execute(
             "INSERT OR IGNORE INTO verdicts (alarm_id, camera, verdict, document, evidence, created)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![doc.alarm_id, doc.camera, verdict, doc.to_json(), evidence, rfc3339(Utc::now())],
+            params![
+                doc.alarm_id,
+                doc.camera,
+                verdict,
+                doc.to_json(),
+                evidence,
+                rfc3339(Utc::now())
+            ],
         )?;
         Ok(())
     }
@@ -159,8 +176,10 @@ impl Store {
     }
 
     pub fn count_attempt(&self, alarm_id: &str) -> Result<(), StoreError> {
-        self.conn()
-            .execute("UPDATE verdicts SET attempts = attempts + 1 WHERE alarm_id = ?1", params![alarm_id])?;
+        self.conn().execute(
+            "UPDATE verdicts SET attempts = attempts + 1 WHERE alarm_id = ?1",
+            params![alarm_id],
+        )?;
         Ok(())
     }
 
@@ -175,7 +194,9 @@ impl Store {
     pub fn undelivered_count(&self) -> Result<u64, StoreError> {
         Ok(self
             .conn()
-            .query_row("SELECT COUNT(*) FROM verdicts WHERE delivered IS NULL", [], |r| r.get(0))?)
+            .query_row("SELECT COUNT(*) FROM verdicts WHERE delivered IS NULL", [], |r| {
+                r.get(0)
+            })?)
     }
 
     /// Alarms that were recorded but have no verdict: the service stopped while verifying them.
@@ -202,7 +223,10 @@ impl Store {
     pub fn purge(&self, retention: TimeDelta) -> Result<usize, StoreError> {
         let cutoff = rfc3339(Utc::now() - retention);
         let conn = self.conn();
-        let verdicts = conn.execute("DELETE FROM verdicts WHERE delivered IS NOT NULL AND created < ?1", params![cutoff])?;
+        let verdicts = conn.execute(
+            "DELETE FROM verdicts WHERE delivered IS NOT NULL AND created < ?1",
+            params![cutoff],
+        )?;
         conn.execute(
             "DELETE FROM alarms WHERE received < ?1 AND alarm_id NOT IN (SELECT alarm_id FROM verdicts)",
             params![cutoff],
@@ -256,8 +280,16 @@ mod tests {
         assert_eq!(first.alarm_id, "a1");
         assert_eq!(first.evidence.as_deref(), Some(b"jpeg".as_slice()));
         store.mark_delivered("a1").expect("mark");
-        assert_eq!(store.next_undelivered().expect("query").map(|i| i.alarm_id).as_deref(), Some("a2"));
-        let unanswered: Vec<String> = store.unanswered().expect("query").into_iter().map(|u| u.alarm_id).collect();
+        assert_eq!(
+            store.next_undelivered().expect("query").map(|i| i.alarm_id).as_deref(),
+            Some("a2")
+        );
+        let unanswered: Vec<String> = store
+            .unanswered()
+            .expect("query")
+            .into_iter()
+            .map(|u| u.alarm_id)
+            .collect();
         assert_eq!(unanswered, vec!["a3".to_owned()]);
     }
 
@@ -273,6 +305,9 @@ mod tests {
         // Everything is older than a negative retention.
         assert_eq!(store.purge(TimeDelta::seconds(-60)).expect("purge"), 1);
         assert_eq!(store.undelivered_count().expect("count"), 1);
-        assert_eq!(store.next_undelivered().expect("q").map(|i| i.alarm_id).as_deref(), Some("old-pending"));
+        assert_eq!(
+            store.next_undelivered().expect("q").map(|i| i.alarm_id).as_deref(),
+            Some("old-pending")
+        );
     }
 }

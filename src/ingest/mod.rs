@@ -3,3 +3,6 @@
 //! Knows nothing of alarms or analysis; analysis takes slices of the rings.
 
 pub mod camera;
+pub mod health;
+pub mod pipeline;
+pub mod ring;

@@ -44,17 +44,29 @@ struct Payload {
 }
 
 /// Parses one alarm message for `camera`, checking the camera with `is_known`.
-pub fn parse(camera: &str, payload: &[u8], is_known: impl Fn(&str) -> bool, now: DateTime<Utc>) -> Result<Alarm, AlarmError> {
+pub fn parse(
+    camera: &str,
+    payload: &[u8],
+    is_known: impl Fn(&str) -> bool,
+    now: DateTime<Utc>,
+) -> Result<Alarm, AlarmError> {
     if !is_known(camera) {
         return Err(AlarmError::UnknownCamera(camera.to_owned()));
     }
     if payload.len() > MAX_PAYLOAD_BYTES {
         return Err(AlarmError::TooLarge(payload.len()));
     }
-    let payload = if payload.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { payload };
+    let payload = if payload.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        payload
+    };
     let value: serde_json::Value = serde_json::from_slice(payload).map_err(|e| AlarmError::NotJson(e.to_string()))?;
     if !value.is_object() {
-        return Err(AlarmError::NotJson(format!("expected a JSON object, got {}", json_kind(&value))));
+        return Err(AlarmError::NotJson(format!(
+            "expected a JSON object, got {}",
+            json_kind(&value)
+        )));
     }
     let parsed: Payload = serde_path_to_error::deserialize(value).map_err(|e| AlarmError::Field {
         field: e.path().to_string(),
@@ -124,12 +136,19 @@ mod tests {
     }
 
     fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-11-21T10:00:00Z").map(|t| t.with_timezone(&Utc)).unwrap_or_default()
+        DateTime::parse_from_rfc3339("2026-11-21T10:00:00Z")
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default()
     }
 
     #[test]
     fn full_payload() {
-        let a = parse("gate", br#"{"alarm_id":"a1","time":"2026-11-21T09:59:58Z","source":"nvr","zone":3}"#, known, now());
+        let a = parse(
+            "gate",
+            br#"{"alarm_id":"a1","time":"2026-11-21T09:59:58Z","source":"nvr","zone":3}"#,
+            known,
+            now(),
+        );
         let a = a.expect("valid");
         assert_eq!(a.alarm_id, "a1");
         assert_eq!(a.time, now() - TimeDelta::seconds(2));
@@ -147,9 +166,18 @@ mod tests {
 
     #[test]
     fn errors_name_the_problem() {
-        assert_eq!(parse("yard", b"{}", known, now()).unwrap_err(), AlarmError::UnknownCamera("yard".into()));
-        assert!(matches!(parse("gate", b"{not json", known, now()), Err(AlarmError::NotJson(_))));
-        assert!(matches!(parse("gate", b"[1,2]", known, now()), Err(AlarmError::NotJson(_))));
+        assert_eq!(
+            parse("yard", b"{}", known, now()).unwrap_err(),
+            AlarmError::UnknownCamera("yard".into())
+        );
+        assert!(matches!(
+            parse("gate", b"{not json", known, now()),
+            Err(AlarmError::NotJson(_))
+        ));
+        assert!(matches!(
+            parse("gate", b"[1,2]", known, now()),
+            Err(AlarmError::NotJson(_))
+        ));
         let e = parse("gate", br#"{"time": 12}"#, known, now()).unwrap_err();
         assert!(matches!(&e, AlarmError::Field { field, .. } if field == "time"), "{e}");
         let e = parse("gate", br#"{"time": "yesterday"}"#, known, now()).unwrap_err();
@@ -157,8 +185,14 @@ mod tests {
         let e = parse("gate", br#"{"time": "2020-01-01T00:00:00Z"}"#, known, now()).unwrap_err();
         assert!(e.to_string().contains("from this box's clock"), "{e}");
         let e = parse("gate", br#"{"alarm_id": "a/b"}"#, known, now()).unwrap_err();
-        assert!(matches!(&e, AlarmError::Field { field, .. } if field == "alarm_id"), "{e}");
+        assert!(
+            matches!(&e, AlarmError::Field { field, .. } if field == "alarm_id"),
+            "{e}"
+        );
         let big = vec![b' '; MAX_PAYLOAD_BYTES + 1];
-        assert_eq!(parse("gate", &big, known, now()).unwrap_err(), AlarmError::TooLarge(MAX_PAYLOAD_BYTES + 1));
+        assert_eq!(
+            parse("gate", &big, known, now()).unwrap_err(),
+            AlarmError::TooLarge(MAX_PAYLOAD_BYTES + 1)
+        );
     }
 }

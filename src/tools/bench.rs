@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use image::RgbImage;
 
 use crate::analysis::clip;
-use crate::config::Config;
 use crate::analysis::detect::{DetectError, Detector, StageTimes};
 use crate::analysis::verify::Verifier;
+use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -52,14 +52,23 @@ pub fn run(config: &Config, options: &BenchOptions) -> Result<String, BenchError
     let frame = clip::first_frame(&options.clip).map_err(|e| BenchError::Setup(e.to_string()))?;
     let full_hd = image::imageops::resize(&frame, 1920, 1080, image::imageops::FilterType::Triangle);
     let mut rows = Vec::new();
-    for (name, image) in [(format!("{}x{}", frame.width(), frame.height()), &frame), ("1920x1080".to_owned(), &full_hd)] {
+    for (name, image) in [
+        (format!("{}x{}", frame.width(), frame.height()), &frame),
+        ("1920x1080".to_owned(), &full_hd),
+    ] {
         rows.push(bench_frame(&detector, config, options, &name, image)?);
     }
     let (clip_time, frames) = bench_clip(&detector, config, &options.clip)?;
     Ok(report(config, &detector, options, &rows, clip_time, frames))
 }
 
-fn bench_frame(detector: &Detector, config: &Config, options: &BenchOptions, name: &str, image: &RgbImage) -> Result<FrameBench, BenchError> {
+fn bench_frame(
+    detector: &Detector,
+    config: &Config,
+    options: &BenchOptions,
+    name: &str,
+    image: &RgbImage,
+) -> Result<FrameBench, BenchError> {
     for _ in 0..5 {
         detector.detect_timed(image)?;
     }
@@ -81,7 +90,13 @@ fn bench_frame(detector: &Detector, config: &Config, options: &BenchOptions, nam
 }
 
 /// Median milliseconds of Python onnxruntime's session.run on the same input tensor.
-fn python_session_run(python: &Path, detector: &Detector, config: &Config, image: &RgbImage, runs: usize) -> Result<f64, String> {
+fn python_session_run(
+    python: &Path,
+    detector: &Detector,
+    config: &Config,
+    image: &RgbImage,
+    runs: usize,
+) -> Result<f64, String> {
     let (shape, tensor) = detector.input_tensor(image).map_err(|e| e.to_string())?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let input = dir.path().join("input.f32");
@@ -99,21 +114,36 @@ fn python_session_run(python: &Path, detector: &Detector, config: &Config, image
         .output()
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
     if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("failed").to_owned());
+        return Err(String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .last()
+            .unwrap_or("failed")
+            .to_owned());
     }
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    doc["median_ms"].as_f64().ok_or_else(|| "no median_ms in its output".into())
+    doc["median_ms"]
+        .as_f64()
+        .ok_or_else(|| "no median_ms in its output".into())
 }
 
 /// Wall time of verify-clip's path (decode, detect, policy, evidence) on 10 s into the clip.
 fn bench_clip(detector: &Arc<Detector>, config: &Config, path: &Path) -> Result<(Duration, usize), BenchError> {
     let verifier = Verifier::new(detector.clone(), config);
     let started = Instant::now();
-    let finding = verifier.verify_file(path, 10.0, "bench").map_err(|e| BenchError::Setup(e.to_string()))?;
+    let finding = verifier
+        .verify_file(path, 10.0, "bench")
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
     Ok((started.elapsed(), finding.doc.frames_analyzed))
 }
 
-fn report(config: &Config, detector: &Detector, options: &BenchOptions, rows: &[FrameBench], clip: Duration, frames: usize) -> String {
+fn report(
+    config: &Config,
+    detector: &Detector,
+    options: &BenchOptions,
+    rows: &[FrameBench],
+    clip: Duration,
+    frames: usize,
+) -> String {
     let (iw, ih) = detector.input_size();
     let mut out = format!(
         "model {} ({}x{} input), {} intra-op thread(s), median of {} runs\n\n\

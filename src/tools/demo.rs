@@ -14,9 +14,9 @@ use gstreamer_rtsp_server::prelude::*;
 use rumqttc::QoS;
 use tokio::time::Instant;
 
+use crate::analysis::verdict::VerdictDocument;
 use crate::config::{CameraConfig, Config, RtspTransport};
 use crate::mqtt::{self, Inbound, LinkEvent, Session, Topics};
-use crate::analysis::verdict::VerdictDocument;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -90,7 +90,10 @@ impl Broker {
     pub fn restart(&mut self) -> Result<(), DemoError> {
         self.kill();
         let conf = self.dir.path().join("mosquitto.conf");
-        let text = format!("persistence false\nlistener {} 127.0.0.1\n{}\n", self.port, self.listener_options);
+        let text = format!(
+            "persistence false\nlistener {} 127.0.0.1\n{}\n",
+            self.port, self.listener_options
+        );
         std::fs::write(&conf, text).map_err(|e| DemoError::Broker(e.to_string()))?;
         let binary = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
             .iter()
@@ -112,7 +115,11 @@ impl Broker {
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             if std::time::Instant::now() > deadline {
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                return Err(DemoError::Broker(format!("not listening on port {} after 10 s: {}", self.port, log.trim())));
+                return Err(DemoError::Broker(format!(
+                    "not listening on port {} after 10 s: {}",
+                    self.port,
+                    log.trim()
+                )));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -149,7 +156,9 @@ impl RtspCameraServer {
         let server = rtsp::RTSPServer::new();
         server.set_address("127.0.0.1");
         server.set_service(&port.to_string());
-        let mount_points = server.mount_points().ok_or_else(|| DemoError::Rtsp("no mount points".into()))?;
+        let mount_points = server
+            .mount_points()
+            .ok_or_else(|| DemoError::Rtsp("no mount points".into()))?;
         for (name, file) in mounts {
             if !file.is_file() {
                 return Err(DemoError::Footage(file.to_path_buf()));
@@ -163,7 +172,9 @@ impl RtspCameraServer {
             factory.set_shared(true);
             mount_points.add_factory(&format!("/{name}"), factory);
         }
-        let source = server.attach(Some(&context)).map_err(|e| DemoError::Rtsp(e.to_string()))?;
+        let source = server
+            .attach(Some(&context))
+            .map_err(|e| DemoError::Rtsp(e.to_string()))?;
         let port = u16::try_from(server.bound_port()).map_err(|_| DemoError::Rtsp("not bound to a port".into()))?;
         let main_loop = glib::MainLoop::new(Some(&context), false);
         let loop_clone = main_loop.clone();
@@ -196,7 +207,8 @@ impl RtspCameraServer {
 impl Drop for RtspCameraServer {
     /// Stops listening and drops every client, as a camera that loses power would.
     fn drop(&mut self) {
-        self.server.client_filter(Some(&mut |_, _| rtsp::RTSPFilterResult::Remove));
+        self.server
+            .client_filter(Some(&mut |_, _| rtsp::RTSPFilterResult::Remove));
         // The listening source lives in our own context; SourceId::remove would look in the default one.
         if let Some(source) = self.source.take().and_then(|id| self.context.find_source_by_id(&id)) {
             source.destroy();
@@ -260,7 +272,11 @@ impl Probe {
         let topic = self.sync_topic.clone();
         while Instant::now() < deadline {
             self.publish(&topic, b"sync".to_vec()).await?;
-            if self.next(|m| m.topic == topic, Duration::from_millis(500)).await.is_some() {
+            if self
+                .next(|m| m.topic == topic, Duration::from_millis(500))
+                .await
+                .is_some()
+            {
                 return Ok(());
             }
         }
@@ -333,11 +349,21 @@ pub async fn run_demo() -> Result<String, DemoError> {
         let _ = stop_rx.await;
     }));
 
-    println!("demo: camera 'entrance' serves {} at {}", vtest.display(), cameras.url("entrance"));
-    println!("demo: mosquitto on 127.0.0.1:{}; waiting for the camera to come online", broker.port());
+    println!(
+        "demo: camera 'entrance' serves {} at {}",
+        vtest.display(),
+        cameras.url("entrance")
+    );
+    println!(
+        "demo: mosquitto on 127.0.0.1:{}; waiting for the camera to come online",
+        broker.port()
+    );
     let state_topic = topics.camera_state("entrance");
     let online = probe
-        .next(|m| m.topic == state_topic && String::from_utf8_lossy(&m.payload).contains("\"online\""), Duration::from_secs(30))
+        .next(
+            |m| m.topic == state_topic && String::from_utf8_lossy(&m.payload).contains("\"online\""),
+            Duration::from_secs(30),
+        )
         .await;
     if online.is_none() {
         return Err(service_failure(service, stop_tx, "the camera to come online").await);
@@ -346,15 +372,21 @@ pub async fn run_demo() -> Result<String, DemoError> {
     tokio::time::sleep(Duration::from_secs_f64(pre_s + 1.0)).await;
     let alarm = serde_json::json!({"alarm_id": format!("demo-{}", uuid::Uuid::new_v4().simple()), "source": "demo"});
     println!("demo: raising alarm {alarm} on {}", topics.alarm("entrance"));
-    probe.publish(&topics.alarm("entrance"), alarm.to_string().into_bytes()).await?;
+    probe
+        .publish(&topics.alarm("entrance"), alarm.to_string().into_bytes())
+        .await?;
     let verdict_topic = topics.verdict("entrance");
     let Some(verdict) = probe.next(|m| m.topic == verdict_topic, Duration::from_secs(30)).await else {
         return Err(service_failure(service, stop_tx, "the verdict").await);
     };
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(20), service).await;
-    let doc: VerdictDocument = serde_json::from_slice(&verdict.payload)
-        .map_err(|e| DemoError::Mqtt(format!("verdict does not follow {}: {e}", crate::analysis::verdict::SCHEMA)))?;
+    let doc: VerdictDocument = serde_json::from_slice(&verdict.payload).map_err(|e| {
+        DemoError::Mqtt(format!(
+            "verdict does not follow {}: {e}",
+            crate::analysis::verdict::SCHEMA
+        ))
+    })?;
     Ok(serde_json::to_string_pretty(&doc).unwrap_or_default())
 }
 

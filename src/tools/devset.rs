@@ -54,17 +54,29 @@ impl Sources {
         let path = self.images.join(name);
         image::open(&path)
             .map(|i| i.to_rgb8())
-            .map_err(|e| DevsetError::Source { path, reason: e.to_string() })
+            .map_err(|e| DevsetError::Source {
+                path,
+                reason: e.to_string(),
+            })
     }
 }
 
 /// Builds the clips and `labels.tsv` into `out`.
 pub fn build(sources: &Sources, out: &Path) -> Result<usize, DevsetError> {
-    gst::init().map_err(|e| DevsetError::Write { path: out.into(), reason: e.to_string() })?;
-    std::fs::create_dir_all(out).map_err(|e| DevsetError::Write { path: out.into(), reason: e.to_string() })?;
+    gst::init().map_err(|e| DevsetError::Write {
+        path: out.into(),
+        reason: e.to_string(),
+    })?;
+    std::fs::create_dir_all(out).map_err(|e| DevsetError::Write {
+        path: out.into(),
+        reason: e.to_string(),
+    })?;
     let vtest = sources.footage.join("vtest.avi");
     let plate = empty_site(&vtest)?;
-    let first = clip::first_frame(&vtest).map_err(|e| DevsetError::Source { path: vtest.clone(), reason: e.to_string() })?;
+    let first = clip::first_frame(&vtest).map_err(|e| DevsetError::Source {
+        path: vtest.clone(),
+        reason: e.to_string(),
+    })?;
     let mut entries = Vec::new();
     let mut add = |clip: &str, expected, alarm_at, note| {
         entries.push(Entry {
@@ -85,49 +97,124 @@ pub fn build(sources: &Sources, out: &Path) -> Result<usize, DevsetError> {
         ("football", "messi5.jpg", "a person running, photo"),
         ("astronaut", "astronaut.png", "a person close up, photo"),
     ] {
-        write_clip(&out.join(format!("{name}.mp4")), |i| slow_zoom(&sources.image(file)?, i))?;
+        write_clip(&out.join(format!("{name}.mp4")), |i| {
+            slow_zoom(&sources.image(file)?, i)
+        })?;
         add(&format!("{name}.mp4"), "verified", ALARM_AT, note);
     }
     // An intruder crosses the empty site, from the left and from the right; the cut-outs come from vtest's first frame.
     let walker_a = imageops::crop_imm(&first, 637, 233, 53, 95).to_image();
     let walker_b = imageops::crop_imm(&first, 246, 214, 44, 100).to_image();
-    write_clip(&out.join("intruder_left.mp4"), |i| Ok(appearing(&plate, &walker_a, (60.0, 250.0), (560.0, 280.0), 0, i)))?;
-    add("intruder_left.mp4", "verified", ALARM_AT, "one person crossing the empty site");
+    write_clip(&out.join("intruder_left.mp4"), |i| {
+        Ok(appearing(&plate, &walker_a, (60.0, 250.0), (560.0, 280.0), 0, i))
+    })?;
+    add(
+        "intruder_left.mp4",
+        "verified",
+        ALARM_AT,
+        "one person crossing the empty site",
+    );
     write_clip(&out.join("intruder_right.mp4"), |i| {
         Ok(appearing(&plate, &walker_b, (620.0, 200.0), (380.0, 260.0), 40, i))
     })?;
-    add("intruder_right.mp4", "verified", ALARM_AT, "a person appears at the alarm and walks in");
+    add(
+        "intruder_right.mp4",
+        "verified",
+        ALARM_AT,
+        "a person appears at the alarm and walks in",
+    );
     // Real intrusions: vehicles that move.
-    let van = imageops::resize(&imageops::crop_imm(&plate, 648, 38, 80, 64).to_image(), 200, 160, imageops::FilterType::Triangle);
-    write_clip(&out.join("van_arrives.mp4"), |i| Ok(appearing(&plate, &van, (700.0, 220.0), (300.0, 250.0), 35, i)))?;
-    add("van_arrives.mp4", "verified", ALARM_AT, "a van drives onto the site");
-    let motorcycle = imageops::resize(&sources.image("motorcycle_left.png")?, 300, 200, imageops::FilterType::Triangle);
-    write_clip(&out.join("motorcycle.mp4"), |i| Ok(appearing(&plate, &motorcycle, (0.0, 300.0), (420.0, 330.0), 0, i)))?;
-    add("motorcycle.mp4", "verified", ALARM_AT, "a motorcycle crosses the site");
-    let small_motorcycle = imageops::flip_horizontal(&imageops::resize(&motorcycle, 210, 140, imageops::FilterType::Triangle));
-    write_clip(&out.join("motorcycle_arrives.mp4"), |i| {
-        Ok(appearing(&plate, &small_motorcycle, (560.0, 180.0), (260.0, 230.0), 48, i))
+    let van = imageops::resize(
+        &imageops::crop_imm(&plate, 648, 38, 80, 64).to_image(),
+        200,
+        160,
+        imageops::FilterType::Triangle,
+    );
+    write_clip(&out.join("van_arrives.mp4"), |i| {
+        Ok(appearing(&plate, &van, (700.0, 220.0), (300.0, 250.0), 35, i))
     })?;
-    add("motorcycle_arrives.mp4", "verified", ALARM_AT, "a motorcycle rides in from the far road at the alarm");
+    add("van_arrives.mp4", "verified", ALARM_AT, "a van drives onto the site");
+    let motorcycle = imageops::resize(
+        &sources.image("motorcycle_left.png")?,
+        300,
+        200,
+        imageops::FilterType::Triangle,
+    );
+    write_clip(&out.join("motorcycle.mp4"), |i| {
+        Ok(appearing(&plate, &motorcycle, (0.0, 300.0), (420.0, 330.0), 0, i))
+    })?;
+    add("motorcycle.mp4", "verified", ALARM_AT, "a motorcycle crosses the site");
+    let small_motorcycle =
+        imageops::flip_horizontal(&imageops::resize(&motorcycle, 210, 140, imageops::FilterType::Triangle));
+    write_clip(&out.join("motorcycle_arrives.mp4"), |i| {
+        Ok(appearing(
+            &plate,
+            &small_motorcycle,
+            (560.0, 180.0),
+            (260.0, 230.0),
+            48,
+            i,
+        ))
+    })?;
+    add(
+        "motorcycle_arrives.mp4",
+        "verified",
+        ALARM_AT,
+        "a motorcycle rides in from the far road at the alarm",
+    );
 
     // False alarms.
     for at in [5.0, 15.0, 24.0] {
         add("../tree.mp4", "false_alarm", at, "a tree in wind");
     }
     write_clip(&out.join("empty_site.mp4"), |i| Ok(with_sensor_noise(&plate, i)))?;
-    add("empty_site.mp4", "false_alarm", ALARM_AT, "nobody there; parked vehicles only");
-    write_clip(&out.join("dusk.mp4"), |i| Ok(scaled_brightness(&plate, 1.0 - 0.65 * i as f32 / (FPS * SECONDS) as f32)))?;
-    add("dusk.mp4", "false_alarm", ALARM_AT, "light fading; parked vehicles only");
-    write_clip(&out.join("lights.mp4"), |i| {
-        Ok(scaled_brightness(&plate, if (45..60).contains(&i) || (75..80).contains(&i) { 0.35 } else { 1.0 }))
+    add(
+        "empty_site.mp4",
+        "false_alarm",
+        ALARM_AT,
+        "nobody there; parked vehicles only",
+    );
+    write_clip(&out.join("dusk.mp4"), |i| {
+        Ok(scaled_brightness(
+            &plate,
+            1.0 - 0.65 * i as f32 / (FPS * SECONDS) as f32,
+        ))
     })?;
-    add("lights.mp4", "false_alarm", ALARM_AT, "floodlights switching off and on");
+    add(
+        "dusk.mp4",
+        "false_alarm",
+        ALARM_AT,
+        "light fading; parked vehicles only",
+    );
+    write_clip(&out.join("lights.mp4"), |i| {
+        Ok(scaled_brightness(
+            &plate,
+            if (45..60).contains(&i) || (75..80).contains(&i) {
+                0.35
+            } else {
+                1.0
+            },
+        ))
+    })?;
+    add(
+        "lights.mp4",
+        "false_alarm",
+        ALARM_AT,
+        "floodlights switching off and on",
+    );
     write_clip(&out.join("rain.mp4"), |i| Ok(rain(&plate, i)))?;
     add("rain.mp4", "false_alarm", ALARM_AT, "heavy rain on the empty site");
     write_clip(&out.join("ir_insect.mp4"), |i| Ok(insect(&infrared(&plate), i)))?;
-    add("ir_insect.mp4", "false_alarm", ALARM_AT, "an insect on the lens of an IR camera at night");
+    add(
+        "ir_insect.mp4",
+        "false_alarm",
+        ALARM_AT,
+        "an insect on the lens of an IR camera at night",
+    );
     let cat = imageops::resize(&sources.image("chelsea.png")?, 220, 146, imageops::FilterType::Triangle);
-    write_clip(&out.join("cat_crossing.mp4"), |i| Ok(appearing(&plate, &cat, (40.0, 380.0), (480.0, 400.0), 0, i)))?;
+    write_clip(&out.join("cat_crossing.mp4"), |i| {
+        Ok(appearing(&plate, &cat, (40.0, 380.0), (480.0, 400.0), 0, i))
+    })?;
     add("cat_crossing.mp4", "false_alarm", ALARM_AT, "a cat crossing the lawn");
     for (name, file, note) in [
         ("cat", "chelsea.png", "a cat, photo"),
@@ -135,7 +222,9 @@ pub fn build(sources: &Sources, out: &Path) -> Result<usize, DevsetError> {
         ("grass", "grass.png", "empty grass"),
         ("gravel", "gravel.png", "empty gravel"),
     ] {
-        write_clip(&out.join(format!("{name}.mp4")), |i| slow_zoom(&sources.image(file)?, i))?;
+        write_clip(&out.join(format!("{name}.mp4")), |i| {
+            slow_zoom(&sources.image(file)?, i)
+        })?;
         add(&format!("{name}.mp4"), "false_alarm", ALARM_AT, note);
     }
 
@@ -144,7 +233,10 @@ pub fn build(sources: &Sources, out: &Path) -> Result<usize, DevsetError> {
         tsv.push_str(&format!("{}\t{}\t{}\t{}\n", e.clip, e.expected, e.alarm_at, e.note));
     }
     let labels = out.join("labels.tsv");
-    std::fs::write(&labels, tsv).map_err(|e| DevsetError::Write { path: labels, reason: e.to_string() })?;
+    std::fs::write(&labels, tsv).map_err(|e| DevsetError::Write {
+        path: labels,
+        reason: e.to_string(),
+    })?;
     Ok(entries.len())
 }
 
@@ -161,9 +253,15 @@ fn empty_site(video: &Path) -> Result<RgbImage, DevsetError> {
         frames.push(f.image);
         Ok(())
     })
-    .map_err(|e| DevsetError::Source { path: video.into(), reason: e.to_string() })?;
+    .map_err(|e| DevsetError::Source {
+        path: video.into(),
+        reason: e.to_string(),
+    })?;
     let Some(first) = frames.first() else {
-        return Err(DevsetError::Source { path: video.into(), reason: "no frames".into() });
+        return Err(DevsetError::Source {
+            path: video.into(),
+            reason: "no frames".into(),
+        });
     };
     let mut plate = RgbImage::new(first.width(), first.height());
     let mut values = Vec::with_capacity(frames.len());
@@ -178,7 +276,10 @@ fn empty_site(video: &Path) -> Result<RgbImage, DevsetError> {
 
 /// Encodes (single-threaded, so that every build of the set is the same) `SECONDS` of `FPS` frames from `frame(i)` as H.264 in MP4.
 fn write_clip(path: &Path, mut frame: impl FnMut(u32) -> Result<RgbImage, DevsetError>) -> Result<(), DevsetError> {
-    let write_err = |reason: String| DevsetError::Write { path: path.into(), reason };
+    let write_err = |reason: String| DevsetError::Write {
+        path: path.into(),
+        reason,
+    };
     let location = path.display().to_string().replace('"', "\\\"");
     let desc = format!(
         "appsrc name=src format=time caps=video/x-raw,format=RGB,width={W},height={H},framerate={FPS}/1 \
@@ -194,11 +295,17 @@ fn write_clip(path: &Path, mut frame: impl FnMut(u32) -> Result<RgbImage, Devset
         .and_downcast::<gst_app::AppSrc>()
         .ok_or_else(|| write_err("appsrc missing".into()))?;
     src.set_property("block", true);
-    pipeline.set_state(gst::State::Playing).map_err(|e| write_err(e.to_string()))?;
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| write_err(e.to_string()))?;
     let step = gst::ClockTime::SECOND / FPS as u64;
     for i in 0..FPS * SECONDS {
         let image = frame(i)?;
-        let image = if image.dimensions() == (W, H) { image } else { imageops::resize(&image, W, H, imageops::FilterType::Triangle) };
+        let image = if image.dimensions() == (W, H) {
+            image
+        } else {
+            imageops::resize(&image, W, H, imageops::FilterType::Triangle)
+        };
         let mut buffer = gst::Buffer::from_mut_slice(image.into_raw());
         if let Some(b) = buffer.get_mut() {
             b.set_pts(step * i as u64);
@@ -208,7 +315,10 @@ fn write_clip(path: &Path, mut frame: impl FnMut(u32) -> Result<RgbImage, Devset
     }
     let _ = src.end_of_stream();
     let bus = pipeline.bus().ok_or_else(|| write_err("no bus".into()))?;
-    let msg = bus.timed_pop_filtered(gst::ClockTime::from_seconds(60), &[gst::MessageType::Eos, gst::MessageType::Error]);
+    let msg = bus.timed_pop_filtered(
+        gst::ClockTime::from_seconds(60),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    );
     let _ = pipeline.set_state(gst::State::Null);
     match msg.as_ref().map(|m| m.view()) {
         Some(gst::MessageView::Eos(_)) => Ok(()),
@@ -222,7 +332,11 @@ fn slow_zoom(photo: &RgbImage, i: u32) -> Result<RgbImage, DevsetError> {
     let zoom = 1.0 + 0.1 * i as f32 / (FPS * SECONDS) as f32;
     let (pw, ph) = (photo.width() as f32, photo.height() as f32);
     // The largest 4:3 window of the photo, shrunk by the zoom, centred.
-    let (cw, ch) = if pw / ph > W as f32 / H as f32 { (ph * W as f32 / H as f32, ph) } else { (pw, pw * H as f32 / W as f32) };
+    let (cw, ch) = if pw / ph > W as f32 / H as f32 {
+        (ph * W as f32 / H as f32, ph)
+    } else {
+        (pw, pw * H as f32 / W as f32)
+    };
     let (cw, ch) = (cw / zoom, ch / zoom);
     let (x, y) = ((pw - cw) / 2.0, (ph - ch) / 2.0);
     let view = imageops::crop_imm(photo, x as u32, y as u32, cw as u32, ch as u32).to_image();
@@ -252,7 +366,14 @@ fn paste_feathered(frame: &mut RgbImage, sprite: &RgbImage, x: i64, y: i64) {
 }
 
 /// `sprite` pasted on `background` from frame `first` on, moving from `from` to `to` by the last frame.
-fn appearing(background: &RgbImage, sprite: &RgbImage, from: (f32, f32), to: (f32, f32), first: u32, i: u32) -> RgbImage {
+fn appearing(
+    background: &RgbImage,
+    sprite: &RgbImage,
+    from: (f32, f32),
+    to: (f32, f32),
+    first: u32,
+    i: u32,
+) -> RgbImage {
     if i < first {
         return with_sensor_noise(background, i);
     }

@@ -41,10 +41,17 @@ pub struct Report {
 
 pub fn read_labels(dir: &Path) -> Result<Vec<Case>, EvalError> {
     let path = dir.join("labels.tsv");
-    let text = std::fs::read_to_string(&path).map_err(|e| EvalError::Read { path: path.clone(), reason: e.to_string() })?;
+    let text = std::fs::read_to_string(&path).map_err(|e| EvalError::Read {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
     let mut cases = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        let line_err = |reason: String| EvalError::Line { path: path.clone(), line: i + 1, reason };
+        let line_err = |reason: String| EvalError::Line {
+            path: path.clone(),
+            line: i + 1,
+            reason,
+        };
         if line.trim().is_empty() || line.starts_with('#') {
             continue;
         }
@@ -55,7 +62,11 @@ pub fn read_labels(dir: &Path) -> Result<Vec<Case>, EvalError> {
         let expected = match *expected {
             "verified" => VerdictKind::Verified,
             "false_alarm" => VerdictKind::FalseAlarm,
-            other => return Err(line_err(format!("expected verdict `verified` or `false_alarm`, got {other:?}"))),
+            other => {
+                return Err(line_err(format!(
+                    "expected verdict `verified` or `false_alarm`, got {other:?}"
+                )));
+            }
         };
         let alarm_at: f64 = alarm_at
             .parse()
@@ -80,8 +91,18 @@ pub fn run(verifier: &Verifier, cases: Vec<Case>) -> Report {
             let result = verifier.verify_file(&case.clip, case.alarm_at, "eval");
             let latency_ms = started.elapsed().as_millis() as u64;
             match result {
-                Ok(f) => Outcome { got: Ok(f.doc.verdict), reason: f.doc.reason, latency_ms, case },
-                Err(e) => Outcome { got: Err(e.to_string()), reason: e.to_string(), latency_ms, case },
+                Ok(f) => Outcome {
+                    got: Ok(f.doc.verdict),
+                    reason: f.doc.reason,
+                    latency_ms,
+                    case,
+                },
+                Err(e) => Outcome {
+                    got: Err(e.to_string()),
+                    reason: e.to_string(),
+                    latency_ms,
+                    case,
+                },
             }
         })
         .collect();
@@ -110,12 +131,18 @@ impl Report {
 
     /// Real intrusions verified, as a fraction (1 when there are none).
     pub fn recall(&self) -> f64 {
-        ratio(self.count(VerdictKind::Verified, Some(VerdictKind::Verified)), self.total(VerdictKind::Verified))
+        ratio(
+            self.count(VerdictKind::Verified, Some(VerdictKind::Verified)),
+            self.total(VerdictKind::Verified),
+        )
     }
 
     /// False alarms answered `false_alarm`, as a fraction.
     pub fn filtering(&self) -> f64 {
-        ratio(self.count(VerdictKind::FalseAlarm, Some(VerdictKind::FalseAlarm)), self.total(VerdictKind::FalseAlarm))
+        ratio(
+            self.count(VerdictKind::FalseAlarm, Some(VerdictKind::FalseAlarm)),
+            self.total(VerdictKind::FalseAlarm),
+        )
     }
 
     fn latency_percentile(&self, p: f64) -> u64 {
@@ -126,14 +153,24 @@ impl Report {
     }
 
     pub fn render(&self) -> String {
-        let mut out = String::from("| clip | alarm s | expected | got | ok | ms | reason |\n|---|---|---|---|---|---|---|\n");
+        let mut out =
+            String::from("| clip | alarm s | expected | got | ok | ms | reason |\n|---|---|---|---|---|---|---|\n");
         for o in &self.outcomes {
             let got = match &o.got {
                 Ok(k) => name(*k).to_owned(),
                 Err(_) => "error".to_owned(),
             };
-            let ok = if o.got.as_ref().ok() == Some(&o.case.expected) { "yes" } else { "NO" };
-            let clip = o.case.clip.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let ok = if o.got.as_ref().ok() == Some(&o.case.expected) {
+                "yes"
+            } else {
+                "NO"
+            };
+            let clip = o
+                .case
+                .clip
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             out.push_str(&format!(
                 "| {clip} | {} | {} | {got} | {ok} | {} | {} |\n",
                 o.case.alarm_at,
@@ -144,7 +181,11 @@ impl Report {
         }
         out.push_str("\nconfusion (rows: expected, columns: got)\n\n| | verified | false_alarm | unverifiable | error |\n|---|---|---|---|---|\n");
         for expected in [VerdictKind::Verified, VerdictKind::FalseAlarm] {
-            let errors = self.outcomes.iter().filter(|o| o.case.expected == expected && o.got.is_err()).count();
+            let errors = self
+                .outcomes
+                .iter()
+                .filter(|o| o.case.expected == expected && o.got.is_err())
+                .count();
             out.push_str(&format!(
                 "| {} | {} | {} | {} | {errors} |\n",
                 name(expected),
@@ -184,10 +225,18 @@ mod tests {
     #[test]
     fn labels_file_errors_name_the_line() {
         let dir = tempfile::tempdir().expect("dir");
-        std::fs::write(dir.path().join("labels.tsv"), "# c\te\tt\na.mp4\tverified\t5\tnote here\nb.mp4\tmaybe\t5\n").expect("write");
+        std::fs::write(
+            dir.path().join("labels.tsv"),
+            "# c\te\tt\na.mp4\tverified\t5\tnote here\nb.mp4\tmaybe\t5\n",
+        )
+        .expect("write");
         let err = read_labels(dir.path()).unwrap_err().to_string();
         assert!(err.contains("labels.tsv:3") && err.contains("maybe"), "{err}");
-        std::fs::write(dir.path().join("labels.tsv"), "a.mp4\tverified\t5\tnote here\nb.mp4\tfalse_alarm\t2.5\n").expect("write");
+        std::fs::write(
+            dir.path().join("labels.tsv"),
+            "a.mp4\tverified\t5\tnote here\nb.mp4\tfalse_alarm\t2.5\n",
+        )
+        .expect("write");
         let cases = read_labels(dir.path()).expect("valid");
         assert_eq!(cases.len(), 2);
         assert_eq!(cases[1].alarm_at, 2.5);

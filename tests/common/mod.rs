@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use alarm_verifier::tools::demo::Probe;
-use alarm_verifier::mqtt::Topics;
 use alarm_verifier::analysis::verdict::VerdictDocument;
+use alarm_verifier::mqtt::Topics;
+use alarm_verifier::tools::demo::Probe;
 
 pub const PREFIX: &str = "alarm-verifier";
 
@@ -27,7 +27,9 @@ pub fn site_toml(broker_port: u16, cameras: &[(&str, String)], extra: &str, site
         "site = \"test-site\"\n{extra}\n[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\ntopic_prefix = \"{PREFIX}\"\n\
          [detector]\nmodel = \"{}\"\nonnxruntime = \"{}\"\n[store]\npath = \"{}\"\n",
         root().join("models/yolox_nano.onnx").display(),
-        root().join("third_party/onnxruntime/libonnxruntime.so.1.31.1").display(),
+        root()
+            .join("third_party/onnxruntime/libonnxruntime.so.1.31.1")
+            .display(),
         site_dir.join("alarm-verifier.db").display(),
     );
     for (id, url) in cameras {
@@ -80,7 +82,10 @@ impl Service {
 
     /// SIGTERM, then waits for the exit; None if it did not exit within `timeout`.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = std::time::Instant::now() + timeout;
         while std::time::Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -114,7 +119,11 @@ pub async fn wait_camera_online(probe: &mut Probe, camera: &str, service: &Servi
             Duration::from_secs(40),
         )
         .await;
-    assert!(online.is_some(), "camera {camera} never came online; service log:\n{}", service.log());
+    assert!(
+        online.is_some(),
+        "camera {camera} never came online; service log:\n{}",
+        service.log()
+    );
 }
 
 /// Waits for the verdict for `alarm_id`.
@@ -127,12 +136,19 @@ pub async fn wait_verdict(probe: &mut Probe, alarm_id: &str, timeout: Duration, 
             timeout,
         )
         .await;
-    let msg = msg.unwrap_or_else(|| panic!("no verdict for {alarm_id} within {timeout:?}; service log:\n{}", service.log()));
+    let msg = msg.unwrap_or_else(|| {
+        panic!(
+            "no verdict for {alarm_id} within {timeout:?}; service log:\n{}",
+            service.log()
+        )
+    });
     serde_json::from_slice(&msg.payload).unwrap_or_else(|e| panic!("verdict is not a v1 document: {e}"))
 }
 
 pub fn alarm_json(alarm_id: &str) -> Vec<u8> {
-    serde_json::json!({"alarm_id": alarm_id, "source": "test"}).to_string().into_bytes()
+    serde_json::json!({"alarm_id": alarm_id, "source": "test"})
+        .to_string()
+        .into_bytes()
 }
 
 /// A whole test site: a broker, RTSP cameras serving footage, a probe subscribed to everything
@@ -151,13 +167,22 @@ impl Site {
     /// `cameras` pairs a camera id with a footage file (see `demo::footage`); `extra` holds config tables.
     pub async fn start(cameras: &[(&str, &str)], extra: &str) -> Self {
         let broker = alarm_verifier::tools::demo::Broker::start().expect("broker");
-        let files: Vec<(&str, PathBuf)> = cameras.iter().map(|(id, f)| (*id, alarm_verifier::tools::demo::footage(f))).collect();
+        let files: Vec<(&str, PathBuf)> = cameras
+            .iter()
+            .map(|(id, f)| (*id, alarm_verifier::tools::demo::footage(f)))
+            .collect();
         let mounts: Vec<(&str, &Path)> = files.iter().map(|(id, f)| (*id, f.as_path())).collect();
         let server = alarm_verifier::tools::demo::RtspCameraServer::start(&mounts).expect("rtsp server");
         let t = topics();
         let probe = Probe::connect(
             broker.port(),
-            &[t.verdict("+"), t.evidence("+"), t.camera_state("+"), t.status(), t.errors()],
+            &[
+                t.verdict("+"),
+                t.evidence("+"),
+                t.camera_state("+"),
+                t.status(),
+                t.errors(),
+            ],
         )
         .await
         .expect("probe");
@@ -185,7 +210,10 @@ impl Site {
     }
 
     pub async fn raise(&self, camera: &str, alarm_id: &str) {
-        self.probe.publish(&topics().alarm(camera), alarm_json(alarm_id)).await.expect("publish alarm");
+        self.probe
+            .publish(&topics().alarm(camera), alarm_json(alarm_id))
+            .await
+            .expect("publish alarm");
     }
 
     pub async fn verdict(&mut self, alarm_id: &str, timeout: Duration) -> VerdictDocument {

@@ -18,7 +18,9 @@ pub fn yolox_rows(width: usize, height: usize) -> usize {
 }
 
 fn best_class(scores: impl Iterator<Item = f32>) -> (usize, f32) {
-    scores.enumerate().fold((0, f32::MIN), |best, cur| if cur.1 > best.1 { cur } else { best })
+    scores
+        .enumerate()
+        .fold((0, f32::MIN), |best, cur| if cur.1 > best.1 { cur } else { best })
 }
 
 fn centre_box(cx: f32, cy: f32, w: f32, h: f32) -> BoxPx {
@@ -52,7 +54,12 @@ pub fn yolox(data: &[f32], width: usize, height: usize, classes: usize, threshol
                     continue;
                 }
                 let s = stride as f32;
-                let bbox = centre_box((r[0] + gx as f32) * s, (r[1] + gy as f32) * s, r[2].exp() * s, r[3].exp() * s);
+                let bbox = centre_box(
+                    (r[0] + gx as f32) * s,
+                    (r[1] + gy as f32) * s,
+                    r[2].exp() * s,
+                    r[3].exp() * s,
+                );
                 out.push(Candidate { class_id, score, bbox });
             }
         }
@@ -95,7 +102,15 @@ pub fn yolo_v8(data: &[f32], classes: usize, threshold: f32) -> Vec<Candidate> {
 
 /// SSD with NMS in the graph: boxes `[ymin, xmin, ymax, xmax]` normalised to the input, scores,
 /// class ids (as floats) and the count of valid rows.
-pub fn ssd(boxes: &[f32], scores: &[f32], classes: &[f32], count: usize, width: usize, height: usize, threshold: f32) -> Vec<Candidate> {
+pub fn ssd(
+    boxes: &[f32],
+    scores: &[f32],
+    classes: &[f32],
+    count: usize,
+    width: usize,
+    height: usize,
+    threshold: f32,
+) -> Vec<Candidate> {
     let (w, h) = (width as f32, height as f32);
     (0..count.min(scores.len()).min(classes.len()).min(boxes.len() / 4))
         .filter(|&i| scores[i] >= threshold && classes[i] >= 0.0)
@@ -132,7 +147,15 @@ mod tests {
         assert_eq!(dets[0].class_id, 1);
         assert!((dets[0].score - 0.72).abs() < 1e-6);
         // cx = (0.5 + 1) * 16 = 24, cy = (0.5 + 2) * 16 = 40, w = 16, h = 32.
-        assert_eq!(dets[0].bbox, BoxPx { x: 16.0, y: 24.0, w: 16.0, h: 32.0 });
+        assert_eq!(
+            dets[0].bbox,
+            BoxPx {
+                x: 16.0,
+                y: 24.0,
+                w: 16.0,
+                h: 32.0
+            }
+        );
     }
 
     #[test]
@@ -158,7 +181,15 @@ mod tests {
         assert_eq!(dets.len(), 1);
         assert_eq!(dets[0].class_id, 1);
         assert!((dets[0].score - 0.8).abs() < 1e-6);
-        assert_eq!(dets[0].bbox, BoxPx { x: 45.0, y: 40.0, w: 10.0, h: 20.0 });
+        assert_eq!(
+            dets[0].bbox,
+            BoxPx {
+                x: 45.0,
+                y: 40.0,
+                w: 10.0,
+                h: 20.0
+            }
+        );
     }
 
     #[test]
@@ -170,6 +201,12 @@ mod tests {
         assert_eq!(dets.len(), 1, "the third row is beyond the count");
         assert_eq!(dets[0].class_id, 1);
         let b = dets[0].bbox;
-        assert!((b.x - 20.0).abs() < 1e-4 && (b.y - 5.0).abs() < 1e-4 && (b.w - 40.0).abs() < 1e-4 && (b.h - 20.0).abs() < 1e-4, "{b:?}");
+        assert!(
+            (b.x - 20.0).abs() < 1e-4
+                && (b.y - 5.0).abs() < 1e-4
+                && (b.w - 40.0).abs() < 1e-4
+                && (b.h - 20.0).abs() < 1e-4,
+            "{b:?}"
+        );
     }
 }

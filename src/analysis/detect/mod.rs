@@ -41,7 +41,11 @@ pub enum DetectError {
     #[error("execution provider {provider:?} (key detector.provider) cannot be used: {reason}")]
     Provider { provider: String, reason: String },
     #[error("{path}: the model does not fit detector.layout = {layout:?}: {reason}")]
-    Layout { path: PathBuf, layout: String, reason: String },
+    Layout {
+        path: PathBuf,
+        layout: String,
+        reason: String,
+    },
     #[error("{path}: cannot read the labels file (key detector.labels): {reason}")]
     Labels { path: PathBuf, reason: String },
     #[error("inference failed: {0}")]
@@ -94,10 +98,21 @@ pub struct StageTimes {
 /// How to read the outputs, as found when the model loaded.
 #[derive(Debug, Clone, Copy)]
 enum Outputs {
-    Yolox { classes: usize },
-    YoloV5 { classes: usize },
-    YoloV8 { classes: usize },
-    Ssd { boxes: usize, scores: usize, classes: usize, count: usize },
+    Yolox {
+        classes: usize,
+    },
+    YoloV5 {
+        classes: usize,
+    },
+    YoloV8 {
+        classes: usize,
+    },
+    Ssd {
+        boxes: usize,
+        scores: usize,
+        classes: usize,
+        count: usize,
+    },
 }
 
 struct Engine {
@@ -126,7 +141,9 @@ impl Detector {
             reason,
         };
         if !model.is_file() {
-            return Err(model_err("no such file (scripts/setup.sh puts yolox_nano.onnx into models/)".into()));
+            return Err(model_err(
+                "no such file (scripts/setup.sh puts yolox_nano.onnx into models/)".into(),
+            ));
         }
         let builder = session_builder(&environment, config).map_err(|e| model_err(e.to_string()))?;
         let builder = register_provider(builder, config.provider)?;
@@ -138,12 +155,18 @@ impl Detector {
         };
         let input = input_spec(&session, config).map_err(layout_err)?;
         let labels = match &config.labels {
-            Some(path) => labels::read(path).map_err(|reason| DetectError::Labels { path: path.clone(), reason })?,
+            Some(path) => labels::read(path).map_err(|reason| DetectError::Labels {
+                path: path.clone(),
+                reason,
+            })?,
             None if config.layout == Layout::Ssd => labels::coco91(),
             None => labels::coco80(),
         };
         let outputs = output_plan(&session, config.layout, &input, labels.len()).map_err(layout_err)?;
-        let model_name = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+        let model_name = model
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
         Ok(Self {
             engine: Mutex::new(Engine {
                 session,
@@ -197,15 +220,22 @@ impl Detector {
         let shape = self.input.shape();
         let infer_err = |e: ort::Error| DetectError::Inference(e.to_string());
         let outputs = match self.input.element {
-            ElementType::F32 => session.run(ort::inputs![TensorRef::from_array_view((shape, scratch.f32_input.as_slice())).map_err(infer_err)?]),
-            ElementType::U8 => session.run(ort::inputs![TensorRef::from_array_view((shape, scratch.u8_input.as_slice())).map_err(infer_err)?]),
+            ElementType::F32 => session.run(ort::inputs![
+                TensorRef::from_array_view((shape, scratch.f32_input.as_slice())).map_err(infer_err)?
+            ]),
+            ElementType::U8 => session.run(ort::inputs![
+                TensorRef::from_array_view((shape, scratch.u8_input.as_slice())).map_err(infer_err)?
+            ]),
         }
         .map_err(infer_err)?;
         times.inference = started.elapsed();
 
         let started = Instant::now();
         let tensor = |i: usize| -> Result<&[f32], DetectError> {
-            outputs[i].try_extract_tensor::<f32>().map(|(_, d)| d).map_err(infer_err)
+            outputs[i]
+                .try_extract_tensor::<f32>()
+                .map(|(_, d)| d)
+                .map_err(infer_err)
         };
         let (iw, ih) = (self.input.width as usize, self.input.height as usize);
         let t = self.score_threshold;
@@ -213,7 +243,12 @@ impl Detector {
             Outputs::Yolox { classes } => decode::yolox(tensor(0)?, iw, ih, classes, t),
             Outputs::YoloV5 { classes } => decode::yolo_v5(tensor(0)?, classes, t),
             Outputs::YoloV8 { classes } => decode::yolo_v8(tensor(0)?, classes, t),
-            Outputs::Ssd { boxes, scores, classes, count } => {
+            Outputs::Ssd {
+                boxes,
+                scores,
+                classes,
+                count,
+            } => {
                 let n = tensor(count)?.first().copied().unwrap_or(0.0).max(0.0) as usize;
                 decode::ssd(tensor(boxes)?, tensor(scores)?, tensor(classes)?, n, iw, ih, t)
             }
@@ -228,7 +263,11 @@ impl Detector {
         let detections: Vec<Detection> = candidates
             .into_iter()
             .map(|c| Detection {
-                label: self.labels.get(c.class_id).cloned().unwrap_or_else(|| format!("class{}", c.class_id)),
+                label: self
+                    .labels
+                    .get(c.class_id)
+                    .cloned()
+                    .unwrap_or_else(|| format!("class{}", c.class_id)),
                 class_id: c.class_id,
                 score: c.score,
                 bbox: transform.to_frame(c.bbox, width, height),
@@ -275,7 +314,10 @@ fn load_runtime(path: &Path) -> Result<ort::environment::Environment, DetectErro
     Ok(environment)
 }
 
-fn session_builder(environment: &ort::environment::Environment, config: &DetectorConfig) -> ort::Result<SessionBuilder> {
+fn session_builder(
+    environment: &ort::environment::Environment,
+    config: &DetectorConfig,
+) -> ort::Result<SessionBuilder> {
     let level = match config.optimization {
         Optimization::Disable => GraphOptimizationLevel::Disable,
         Optimization::Basic => GraphOptimizationLevel::Level1,
@@ -321,12 +363,22 @@ fn input_spec(session: &Session, config: &DetectorConfig) -> Result<InputSpec, S
     let element = match input.dtype().tensor_type() {
         Some(TensorElementType::Float32) => ElementType::F32,
         Some(TensorElementType::Uint8) => ElementType::U8,
-        other => return Err(format!("input {:?} has element type {other:?}; expected float32 or uint8", input.name())),
+        other => {
+            return Err(format!(
+                "input {:?} has element type {other:?}; expected float32 or uint8",
+                input.name()
+            ));
+        }
     };
     let (nhwc, h, w) = match shape.as_slice() {
         [_, 3, h, w] => (false, *h, *w),
         [_, h, w, 3] => (true, *h, *w),
-        _ => return Err(format!("input {:?} has shape {shape:?}; expected [1, 3, H, W] or [1, H, W, 3]", input.name())),
+        _ => {
+            return Err(format!(
+                "input {:?} has shape {shape:?}; expected [1, 3, H, W] or [1, H, W, 3]",
+                input.name()
+            ));
+        }
     };
     let default_size = match config.layout {
         Layout::Yolox => 416,
@@ -416,13 +468,26 @@ fn output_plan(session: &Session, layout: Layout, input: &InputSpec, labels: usi
                     .iter()
                     .position(|o| keys.iter().any(|k| o.name().to_ascii_lowercase().contains(k)))
             };
-            match (find(&["box"]), find(&["score"]), find(&["class"]), find(&["num", "count"])) {
+            match (
+                find(&["box"]),
+                find(&["score"]),
+                find(&["class"]),
+                find(&["num", "count"]),
+            ) {
                 (Some(boxes), Some(scores), Some(classes), Some(count)) => {
                     let box_shape = dims(outputs[boxes].dtype().tensor_shape());
                     if box_shape.last().is_some_and(|d| *d != 4) {
-                        return Err(format!("the boxes output must end in 4 (ymin, xmin, ymax, xmax), found {}", describe()));
+                        return Err(format!(
+                            "the boxes output must end in 4 (ymin, xmin, ymax, xmax), found {}",
+                            describe()
+                        ));
                     }
-                    Ok(Outputs::Ssd { boxes, scores, classes, count })
+                    Ok(Outputs::Ssd {
+                        boxes,
+                        scores,
+                        classes,
+                        count,
+                    })
                 }
                 _ => Err(format!(
                     "expected outputs named for boxes, scores, classes and num_detections, found {}",
@@ -457,15 +522,35 @@ mod tests {
             class_id,
             label: COCO_LABELS[class_id].into(),
             score,
-            bbox: BoxPx { x, y: 0.0, w: 10.0, h: 10.0 },
+            bbox: BoxPx {
+                x,
+                y: 0.0,
+                w: 10.0,
+                h: 10.0,
+            },
         }
     }
 
     #[test]
     fn iou_of_identical_and_disjoint_boxes() {
-        let a = BoxPx { x: 0.0, y: 0.0, w: 10.0, h: 10.0 };
-        let b = BoxPx { x: 5.0, y: 0.0, w: 10.0, h: 10.0 };
-        let c = BoxPx { x: 20.0, y: 0.0, w: 10.0, h: 10.0 };
+        let a = BoxPx {
+            x: 0.0,
+            y: 0.0,
+            w: 10.0,
+            h: 10.0,
+        };
+        let b = BoxPx {
+            x: 5.0,
+            y: 0.0,
+            w: 10.0,
+            h: 10.0,
+        };
+        let c = BoxPx {
+            x: 20.0,
+            y: 0.0,
+            w: 10.0,
+            h: 10.0,
+        };
         assert!((a.iou(&a) - 1.0).abs() < 1e-6);
         assert!((a.iou(&b) - 50.0 / 150.0).abs() < 1e-6);
         assert_eq!(a.iou(&c), 0.0);
@@ -473,7 +558,10 @@ mod tests {
 
     #[test]
     fn nms_suppresses_overlaps_within_a_class_only() {
-        let out = nms_per_class(vec![det(0, 0.6, 1.0), det(0, 0.9, 0.0), det(2, 0.5, 0.0), det(0, 0.7, 50.0)], 0.45);
+        let out = nms_per_class(
+            vec![det(0, 0.6, 1.0), det(0, 0.9, 0.0), det(2, 0.5, 0.0), det(0, 0.7, 50.0)],
+            0.45,
+        );
         let summary: Vec<(usize, f32)> = out.iter().map(|d| (d.class_id, d.score)).collect();
         assert_eq!(summary, vec![(0, 0.9), (0, 0.7), (2, 0.5)]);
     }

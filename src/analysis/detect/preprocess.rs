@@ -127,7 +127,16 @@ fn placement(spec: &InputSpec, w: u32, h: u32) -> (u32, u32, Transform) {
             // As YOLOX does: int(w * r).
             let nw = ((w as f32 * r) as u32).clamp(1, spec.width);
             let nh = ((h as f32 * r) as u32).clamp(1, spec.height);
-            (nw, nh, Transform { scale_x: r, scale_y: r, pad_x: 0.0, pad_y: 0.0 })
+            (
+                nw,
+                nh,
+                Transform {
+                    scale_x: r,
+                    scale_y: r,
+                    pad_x: 0.0,
+                    pad_y: 0.0,
+                },
+            )
         }
         ResizeMode::LetterboxCenter => {
             let r = (iw / w as f32).min(ih / h as f32);
@@ -136,7 +145,16 @@ fn placement(spec: &InputSpec, w: u32, h: u32) -> (u32, u32, Transform) {
             let nh = ((h as f32 * r).round() as u32).clamp(1, spec.height);
             let left = ((spec.width - nw) as f32 / 2.0 - 0.1).round().max(0.0);
             let top = ((spec.height - nh) as f32 / 2.0 - 0.1).round().max(0.0);
-            (nw, nh, Transform { scale_x: r, scale_y: r, pad_x: left, pad_y: top })
+            (
+                nw,
+                nh,
+                Transform {
+                    scale_x: r,
+                    scale_y: r,
+                    pad_x: left,
+                    pad_y: top,
+                },
+            )
         }
     }
 }
@@ -163,13 +181,16 @@ pub fn prepare(spec: &InputSpec, frame: &RgbImage, scratch: &mut Scratch) -> Res
             buf.resize(spec.len(), 0.0);
             if spec.nhwc {
                 for px in buf.chunks_exact_mut(3) {
-                    for c in 0..3 {
-                        px[c] = spec.lut[c][PAD_GREY as usize];
+                    for (value, lut) in px.iter_mut().zip(&spec.lut) {
+                        *value = lut[PAD_GREY as usize];
                     }
                 }
                 for (y, row) in rows.enumerate() {
                     let start = ((y + top) * iw + left) * 3;
-                    for (dst, src) in buf[start..start + row.len()].chunks_exact_mut(3).zip(row.chunks_exact(3)) {
+                    for (dst, src) in buf[start..start + row.len()]
+                        .chunks_exact_mut(3)
+                        .zip(row.chunks_exact(3))
+                    {
                         for c in 0..3 {
                             dst[c] = spec.lut[c][src[source[c]] as usize];
                         }
@@ -220,9 +241,13 @@ fn resize_into(frame: &RgbImage, nw: u32, nh: u32, scratch: &mut Scratch) -> Res
         return Ok(());
     }
     let src = fr::images::ImageRef::new(w, h, frame.as_raw(), fr::PixelType::U8x3).map_err(|e| e.to_string())?;
-    let mut dst = fr::images::Image::from_slice_u8(nw, nh, &mut scratch.resized, fr::PixelType::U8x3).map_err(|e| e.to_string())?;
+    let mut dst = fr::images::Image::from_slice_u8(nw, nh, &mut scratch.resized, fr::PixelType::U8x3)
+        .map_err(|e| e.to_string())?;
     let options = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Interpolation(fr::FilterType::Bilinear));
-    scratch.resizer.resize(&src, &mut dst, &options).map_err(|e| e.to_string())
+    scratch
+        .resizer
+        .resize(&src, &mut dst, &options)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -235,14 +260,28 @@ mod tests {
 
     /// A 4x2 frame, red on the left half, blue on the right.
     fn frame() -> RgbImage {
-        RgbImage::from_fn(4, 2, |x, _| if x < 2 { image::Rgb([200, 0, 0]) } else { image::Rgb([0, 0, 200]) })
+        RgbImage::from_fn(4, 2, |x, _| {
+            if x < 2 {
+                image::Rgb([200, 0, 0])
+            } else {
+                image::Rgb([0, 0, 200])
+            }
+        })
     }
 
     #[test]
     fn letterbox_places_top_left_and_pads_grey_in_bgr_planes() {
         let mut s = Scratch::default();
         let t = prepare(&spec(ResizeMode::Letterbox, ChannelOrder::Bgr, false), &frame(), &mut s).expect("prepared");
-        assert_eq!(t, Transform { scale_x: 2.0, scale_y: 2.0, pad_x: 0.0, pad_y: 0.0 });
+        assert_eq!(
+            t,
+            Transform {
+                scale_x: 2.0,
+                scale_y: 2.0,
+                pad_x: 0.0,
+                pad_y: 0.0
+            }
+        );
         let plane = 64;
         // Pixel (0,0) is red: B plane 0, R plane 200.
         assert_eq!(s.f32_input[0], 0.0);
@@ -257,27 +296,84 @@ mod tests {
     #[test]
     fn centred_letterbox_pads_top_and_bottom() {
         let mut s = Scratch::default();
-        let t = prepare(&spec(ResizeMode::LetterboxCenter, ChannelOrder::Rgb, true), &frame(), &mut s).expect("prepared");
+        let t = prepare(
+            &spec(ResizeMode::LetterboxCenter, ChannelOrder::Rgb, true),
+            &frame(),
+            &mut s,
+        )
+        .expect("prepared");
         assert_eq!((t.pad_x, t.pad_y), (0.0, 2.0));
         // Row 0 is padding, row 2 is image (red at x=0, RGB interleaved).
         assert_eq!(&s.f32_input[0..3], &[114.0, 114.0, 114.0]);
         assert_eq!(&s.f32_input[2 * 8 * 3..2 * 8 * 3 + 3], &[200.0, 0.0, 0.0]);
-        let b = t.to_frame(BoxPx { x: 0.0, y: 2.0, w: 8.0, h: 4.0 }, 4, 2);
-        assert_eq!(b, BoxPx { x: 0.0, y: 0.0, w: 4.0, h: 2.0 });
+        let b = t.to_frame(
+            BoxPx {
+                x: 0.0,
+                y: 2.0,
+                w: 8.0,
+                h: 4.0,
+            },
+            4,
+            2,
+        );
+        assert_eq!(
+            b,
+            BoxPx {
+                x: 0.0,
+                y: 0.0,
+                w: 4.0,
+                h: 2.0
+            }
+        );
     }
 
     #[test]
     fn stretch_maps_each_axis() {
         let mut s = Scratch::default();
         let t = prepare(&spec(ResizeMode::Stretch, ChannelOrder::Rgb, false), &frame(), &mut s).expect("prepared");
-        assert_eq!(t, Transform { scale_x: 2.0, scale_y: 4.0, pad_x: 0.0, pad_y: 0.0 });
-        let b = t.to_frame(BoxPx { x: 4.0, y: 4.0, w: 4.0, h: 4.0 }, 4, 2);
-        assert_eq!(b, BoxPx { x: 2.0, y: 1.0, w: 2.0, h: 1.0 });
+        assert_eq!(
+            t,
+            Transform {
+                scale_x: 2.0,
+                scale_y: 4.0,
+                pad_x: 0.0,
+                pad_y: 0.0
+            }
+        );
+        let b = t.to_frame(
+            BoxPx {
+                x: 4.0,
+                y: 4.0,
+                w: 4.0,
+                h: 4.0,
+            },
+            4,
+            2,
+        );
+        assert_eq!(
+            b,
+            BoxPx {
+                x: 2.0,
+                y: 1.0,
+                w: 2.0,
+                h: 1.0
+            }
+        );
     }
 
     #[test]
     fn normalisation_uses_scale_mean_std() {
-        let spec = InputSpec::new(4, 2, false, ElementType::F32, ChannelOrder::Rgb, ResizeMode::Stretch, 1.0 / 255.0, [0.5; 3], [0.5; 3]);
+        let spec = InputSpec::new(
+            4,
+            2,
+            false,
+            ElementType::F32,
+            ChannelOrder::Rgb,
+            ResizeMode::Stretch,
+            1.0 / 255.0,
+            [0.5; 3],
+            [0.5; 3],
+        );
         let mut s = Scratch::default();
         prepare(&spec, &frame(), &mut s).expect("prepared");
         // Red channel of a red pixel: (200/255 - 0.5) / 0.5.

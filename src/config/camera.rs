@@ -1,0 +1,63 @@
+//! `[[camera]]`: each camera's stream and its own policy overrides; checking and redacting URLs.
+
+use serde::Deserialize;
+
+use super::PolicyOverride;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    pub id: String,
+    pub url: String,
+    /// RTSP lower transport: `tcp` (default, survives lossy links) or `udp`.
+    #[serde(default)]
+    pub transport: RtspTransport,
+    /// Seconds without video after which the stream is restarted.
+    #[serde(default = "default_stall_timeout")]
+    pub stall_timeout_s: f64,
+    /// This camera's changes to the site policy.
+    #[serde(default)]
+    pub policy: PolicyOverride,
+}
+
+fn default_stall_timeout() -> f64 {
+    10.0
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RtspTransport {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+pub(super) fn check_rtsp_url(value: &str) -> Result<(), String> {
+    match url::Url::parse(value) {
+        Ok(u) if matches!(u.scheme(), "rtsp" | "rtsps" | "rtspt") && u.host_str().is_some_and(|h| !h.is_empty()) => {
+            Ok(())
+        }
+        Ok(u) => Err(format!(
+            "expected an rtsp:// URL with a host, got scheme {:?} in {}",
+            u.scheme(),
+            redact_url(value)
+        )),
+        Err(e) => Err(format!("expected an rtsp:// URL, got {} ({e})", redact_url(value))),
+    }
+}
+
+/// Hides the password of a camera URL, for logs, errors and state messages.
+pub fn redact_url(value: &str) -> String {
+    match url::Url::parse(value) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        // Not a URL: hide whatever sits between "://" and "@", where credentials would be.
+        Err(_) => match (value.find("://"), value.rfind('@')) {
+            (Some(s), Some(at)) if at > s + 3 => format!("{}***{}", &value[..s + 3], &value[at..]),
+            _ => value.to_owned(),
+        },
+    }
+}

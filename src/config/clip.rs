@@ -1,0 +1,27 @@
+//! `[clip]`: the window of video analysed around an alarm, and how much each camera buffers.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClipConfig {
+    /// Seconds of video analysed before the alarm time.
+    pub pre_s: f64,
+    /// Seconds of video analysed after the alarm time.
+    pub post_s: f64,
+    /// Frames per second sampled from the clip for detection.
+    pub analysis_fps: f64,
+    /// Seconds of encoded video each camera keeps in memory.
+    pub buffer_s: f64,
+}
+
+impl Default for ClipConfig {
+    fn default() -> Self {
+        Self {
+            pre_s: 2.0,
+            post_s: 4.0,
+            analysis_fps: 3.0,
+            buffer_s: 10.0,
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! A camera's health as the monitoring centre sees it on `{prefix}/cameras/{camera}/state`, and the
+//! frame-rate meter behind its `fps`.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// What the monitoring centre sees on `{prefix}/cameras/{camera}/state`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CameraHealth {
+    pub camera: String,
+    pub state: LinkState,
+    pub since: DateTime<Utc>,
+    pub fps: Option<f64>,
+    pub resolution: Option<String>,
+    pub codec: Option<String>,
+    pub url: String,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    Online,
+    Offline,
+}
+
+/// Frames per second over the last few seconds of arrivals.
+#[derive(Default)]
+pub struct RateMeter {
+    window_start: Option<DateTime<Utc>>,
+    count: u32,
+    last: Option<f64>,
+}
+
+impl RateMeter {
+    pub fn tick(&mut self, now: DateTime<Utc>) -> Option<f64> {
+        let start = *self.window_start.get_or_insert(now);
+        self.count += 1;
+        let elapsed = (now - start).as_seconds_f64();
+        if elapsed >= 2.0 {
+            self.last = Some(((self.count - 1) as f64 / elapsed * 10.0).round() / 10.0);
+            self.window_start = Some(now);
+            self.count = 1;
+        }
+        self.last
+    }
+}
