@@ -119,7 +119,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         store: store.clone(),
         deadline: Duration::from_secs_f64(config.verdict.deadline_s),
         in_flight: Arc::new(Semaphore::new(config.verdict.queue)),
-        analysis: Arc::new(Semaphore::new(config.verdict.workers)),
+        analysis: Arc::new(Semaphore::new(config.verdict.worker_count())),
     });
     answer_interrupted_alarms(&shared);
     let retention = TimeDelta::milliseconds((config.store.retention_days * 86_400_000.0) as i64);

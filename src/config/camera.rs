@@ -8,7 +8,11 @@ use super::PolicyOverride;
 #[serde(deny_unknown_fields)]
 pub struct CameraConfig {
     pub id: String,
+    /// The main stream: evidence images and clips come from it.
     pub url: String,
+    /// The camera's substream (e.g. 640x360), analysed instead of the main stream when set.
+    #[serde(default)]
+    pub detect_url: Option<String>,
     /// RTSP lower transport: `tcp` (default, survives lossy links) or `udp`.
     #[serde(default)]
     pub transport: RtspTransport,

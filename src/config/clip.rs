@@ -9,8 +9,14 @@ pub struct ClipConfig {
     pub pre_s: f64,
     /// Seconds of video analysed after the alarm time.
     pub post_s: f64,
-    /// Frames per second sampled from the clip for detection.
+    /// Frames per second analysed once a target candidate is in view.
     pub analysis_fps: f64,
+    /// Frames per second analysed while nothing is in view: most alarms are false, and have nothing
+    /// to confirm.
+    pub coarse_fps: f64,
+    /// `auto` (a hardware decoder when one works, else software), `software`, or a GStreamer
+    /// decoder element's name.
+    pub decoder: String,
     /// Seconds of encoded video each camera keeps in memory.
     pub buffer_s: f64,
 }
@@ -21,6 +27,8 @@ impl Default for ClipConfig {
             pre_s: 2.0,
             post_s: 4.0,
             analysis_fps: 3.0,
+            coarse_fps: 1.5,
+            decoder: "auto".into(),
             buffer_s: 10.0,
         }
     }

@@ -12,8 +12,16 @@ pub struct VerdictConfig {
     pub deadline_s: f64,
     /// Alarms waiting for a verifier; beyond this an alarm is answered `unverifiable` (overloaded) at once.
     pub queue: usize,
-    /// Alarms verified at the same time.
-    pub workers: usize,
+    /// Alarms analysed at once, each on one core; unset: the number of cores.
+    pub workers: Option<usize>,
+}
+
+impl VerdictConfig {
+    /// The analysis workers to run: the configured number, or one per core.
+    pub fn worker_count(&self) -> usize {
+        self.workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+    }
 }
 
 impl Default for VerdictConfig {
@@ -21,7 +29,7 @@ impl Default for VerdictConfig {
         Self {
             deadline_s: 15.0,
             queue: 64,
-            workers: 1,
+            workers: None,
         }
     }
 }

@@ -160,6 +160,19 @@ impl Config {
         check_positive(self.clip.pre_s, true).map_err(|e| invalid("clip.pre_s", e))?;
         check_positive(self.clip.post_s, true).map_err(|e| invalid("clip.post_s", e))?;
         check_positive(self.clip.analysis_fps, false).map_err(|e| invalid("clip.analysis_fps", e))?;
+        check_positive(self.clip.coarse_fps, false).map_err(|e| invalid("clip.coarse_fps", e))?;
+        if self.clip.coarse_fps > self.clip.analysis_fps {
+            return Err(invalid(
+                "clip.coarse_fps",
+                format!("expected at most clip.analysis_fps ({}), got {}", self.clip.analysis_fps, self.clip.coarse_fps),
+            ));
+        }
+        if self.clip.decoder.trim().is_empty() || self.clip.decoder.contains(|c: char| c.is_whitespace() || c == '!') {
+            return Err(invalid(
+                "clip.decoder",
+                format!("expected \"auto\", \"software\" or a GStreamer element name, got {:?}", self.clip.decoder),
+            ));
+        }
         check_positive(self.clip.buffer_s, false).map_err(|e| invalid("clip.buffer_s", e))?;
         if self.clip.buffer_s < self.clip.pre_s {
             return Err(invalid(
@@ -174,7 +187,7 @@ impl Config {
         if self.verdict.queue == 0 {
             return Err(invalid("verdict.queue", "expected at least 1".into()));
         }
-        if self.verdict.workers == 0 {
+        if self.verdict.workers == Some(0) {
             return Err(invalid("verdict.workers", "expected at least 1".into()));
         }
         if !(1..=100).contains(&self.evidence.quality) {
@@ -218,6 +231,9 @@ impl Config {
                 ));
             }
             check_rtsp_url(&camera.url).map_err(|e| invalid(&format!("camera[{i}].url"), e))?;
+            if let Some(detect_url) = &camera.detect_url {
+                check_rtsp_url(detect_url).map_err(|e| invalid(&format!("camera[{i}].detect_url"), e))?;
+            }
             check_positive(camera.stall_timeout_s, false)
                 .map_err(|e| invalid(&format!("camera[{i}].stall_timeout_s"), e))?;
             self.camera_policy(camera)

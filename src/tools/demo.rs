@@ -322,6 +322,7 @@ pub fn site_config(broker_port: u16, server: &RtspCameraServer, cameras: &[&str]
         .map(|id| CameraConfig {
             id: (*id).to_owned(),
             url: server.url(id),
+            detect_url: None,
             transport: RtspTransport::Tcp,
             stall_timeout_s: 10.0,
             policy: Default::default(),
