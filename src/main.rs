@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use alarm_verifier::analysis::clip::Decoders;
 use alarm_verifier::analysis::detect::Detector;
 use alarm_verifier::analysis::verify::Verifier;
 use alarm_verifier::config::Config;
@@ -134,7 +135,11 @@ fn execute(command: Command) -> Result<()> {
             let config = config_or_default(config.as_deref())?;
             let cases = alarm_verifier::tools::eval::read_labels(&dir)?;
             gstreamer::init().context("GStreamer cannot start")?;
-            let verifier = Verifier::new(Arc::new(Detector::load(&config.detector)?), &config);
+            let verifier = Arc::new(Verifier::new(
+                Arc::new(Detector::load(&config.detector)?),
+                &config,
+                Decoders::software(),
+            ));
             let report = alarm_verifier::tools::eval::run(&verifier, cases);
             println!("{}", report.render());
             anyhow::ensure!(
@@ -231,7 +236,11 @@ fn verify_clip(
         anyhow::ensure!(config.camera(id).is_some(), "--camera: no camera {id:?} in the config");
     }
     gstreamer::init().context("GStreamer cannot start")?;
-    let verifier = Verifier::new(Arc::new(Detector::load(&config.detector)?), &config);
+    let verifier = Arc::new(Verifier::new(
+        Arc::new(Detector::load(&config.detector)?),
+        &config,
+        Decoders::software(),
+    ));
     let default_camera = file
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())

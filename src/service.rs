@@ -15,9 +15,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::analysis::clip;
+use crate::analysis::clip::Decoders;
 use crate::analysis::detect::{DetectError, Detector};
+use crate::analysis::live::LiveAnalyser;
 use crate::analysis::verify::{Finding, Verifier};
+use crate::analysis::workers::Workers;
 use crate::config::Config;
 use crate::delivery::publish::{Outbox, Publisher};
 use crate::delivery::store::{Store, StoreError};
@@ -36,10 +38,10 @@ pub enum ServiceError {
     Mqtt(#[from] MqttError),
     #[error("GStreamer cannot start: {0}")]
     Gstreamer(String),
+    #[error("{0}")]
+    Decoder(String),
 }
 
-/// Part of the deadline kept back for decoding and inference after the post-alarm video is in.
-const ANALYSIS_RESERVE: Duration = Duration::from_secs(4);
 /// After a reconnect, the outbox waits this long so that subscribers can resubscribe first.
 const OUTBOX_SETTLE: Duration = Duration::from_secs(2);
 /// How long shutdown waits for the outbox to empty.
@@ -47,7 +49,8 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 struct Shared {
-    verifier: Verifier,
+    verifier: Arc<Verifier>,
+    live: LiveAnalyser,
     cameras: HashMap<String, Camera>,
     mqtt: rumqttc::AsyncClient,
     publisher: Publisher,
@@ -56,8 +59,6 @@ struct Shared {
     deadline: Duration,
     /// Alarms accepted and not yet answered; when none is left, new alarms are answered "overloaded".
     in_flight: Arc<Semaphore>,
-    /// Alarms being decoded and analysed at once (CPU-bound).
-    analysis: Arc<Semaphore>,
 }
 
 /// Runs the service until `shutdown` completes, then answers or finishes what is in flight.
@@ -110,8 +111,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     drop(health_tx);
     let state_task = tokio::spawn(publish_camera_states(publisher.clone(), health_rx));
 
+    let decoders = Decoders::choose(&config.clip.decoder).map_err(|e| ServiceError::Decoder(e.to_string()))?;
+    let verifier = Arc::new(Verifier::new(Arc::new(detector), &config, decoders));
+    let workers = Workers::new(config.verdict.worker_count());
+    tracing::info!(workers = config.verdict.worker_count(), "analysis workers");
     let shared = Arc::new(Shared {
-        verifier: Verifier::new(Arc::new(detector), &config),
+        live: LiveAnalyser::new(verifier.clone(), workers),
+        verifier,
         cameras,
         mqtt: main.client.clone(),
         publisher: publisher.clone(),
@@ -119,7 +125,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         store: store.clone(),
         deadline: Duration::from_secs_f64(config.verdict.deadline_s),
         in_flight: Arc::new(Semaphore::new(config.verdict.queue)),
-        analysis: Arc::new(Semaphore::new(config.verdict.worker_count())),
     });
     answer_interrupted_alarms(&shared);
     let retention = TimeDelta::milliseconds((config.store.retention_days * 86_400_000.0) as i64);
@@ -250,30 +255,7 @@ async fn verify_alarm(shared: &Arc<Shared>, alarm: &Alarm, deadline: Instant) ->
     let Some(camera) = shared.cameras.get(&alarm.camera) else {
         return shared.verifier.unverifiable(alarm, "unknown camera");
     };
-    let window = shared.verifier.window(alarm);
-    let give_up = deadline.checked_sub(ANALYSIS_RESERVE).unwrap_or(deadline);
-    let slice = match camera.clip(window.from, window.to, give_up).await {
-        Ok(slice) => slice,
-        Err(e) => return shared.verifier.unverifiable(alarm, &e.to_string()),
-    };
-    let Ok(permit) = shared.analysis.clone().acquire_owned().await else {
-        return shared.verifier.unverifiable(alarm, "shutting down");
-    };
-    let task_shared = shared.clone();
-    let task_alarm = alarm.clone();
-    // The permit moves into the blocking task: if the deadline passes first, the CPU stays taken
-    // until the analysis really ends, and no further analysis piles on.
-    let analysis = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        task_shared
-            .verifier
-            .analyze(&task_alarm, |on_frame| clip::decode_slice(&slice, window, on_frame))
-    });
-    match analysis.await {
-        Ok(Ok(finding)) => finding,
-        Ok(Err(e)) => shared.verifier.unverifiable(alarm, &e.to_string()),
-        Err(e) => shared.verifier.unverifiable(alarm, &format!("analysis failed: {e}")),
-    }
+    shared.live.analyse(camera, alarm, deadline).await
 }
 
 /// Hands a verdict to the outbox; if the store fails, publishes it directly so the alarm is answered.
@@ -338,7 +320,7 @@ async fn republish_camera_states(shared: &Shared) {
 
 async fn publish_camera_states(publisher: Publisher, mut health: mpsc::UnboundedReceiver<CameraHealth>) {
     while let Some(h) = health.recv().await {
-        tracing::info!(camera = %h.camera, state = ?h.state, error = ?h.last_error, "camera state");
+        tracing::info!(camera = %h.camera, state = ?h.main.state, error = ?h.main.last_error, detect_stream = ?h.detect.as_ref().map(|d| d.state), "camera state");
         if let Err(e) = publisher.camera_state(&h).await {
             tracing::warn!(camera = %h.camera, error = %e, "camera state not published");
         }

@@ -44,7 +44,13 @@ fn verify_clip_with_people_is_verified_and_writes_evidence() {
     let doc = verdict_of(&out);
     assert_eq!(doc.verdict, VerdictKind::Verified, "{doc:?}");
     assert!(doc.reason.starts_with("person in"), "{}", doc.reason);
-    assert!(doc.frames_analyzed >= 15, "{}", doc.frames_analyzed);
+    // Verified as soon as the policy's rules are met (min_frames = 2), not after the whole window.
+    assert!(
+        (2..=6).contains(&doc.frames_analyzed),
+        "analysis should stop once verified: {} frames",
+        doc.frames_analyzed
+    );
+    assert_eq!(doc.inferences, doc.frames_analyzed);
     let image = image::open(&evidence).expect("evidence JPEG decodes");
     assert_eq!((image.width(), image.height()), (768, 576));
 }

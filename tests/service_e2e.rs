@@ -51,15 +51,16 @@ async fn people_verify_and_a_tree_in_wind_is_a_false_alarm() {
             "box not normalised: {d:?}"
         );
     }
-    // 6 s of clip at 3 fps.
+    // Streaming analysis: people are in view from the first pre-alarm frames, so the verdict comes
+    // from a few frames, long before the 4 s of post-alarm video have arrived.
     assert!(
-        (15..=20).contains(&entrance.frames_analyzed),
+        (2..=8).contains(&entrance.frames_analyzed),
         "{}",
         entrance.frames_analyzed
     );
     assert!(
-        entrance.latency_ms > 0 && entrance.latency_ms < 15_000,
-        "{}",
+        entrance.latency_ms > 0 && entrance.latency_ms < 3_000,
+        "verified should not wait for the post-alarm window: {} ms",
         entrance.latency_ms
     );
     let evidence_topic = entrance.evidence_topic.clone().expect("evidence topic");
@@ -69,6 +70,12 @@ async fn people_verify_and_a_tree_in_wind_is_a_false_alarm() {
     assert_eq!(garden.verdict, VerdictKind::FalseAlarm, "{garden:?}");
     assert!(garden.detections.is_empty(), "{garden:?}");
     assert!(garden.frames_analyzed > 0);
+    // A false alarm is only concluded once the whole window (4 s after the alarm) has been seen.
+    assert!(
+        garden.latency_ms >= 4_000 && garden.latency_ms < 15_000,
+        "false alarm after {} ms",
+        garden.latency_ms
+    );
 
     // The evidence was published before the verdict, so it is already in the probe's backlog.
     let jpeg = site
@@ -178,5 +185,5 @@ async fn multi_slice_keyframes_decode_whole_pictures() {
         "{}",
         verdict.reason
     );
-    assert!(verdict.frames_analyzed >= 15, "{}", verdict.frames_analyzed);
+    assert!(verdict.frames_analyzed >= 2, "{}", verdict.frames_analyzed);
 }

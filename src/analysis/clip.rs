@@ -1,8 +1,10 @@
-//! Decoding the clip around an alarm into frames at the analysis rate.
+//! Decoding the clip around an alarm into frames, only as many as analysis asks for.
 //!
-//! Two sources feed the same decode tail: a slice of a camera's encoded ring buffer (live service)
-//! and a video file (`verify-clip`). Frames are handed to a callback one at a time so that a long
-//! or high-resolution clip never has to sit in memory decoded.
+//! Three sources feed the same decode tail: a live camera's ring, fed to a [`LiveDecoder`] as its
+//! units arrive (the service); a slice of a ring decoded at once (evidence from the main stream);
+//! and a video file (`verify-clip`, `eval`). Frames go to a [`FrameSink`] one at a time: it says
+//! which frames it wants (only those are converted to RGB) and when it has seen enough, so a long
+//! or high-resolution clip never sits in memory decoded and a verified alarm stops the decoder.
 
 use std::path::Path;
 
@@ -14,7 +16,7 @@ use gstreamer_video as gst_video;
 use image::RgbImage;
 
 use crate::ingest::pipeline::describe_bus_message;
-use crate::ingest::ring::EncodedSlice;
+use crate::ingest::ring::{AccessUnit, EncodedSlice};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClipError {
@@ -28,6 +30,8 @@ pub enum ClipError {
     Codec(String),
     #[error("{0}")]
     Consumer(String),
+    #[error("{0}")]
+    Decoder(String),
 }
 
 /// A decoder that produces nothing for this long is given up, so no thread waits forever.
@@ -47,67 +51,284 @@ pub struct Frame {
     pub time: DateTime<Utc>,
 }
 
-/// Decodes a camera slice, calling `on_frame` for each frame in the window at the analysis rate.
-/// Returns the number of frames delivered.
-pub fn decode_slice(
-    slice: &EncodedSlice,
-    window: Window,
-    on_frame: impl FnMut(Frame) -> Result<(), String>,
-) -> Result<usize, ClipError> {
-    let codec = slice
-        .caps
-        .structure(0)
-        .map(|s| s.name().to_string())
-        .unwrap_or_default();
-    let (parse, decoder) = match codec.as_str() {
-        "video/x-h264" => ("h264parse", "avdec_h264"),
-        "video/x-h265" => ("h265parse", "avdec_h265"),
-        _ => return Err(ClipError::Codec(codec)),
-    };
-    let head = format!("appsrc name=src format=time is-live=false ! {parse} ! {decoder}");
-    let pipeline = build_decoder(&head)?;
-    let src = pipeline
-        .by_name("src")
-        .and_downcast::<gst_app::AppSrc>()
-        .ok_or_else(|| ClipError::Gst("appsrc missing".into()))?;
-    src.set_caps(Some(&slice.caps));
+/// Whether decoding goes on after a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// The consumer has its answer: decode no further.
+    Stop,
+}
 
-    let Some(first) = slice.units.first() else {
-        return Ok(0);
+/// Where decoded frames go.
+pub trait FrameSink {
+    /// Whether the frame showing `time` is wanted; only wanted frames are converted to RGB.
+    fn wants(&mut self, time: DateTime<Utc>) -> bool;
+    /// A wanted frame.
+    fn frame(&mut self, frame: Frame) -> Result<Flow, String>;
+}
+
+/// A sink taking frames at a fixed rate inside a window and handing them to a closure.
+struct EveryFrame<F> {
+    picker: FramePicker,
+    on_frame: F,
+}
+
+impl<F: FnMut(Frame) -> Result<(), String>> FrameSink for EveryFrame<F> {
+    fn wants(&mut self, time: DateTime<Utc>) -> bool {
+        self.picker.take(time)
+    }
+
+    fn frame(&mut self, frame: Frame) -> Result<Flow, String> {
+        (self.on_frame)(frame).map(|()| Flow::Continue)
+    }
+}
+
+/// The decoder elements for each codec, chosen once at start-up from `clip.decoder`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoders {
+    pub h264: String,
+    pub h265: String,
+}
+
+/// Hardware decoders tried by `auto`, best first: VA-API, NVDEC, V4L2 stateful, the older VA-API
+/// plugin and Intel Media SDK.
+const HARDWARE_H264: [&str; 5] = ["vah264dec", "nvh264dec", "v4l2h264dec", "vaapih264dec", "msdkh264dec"];
+const HARDWARE_H265: [&str; 5] = ["vah265dec", "nvh265dec", "v4l2h265dec", "vaapih265dec", "msdkh265dec"];
+
+impl Decoders {
+    pub fn software() -> Self {
+        Self {
+            h264: "avdec_h264".into(),
+            h265: "avdec_h265".into(),
+        }
+    }
+
+    /// Resolves `clip.decoder`: `auto` takes a hardware decoder that starts here, else software
+    /// (with a log line); `software` the libav decoders; anything else must be an installed
+    /// GStreamer decoder element, used for the codec it takes (software for the other).
+    pub fn choose(setting: &str) -> Result<Self, ClipError> {
+        gst::init().map_err(|e| ClipError::Gst(e.to_string()))?;
+        let software = Self::software();
+        match setting {
+            "software" => Ok(software),
+            "auto" => {
+                let pick = |candidates: &[&str], fallback: &str| {
+                    candidates
+                        .iter()
+                        .find(|name| element_starts(name))
+                        .map(|name| (*name).to_owned())
+                        .unwrap_or_else(|| fallback.to_owned())
+                };
+                let chosen = Self {
+                    h264: pick(&HARDWARE_H264, &software.h264),
+                    h265: pick(&HARDWARE_H265, &software.h265),
+                };
+                if chosen == software {
+                    tracing::info!(decoder = %software.h264, "no hardware video decoder works here; decoding in software");
+                } else {
+                    tracing::info!(h264 = %chosen.h264, h265 = %chosen.h265, "video decoders chosen");
+                }
+                Ok(chosen)
+            }
+            name => {
+                let factory = gst::ElementFactory::find(name).ok_or_else(|| {
+                    ClipError::Decoder(format!(
+                        "clip.decoder: no GStreamer element named {name:?} (is its plugin installed? see `gst-inspect-1.0 {name}`)"
+                    ))
+                })?;
+                if !factory.klass().contains("Decoder") {
+                    return Err(ClipError::Decoder(format!(
+                        "clip.decoder: {name:?} is a {:?}, expected a video decoder",
+                        factory.klass()
+                    )));
+                }
+                let takes = |codec: &str| {
+                    factory
+                        .static_pad_templates()
+                        .iter()
+                        .any(|t| t.direction() == gst::PadDirection::Sink && t.caps().iter().any(|s| s.name() == codec))
+                };
+                match (takes("video/x-h264"), takes("video/x-h265")) {
+                    (false, false) => Err(ClipError::Decoder(format!(
+                        "clip.decoder: {name:?} decodes neither H.264 nor H.265"
+                    ))),
+                    (h264, h265) => Ok(Self {
+                        h264: if h264 { name.to_owned() } else { software.h264 },
+                        h265: if h265 { name.to_owned() } else { software.h265 },
+                    }),
+                }
+            }
+        }
+    }
+
+    /// `parse ! decoder` for a stream with these caps. Software decoders run on one thread: the
+    /// service runs one analysis per core, and threads inside each would only contend.
+    fn tail_for(&self, caps: &gst::Caps) -> Result<String, ClipError> {
+        let codec = caps.structure(0).map(|s| s.name().to_string()).unwrap_or_default();
+        let (parse, decoder) = match codec.as_str() {
+            "video/x-h264" => ("h264parse", self.h264.as_str()),
+            "video/x-h265" => ("h265parse", self.h265.as_str()),
+            _ => return Err(ClipError::Codec(codec)),
+        };
+        let threads = if decoder.starts_with("avdec_") {
+            " max-threads=1"
+        } else {
+            ""
+        };
+        Ok(format!("{parse} ! {decoder}{threads}"))
+    }
+}
+
+/// Whether a decoder element exists and can be brought up (a hardware one needs its device).
+fn element_starts(name: &str) -> bool {
+    let Ok(element) = gst::ElementFactory::make(name).build() else {
+        return false;
     };
-    let base_wall = first.wall;
-    let base_pts = first.buffer.pts();
-    // Timestamps are rebased to zero; the wall time of a frame is base_wall + its PTS.
-    let buffers: Vec<gst::Buffer> = slice
-        .units
-        .iter()
-        .map(|u| {
-            let offset = match (u.buffer.pts(), base_pts) {
+    let ok = element.set_state(gst::State::Ready).is_ok();
+    let _ = element.set_state(gst::State::Null);
+    ok
+}
+
+/// Decodes a camera slice at once, handing frames to `sink`. Returns the number of frames it took.
+pub fn decode_slice(slice: &EncodedSlice, decoders: &Decoders, sink: &mut dyn FrameSink) -> Result<usize, ClipError> {
+    let mut decoder = LiveDecoder::new(&slice.caps, decoders)?;
+    let taken = match decoder.feed(&slice.units, sink)? {
+        (n, Flow::Stop) => return Ok(n),
+        (n, Flow::Continue) => n,
+    };
+    Ok(taken + decoder.finish(sink)?)
+}
+
+/// A decoder fed access units as they arrive from a camera, handing over decoded frames as it goes.
+/// Times are the units' arrival times: frame time = first unit's arrival + (PTS - first PTS).
+pub struct LiveDecoder {
+    pipeline: gst::Pipeline,
+    src: gst_app::AppSrc,
+    sink: gst_app::AppSink,
+    base: Option<(DateTime<Utc>, Option<gst::ClockTime>)>,
+    converter: RgbConverter,
+    pushed: usize,
+    pulled: usize,
+    /// Frames the decoder holds back (reordering); learnt when it stops giving frames.
+    lag: usize,
+    ended: bool,
+}
+
+/// How long to wait for the decoder to give the next frame of what was pushed.
+const FRAME_WAIT: gst::ClockTime = gst::ClockTime::from_mseconds(200);
+
+impl LiveDecoder {
+    pub fn new(caps: &gst::Caps, decoders: &Decoders) -> Result<Self, ClipError> {
+        let tail = decoders.tail_for(caps)?;
+        let pipeline = build_decoder(&format!("appsrc name=src format=time is-live=false ! {tail}"))?;
+        let src = pipeline
+            .by_name("src")
+            .and_downcast::<gst_app::AppSrc>()
+            .ok_or_else(|| ClipError::Gst("appsrc missing".into()))?;
+        src.set_caps(Some(caps));
+        let sink = pipeline
+            .by_name("sink")
+            .and_downcast::<gst_app::AppSink>()
+            .ok_or_else(|| ClipError::Gst("appsink missing".into()))?;
+        pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|e| ClipError::Gst(e.to_string()))?;
+        Ok(Self {
+            pipeline,
+            src,
+            sink,
+            base: None,
+            converter: RgbConverter::default(),
+            pushed: 0,
+            pulled: 0,
+            lag: 0,
+            ended: false,
+        })
+    }
+
+    /// Decodes `units` and hands the frames they give to `sink`. Returns how many frames the sink
+    /// took, and whether it wants more.
+    pub fn feed(&mut self, units: &[AccessUnit], sink: &mut dyn FrameSink) -> Result<(usize, Flow), ClipError> {
+        for unit in units {
+            let (base_wall, base_pts) = *self.base.get_or_insert((unit.wall, unit.buffer.pts()));
+            let offset = match (unit.buffer.pts(), base_pts) {
                 (Some(p), Some(b)) if p >= b => p - b,
-                _ => clock_time(u.wall - base_wall),
+                _ => clock_time(unit.wall - base_wall),
             };
-            let mut b = u.buffer.copy();
+            let mut b = unit.buffer.copy();
             let bm = b.make_mut();
             bm.set_pts(offset);
             bm.set_dts(gst::ClockTime::NONE);
-            b
-        })
-        .collect();
+            self.src
+                .push_buffer(b)
+                .map_err(|e| ClipError::Decode(format!("the decoder refused video: {e:?}")))?;
+            self.pushed += 1;
+        }
+        self.drain(sink, false)
+    }
 
-    std::thread::scope(|scope| {
-        let feeder = scope.spawn(|| {
-            for b in buffers {
-                if src.push_buffer(b).is_err() {
-                    break; // the pipeline stopped; the pull side reports why
-                }
+    /// Ends the stream and hands over the frames still inside the decoder.
+    pub fn finish(&mut self, sink: &mut dyn FrameSink) -> Result<usize, ClipError> {
+        if !self.ended {
+            let _ = self.src.end_of_stream();
+            self.ended = true;
+        }
+        self.drain(sink, true).map(|(n, _)| n)
+    }
+
+    fn drain(&mut self, sink: &mut dyn FrameSink, to_end: bool) -> Result<(usize, Flow), ClipError> {
+        let started = std::time::Instant::now();
+        let mut taken = 0;
+        loop {
+            if let Some(err) = pending_error(&self.pipeline) {
+                return Err(ClipError::Decode(err));
             }
-            let _ = src.end_of_stream();
-        });
-        let result = pull_frames(&pipeline, window, base_wall, on_frame);
-        let _ = pipeline.set_state(gst::State::Null);
-        let _ = feeder.join();
-        result
-    })
+            if started.elapsed() > MAX_DECODE_TIME {
+                return Err(ClipError::Decode(format!(
+                    "decoding took over {} s",
+                    MAX_DECODE_TIME.as_secs()
+                )));
+            }
+            let outstanding = self.pushed.saturating_sub(self.pulled);
+            if !to_end && outstanding <= self.lag {
+                return Ok((taken, Flow::Continue));
+            }
+            let Some(sample) = self.sink.try_pull_sample(FRAME_WAIT) else {
+                if self.sink.is_eos() {
+                    return Ok((taken, Flow::Continue));
+                }
+                if !to_end {
+                    // The decoder holds these back until more video comes.
+                    self.lag = outstanding;
+                    return Ok((taken, Flow::Continue));
+                }
+                continue;
+            };
+            self.pulled += 1;
+            let (Some(buffer), Some((base_wall, _))) = (sample.buffer(), self.base) else {
+                continue;
+            };
+            let time = base_wall
+                + buffer
+                    .pts()
+                    .map(|p| TimeDelta::nanoseconds(p.nseconds() as i64))
+                    .unwrap_or_default();
+            if !sink.wants(time) {
+                continue;
+            }
+            let image = self.converter.convert(&sample)?;
+            taken += 1;
+            if sink.frame(Frame { image, time }).map_err(ClipError::Consumer)? == Flow::Stop {
+                return Ok((taken, Flow::Stop));
+            }
+        }
+    }
+}
+
+impl Drop for LiveDecoder {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
 }
 
 /// Decodes a video file, treating second `alarm_at` of the file as the alarm time `window` is
@@ -118,6 +339,21 @@ pub fn decode_file(
     window: Window,
     on_frame: impl FnMut(Frame) -> Result<(), String>,
 ) -> Result<usize, ClipError> {
+    let mut sink = EveryFrame {
+        picker: FramePicker::new(window),
+        on_frame,
+    };
+    decode_file_into(path, base_wall, window.to, &mut sink)
+}
+
+/// Decodes a video file into `sink` up to the frame showing `to`, or until the sink stops it.
+/// `base_wall` is the wall time given to the file's first frame.
+pub fn decode_file_into(
+    path: &Path,
+    base_wall: DateTime<Utc>,
+    to: DateTime<Utc>,
+    sink: &mut dyn FrameSink,
+) -> Result<usize, ClipError> {
     if !path.is_file() {
         return Err(ClipError::File {
             path: path.display().to_string(),
@@ -127,7 +363,7 @@ pub fn decode_file(
     let location = path.display().to_string().replace('\\', "\\\\").replace('"', "\\\"");
     let head = format!("filesrc location=\"{location}\" ! decodebin");
     let pipeline = build_decoder(&head)?;
-    let result = pull_frames(&pipeline, window, base_wall, on_frame);
+    let result = pull_frames(&pipeline, to, base_wall, sink);
     let _ = pipeline.set_state(gst::State::Null);
     result.map_err(|e| match e {
         ClipError::Decode(reason) => ClipError::File {
@@ -235,9 +471,9 @@ fn rgb_image(buffer: &gst::Buffer, info: &gst_video::VideoInfo) -> Result<RgbIma
 
 fn pull_frames(
     pipeline: &gst::Pipeline,
-    window: Window,
+    to: DateTime<Utc>,
     base_wall: DateTime<Utc>,
-    mut on_frame: impl FnMut(Frame) -> Result<(), String>,
+    frames: &mut dyn FrameSink,
 ) -> Result<usize, ClipError> {
     let sink = pipeline
         .by_name("sink")
@@ -246,7 +482,6 @@ fn pull_frames(
     pipeline
         .set_state(gst::State::Playing)
         .map_err(|e| ClipError::Gst(e.to_string()))?;
-    let mut picker = FramePicker::new(window);
     let mut converter = RgbConverter::default();
     let mut delivered = 0usize;
     let started = std::time::Instant::now();
@@ -272,15 +507,17 @@ fn pull_frames(
                 .pts()
                 .map(|p| TimeDelta::nanoseconds(p.nseconds() as i64))
                 .unwrap_or_default();
-        if time > window.to {
+        if time > to {
             break;
         }
-        if !picker.take(time) {
+        if !frames.wants(time) {
             continue;
         }
         let image = converter.convert(&sample)?;
-        on_frame(Frame { image, time }).map_err(ClipError::Consumer)?;
         delivered += 1;
+        if frames.frame(Frame { image, time }).map_err(ClipError::Consumer)? == Flow::Stop {
+            return Ok(delivered);
+        }
     }
     if let Some(err) = pending_error(pipeline) {
         return Err(ClipError::Decode(err));

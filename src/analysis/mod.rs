@@ -4,6 +4,8 @@
 pub mod clip;
 pub mod detect;
 pub mod evidence;
+pub mod live;
 pub mod policy;
 pub mod verdict;
 pub mod verify;
+pub mod workers;

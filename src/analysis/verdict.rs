@@ -47,6 +47,12 @@ pub struct VerdictDocument {
     pub reason: String,
     pub detections: Vec<ReportedDetection>,
     pub frames_analyzed: usize,
+    /// Detector runs spent on this alarm.
+    #[serde(default)]
+    pub inferences: usize,
+    /// Which of the camera's streams was analysed: `detect` or `main`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
     pub model: String,
     pub latency_ms: u64,
     pub evidence_topic: Option<String>,
@@ -79,6 +85,7 @@ impl VerdictDocument {
             reason: decision.reason.clone(),
             detections,
             frames_analyzed: frames.len(),
+            inferences: frames.len(),
             ..Self::unverifiable(alarm, site, model, "")
         }
     }
@@ -95,6 +102,8 @@ impl VerdictDocument {
             reason: reason.into(),
             detections: Vec::new(),
             frames_analyzed: 0,
+            inferences: 0,
+            stream: None,
             model: model.into(),
             latency_ms: 0,
             evidence_topic: None,

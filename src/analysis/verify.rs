@@ -1,17 +1,22 @@
-//! One alarm through the pipeline: decoded frames → detector → policy → verdict and evidence.
+//! One alarm through the analysis: decoded frames → detector → policy, frame by frame, → verdict
+//! and evidence.
 //!
-//! The live service and `verify-clip` both come through here; they differ only in where the
-//! frames are decoded from.
+//! [`Analysis`] is incremental: it samples coarsely until a candidate is in view and densely
+//! after, asks the policy after every frame, and stops the decoder as soon as the alarm is
+//! verified. A false alarm is only concluded at the end of the window. The live service
+//! (`analysis::live`) and `verify-clip`/`eval` both come through here; they differ only in where
+//! the frames are decoded from.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use chrono::{TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
+use image::RgbImage;
 
-use crate::analysis::clip::{self, ClipError, Frame, Window};
+use crate::analysis::clip::{self, ClipError, Decoders, Flow, Frame, FrameSink, Window};
 use crate::analysis::detect::Detector;
-use crate::analysis::evidence::{self, Annotations, Scaled};
+use crate::analysis::evidence::{self, Annotations};
 use crate::analysis::policy::{Decision, FrameDetections, Outcome, Policy};
 use crate::analysis::verdict::{VerdictDocument, rfc3339};
 use crate::config::{ClipConfig, Config, EvidenceConfig};
@@ -27,6 +32,7 @@ pub enum VerifyError {
 }
 
 /// A verdict with its evidence JPEG, when there is a frame to show.
+#[derive(Clone)]
 pub struct Finding {
     pub doc: VerdictDocument,
     pub evidence: Option<Vec<u8>>,
@@ -40,10 +46,11 @@ pub struct Verifier {
     clip: ClipConfig,
     evidence: EvidenceConfig,
     site: String,
+    decoders: Decoders,
 }
 
 impl Verifier {
-    pub fn new(detector: Arc<Detector>, config: &Config) -> Self {
+    pub fn new(detector: Arc<Detector>, config: &Config, decoders: Decoders) -> Self {
         Self {
             detector,
             site_policy: Policy::new(&config.policy),
@@ -55,6 +62,7 @@ impl Verifier {
             clip: config.clip.clone(),
             evidence: config.evidence.clone(),
             site: config.site.clone(),
+            decoders,
         }
     }
 
@@ -62,18 +70,26 @@ impl Verifier {
         self.detector.model_name()
     }
 
+    pub fn decoders(&self) -> &Decoders {
+        &self.decoders
+    }
+
     fn policy_for(&self, camera: &str) -> &Policy {
         self.camera_policies.get(camera).unwrap_or(&self.site_policy)
     }
 
-    /// The part of the clip analysed for `alarm`.
-    pub fn window(&self, alarm: &Alarm) -> Window {
+    /// The part of the clip analysed for an alarm at `time`.
+    pub fn window_at(&self, time: DateTime<Utc>) -> Window {
         let ms = |s: f64| TimeDelta::milliseconds((s * 1000.0) as i64);
         Window {
-            from: alarm.time - ms(self.clip.pre_s),
-            to: alarm.time + ms(self.clip.post_s),
+            from: time - ms(self.clip.pre_s),
+            to: time + ms(self.clip.post_s),
             fps: self.clip.analysis_fps,
         }
+    }
+
+    pub fn window(&self, alarm: &Alarm) -> Window {
+        self.window_at(alarm.time)
     }
 
     pub fn unverifiable(&self, alarm: &Alarm, reason: &str) -> Finding {
@@ -83,50 +99,26 @@ impl Verifier {
         }
     }
 
-    /// Runs `decode`, which feeds frames of the window to the callback it is given, and judges them
-    /// by the policy of the alarm's camera. Blocking: decoding and inference run on this thread.
-    pub fn analyze(
-        &self,
-        alarm: &Alarm,
-        decode: impl FnOnce(&mut dyn FnMut(Frame) -> Result<(), String>) -> Result<usize, ClipError>,
-    ) -> Result<Finding, VerifyError> {
-        let policy = self.policy_for(&alarm.camera);
-        let mut frames: Vec<FrameDetections> = Vec::new();
-        // Kept at evidence size until the policy says which frame shows the cause best.
-        let mut images: Vec<Scaled> = Vec::new();
-        let mut size = (0, 0);
-        let decoded = decode(&mut |frame: Frame| {
-            let detections = self.detector.detect(&frame.image).map_err(|e| e.to_string())?;
-            tracing::debug!(
-                alarm_id = %alarm.alarm_id,
-                frame_time = %rfc3339(frame.time),
-                detections = ?detections.iter().map(|d| format!("{} {:.2} [{:.0} {:.0} {:.0} {:.0}]", d.label, d.score, d.bbox.x, d.bbox.y, d.bbox.w, d.bbox.h)).collect::<Vec<_>>(),
-                "frame analysed"
-            );
-            size = frame.image.dimensions();
-            images.push(evidence::fit(frame.image, self.evidence.max_size).map_err(|e| e.to_string())?);
-            frames.push(FrameDetections {
-                time: frame.time,
-                detections,
-            });
-            Ok(())
-        });
-        if decoded.map_err(VerifyError::Clip)? == 0 {
-            return Err(VerifyError::NoFrames);
+    /// Starts the analysis of `alarm` over `window` (which may reach beyond the alarm's own, when
+    /// alarms on one camera share an analysis).
+    pub fn start(self: &Arc<Self>, alarm: &Alarm, window: Window) -> Analysis {
+        Analysis {
+            verifier: self.clone(),
+            alarm: alarm.clone(),
+            window,
+            sampler: Sampler::new(window.from, self.clip.coarse_fps, self.clip.analysis_fps),
+            frames: Vec::new(),
+            images: Vec::new(),
+            size: (0, 0),
+            verified: None,
+            notes: Vec::new(),
+            stream: None,
         }
-        let decision = policy.decide(&frames, alarm.time, size);
-        let doc = VerdictDocument::decided(alarm, &self.site, self.model_name(), &decision, &frames, size);
-        let evidence = decision.evidence_frame.and_then(|i| {
-            self.render_evidence(alarm, policy, &decision, &frames[i], &images[i], i)
-                .map_err(|e| tracing::warn!(alarm_id = %alarm.alarm_id, error = %e, "no evidence image"))
-                .ok()
-        });
-        Ok(Finding { doc, evidence })
     }
 
     /// verify-clip's path: treats second `alarm_at` of a video file as an alarm on `camera` (whose
     /// policy applies) raised now, and judges the clip around it.
-    pub fn verify_file(&self, file: &Path, alarm_at: f64, camera: &str) -> Result<Finding, VerifyError> {
+    pub fn verify_file(self: &Arc<Self>, file: &Path, alarm_at: f64, camera: &str) -> Result<Finding, VerifyError> {
         let now = Utc::now();
         let alarm = Alarm {
             alarm_id: format!("clip-{}", uuid::Uuid::new_v4().simple()),
@@ -139,24 +131,231 @@ impl Verifier {
         // The file's first frame is alarm_at seconds before the alarm.
         let base = now - TimeDelta::milliseconds((alarm_at * 1000.0) as i64);
         let window = self.window(&alarm);
-        let mut finding = self.analyze(&alarm, |on_frame| clip::decode_file(file, base, window, on_frame))?;
+        let mut analysis = self.start(&alarm, window);
+        clip::decode_file_into(file, base, window.to, &mut analysis).map_err(VerifyError::Clip)?;
+        let mut finding = analysis.finish(None)?;
         finding.doc.latency_ms = alarm.received_at.elapsed().as_millis() as u64;
         Ok(finding)
     }
+}
 
+/// Picks frames on a grid of `1 / fps` from the window's start: the first frame in each slot. The
+/// rate starts coarse and turns dense for good once a candidate is in view.
+struct Sampler {
+    from: DateTime<Utc>,
+    fps: f64,
+    dense_fps: f64,
+    last: Option<DateTime<Utc>>,
+}
+
+impl Sampler {
+    fn new(from: DateTime<Utc>, coarse_fps: f64, dense_fps: f64) -> Self {
+        Self {
+            from,
+            fps: coarse_fps,
+            dense_fps,
+            last: None,
+        }
+    }
+
+    fn slot(&self, time: DateTime<Utc>) -> i64 {
+        ((time - self.from).as_seconds_f64() * self.fps).round() as i64
+    }
+
+    fn take(&mut self, time: DateTime<Utc>) -> bool {
+        if time < self.from || self.last.is_some_and(|l| self.slot(l) == self.slot(time)) {
+            return false;
+        }
+        self.last = Some(time);
+        true
+    }
+
+    fn densify(&mut self) {
+        self.fps = self.dense_fps;
+    }
+}
+
+/// An alarm being analysed, frame by frame. Feed it frames (it is a [`FrameSink`]), then
+/// [`finish`](Self::finish) it.
+pub struct Analysis {
+    verifier: Arc<Verifier>,
+    alarm: Alarm,
+    window: Window,
+    sampler: Sampler,
+    frames: Vec<FrameDetections>,
+    /// Frames that may become the evidence, at evidence size: those with detections, and the one
+    /// nearest the alarm (shown when nothing was detected).
+    images: Vec<Option<RgbImage>>,
+    size: (u32, u32),
+    verified: Option<Decision>,
+    notes: Vec<String>,
+    stream: Option<String>,
+}
+
+impl FrameSink for Analysis {
+    fn wants(&mut self, time: DateTime<Utc>) -> bool {
+        self.verified.is_none() && time <= self.window.to && self.sampler.take(time)
+    }
+
+    fn frame(&mut self, frame: Frame) -> Result<Flow, String> {
+        let detections = self.verifier.detector.detect(&frame.image).map_err(|e| e.to_string())?;
+        tracing::debug!(
+            alarm_id = %self.alarm.alarm_id,
+            frame_time = %rfc3339(frame.time),
+            detections = ?detections.iter().map(|d| format!("{} {:.2} [{:.0} {:.0} {:.0} {:.0}]", d.label, d.score, d.bbox.x, d.bbox.y, d.bbox.w, d.bbox.h)).collect::<Vec<_>>(),
+            "frame analysed"
+        );
+        self.size = frame.image.dimensions();
+        let verifier = self.verifier.clone();
+        let policy = verifier.policy_for(&self.alarm.camera);
+        if detections.iter().any(|d| policy.is_candidate(d, self.size)) {
+            self.sampler.densify();
+        }
+        self.keep_image(frame.image, frame.time, !detections.is_empty())?;
+        self.frames.push(FrameDetections {
+            time: frame.time,
+            detections,
+        });
+        let decision = policy.decide(&self.frames, self.alarm.time, self.size);
+        if decision.outcome == Outcome::Verified {
+            self.verified = Some(decision);
+            return Ok(Flow::Stop);
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+impl Analysis {
+    pub fn alarm(&self) -> &Alarm {
+        &self.alarm
+    }
+
+    pub fn window(&self) -> Window {
+        self.window
+    }
+
+    /// Lets the window reach further, for a later alarm on the same camera that shares this analysis.
+    pub fn extend_to(&mut self, to: DateTime<Utc>) {
+        self.window.to = self.window.to.max(to);
+    }
+
+    pub fn is_verified(&self) -> bool {
+        self.verified.is_some()
+    }
+
+    pub fn frames_analysed(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// A line added to the verdict's reason (e.g. which stream was analysed, and why).
+    pub fn note(&mut self, note: String) {
+        self.notes.push(note);
+    }
+
+    /// Names the stream analysed, for the verdict document.
+    pub fn set_stream(&mut self, stream: &str) {
+        self.stream = Some(stream.to_owned());
+    }
+
+    /// The time of the frame the evidence will show, once decided.
+    pub fn evidence_time(&self) -> Option<DateTime<Utc>> {
+        let decision = self.decision_so_far();
+        decision.evidence_frame.and_then(|i| self.frames.get(i)).map(|f| f.time)
+    }
+
+    fn decision_so_far(&self) -> Decision {
+        match &self.verified {
+            Some(d) => d.clone(),
+            None => self
+                .verifier
+                .policy_for(&self.alarm.camera)
+                .decide(&self.frames, self.alarm.time, self.size),
+        }
+    }
+
+    fn keep_image(&mut self, image: RgbImage, time: DateTime<Utc>, detected: bool) -> Result<(), String> {
+        let nearest_so_far = self
+            .frames
+            .iter()
+            .zip(&self.images)
+            .filter(|(f, i)| i.is_some() && f.detections.is_empty())
+            .all(|(f, _)| (time - self.alarm.time).abs() < (f.time - self.alarm.time).abs());
+        if !detected && !nearest_so_far {
+            self.images.push(None);
+            return Ok(());
+        }
+        if !detected {
+            // Only one frame without detections is kept: the one nearest the alarm.
+            for (f, i) in self.frames.iter().zip(self.images.iter_mut()) {
+                if f.detections.is_empty() {
+                    *i = None;
+                }
+            }
+        }
+        let fitted = evidence::fit(image, self.verifier.evidence.max_size).map_err(|e| e.to_string())?;
+        self.images.push(Some(fitted.image));
+        Ok(())
+    }
+
+    /// The verdict and its evidence. `main_frame` is the main stream's frame at
+    /// [`evidence_time`](Self::evidence_time), when the analysed stream was the detect stream: the
+    /// evidence then shows it, with the boxes scaled to it.
+    pub fn finish(self, main_frame: Option<RgbImage>) -> Result<Finding, VerifyError> {
+        if self.frames.is_empty() {
+            return Err(VerifyError::NoFrames);
+        }
+        let policy = self.verifier.policy_for(&self.alarm.camera);
+        let mut decision = self.decision_so_far();
+        for note in &self.notes {
+            decision.reason.push_str("; ");
+            decision.reason.push_str(note);
+        }
+        let mut doc = VerdictDocument::decided(
+            &self.alarm,
+            &self.verifier.site,
+            self.verifier.model_name(),
+            &decision,
+            &self.frames,
+            self.size,
+        );
+        doc.stream = self.stream.clone();
+        let evidence = decision.evidence_frame.and_then(|i| {
+            let image = match main_frame {
+                Some(main) => Some(main),
+                None => self.images.get(i).cloned().flatten(),
+            }?;
+            self.render_evidence(policy, &decision, i, image)
+                .map_err(|e| tracing::warn!(alarm_id = %self.alarm.alarm_id, error = %e, "no evidence image"))
+                .ok()
+        });
+        Ok(Finding { doc, evidence })
+    }
+
+    /// Draws frame `index`'s detections, scaled from the analysed frames to `image`.
     fn render_evidence(
         &self,
-        alarm: &Alarm,
         policy: &Policy,
         decision: &Decision,
-        frame: &FrameDetections,
-        image: &Scaled,
         index: usize,
+        image: RgbImage,
     ) -> Result<Vec<u8>, evidence::EvidenceError> {
+        let frame = &self.frames[index];
+        let (w, h) = image.dimensions();
+        let (sx, sy) = (
+            w as f32 / self.size.0.max(1) as f32,
+            h as f32 / self.size.1.max(1) as f32,
+        );
         let detections: Vec<_> = frame
             .detections
             .iter()
             .cloned()
+            .map(|mut d| {
+                d.bbox.x *= sx;
+                d.bbox.w *= sx;
+                d.bbox.y *= sy;
+                d.bbox.h *= sy;
+                d
+            })
             .zip(decision.roles[index].iter().copied())
             .collect();
         let verdict = match decision.outcome {
@@ -167,9 +366,10 @@ impl Verifier {
             detections: &detections,
             zones: policy.zones(),
             masks: policy.masks(),
-            header: format!("{} {}", alarm.camera, rfc3339(frame.time)),
+            header: format!("{} {}", self.alarm.camera, rfc3339(frame.time)),
             footer: format!("{verdict}: {}", decision.reason),
         };
-        evidence::render(image, &notes, &self.evidence)
+        let scaled = evidence::fit(image, self.verifier.evidence.max_size)?;
+        evidence::render(&scaled, &notes, &self.verifier.evidence)
     }
 }

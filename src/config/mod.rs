@@ -164,13 +164,19 @@ impl Config {
         if self.clip.coarse_fps > self.clip.analysis_fps {
             return Err(invalid(
                 "clip.coarse_fps",
-                format!("expected at most clip.analysis_fps ({}), got {}", self.clip.analysis_fps, self.clip.coarse_fps),
+                format!(
+                    "expected at most clip.analysis_fps ({}), got {}",
+                    self.clip.analysis_fps, self.clip.coarse_fps
+                ),
             ));
         }
         if self.clip.decoder.trim().is_empty() || self.clip.decoder.contains(|c: char| c.is_whitespace() || c == '!') {
             return Err(invalid(
                 "clip.decoder",
-                format!("expected \"auto\", \"software\" or a GStreamer element name, got {:?}", self.clip.decoder),
+                format!(
+                    "expected \"auto\", \"software\" or a GStreamer element name, got {:?}",
+                    self.clip.decoder
+                ),
             ));
         }
         check_positive(self.clip.buffer_s, false).map_err(|e| invalid("clip.buffer_s", e))?;

@@ -1,5 +1,5 @@
-//! A camera: the thread that keeps its RTSP stream flowing into the ring buffer, restarting it on
-//! errors and stalls, and the handle the service asks for clips and health.
+//! A camera: the threads that keep its RTSP streams (main, and detect when configured) flowing into
+//! their ring buffers, restarting them on errors and stalls, and the handle analysis reads from.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,10 +10,10 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use tokio::sync::mpsc;
 
-use super::health::{CameraHealth, LinkState, RateMeter};
+use super::health::{CameraHealth, LinkState, RateMeter, StreamHealth};
 use super::pipeline::{self, describe_bus_message};
-use super::ring::{AccessUnit, EncodedSlice, Ring};
-use crate::config::{CameraConfig, redact_url};
+use super::ring::{AccessUnit, Cursor, EncodedSlice, Ring};
+use crate::config::{CameraConfig, RtspTransport, redact_url};
 
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(10);
@@ -37,17 +37,62 @@ pub enum CameraError {
     },
 }
 
-struct Shared {
-    ring: Mutex<Ring>,
-    health: Mutex<CameraHealth>,
-    stop: AtomicBool,
+/// Which of a camera's streams: the main one (evidence, clips) or the detect substream (analysis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    Main,
+    Detect,
 }
 
-/// A running camera ingest. Dropping it stops the pipeline.
+impl StreamKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            StreamKind::Main => "main stream",
+            StreamKind::Detect => "detect stream",
+        }
+    }
+}
+
+struct StreamShared {
+    ring: Mutex<Ring>,
+    health: Mutex<StreamHealth>,
+}
+
+struct Shared {
+    id: String,
+    main: StreamShared,
+    detect: Option<StreamShared>,
+    stop: AtomicBool,
+    health_tx: mpsc::UnboundedSender<CameraHealth>,
+}
+
+impl Shared {
+    fn stream(&self, kind: StreamKind) -> Option<&StreamShared> {
+        match kind {
+            StreamKind::Main => Some(&self.main),
+            StreamKind::Detect => self.detect.as_ref(),
+        }
+    }
+
+    fn health(&self) -> CameraHealth {
+        CameraHealth {
+            camera: self.id.clone(),
+            main: lock(&self.main.health).clone(),
+            detect: self.detect.as_ref().map(|d| lock(&d.health).clone()),
+        }
+    }
+
+    fn report(&self) {
+        let _ = self.health_tx.send(self.health());
+    }
+}
+
+/// A running camera ingest: its main stream and, when configured, its detect stream, each in a
+/// ring of its own. Dropping it stops the pipelines.
 pub struct Camera {
     id: String,
     shared: Arc<Shared>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -56,36 +101,44 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Camera {
-    /// Starts ingesting `config`'s stream; health changes are sent on `health_tx`.
+    /// Starts ingesting `config`'s streams; health changes are sent on `health_tx`.
     pub fn start(config: &CameraConfig, buffer: Duration, health_tx: mpsc::UnboundedSender<CameraHealth>) -> Self {
-        let health = CameraHealth {
-            camera: config.id.clone(),
-            state: LinkState::Offline,
-            since: Utc::now(),
-            fps: None,
-            resolution: None,
-            codec: None,
-            url: redact_url(&config.url),
-            last_error: Some("connecting".into()),
+        let stream = |url: &str| StreamShared {
+            ring: Mutex::new(Ring::new(buffer)),
+            health: Mutex::new(StreamHealth::connecting(redact_url(url))),
         };
         let shared = Arc::new(Shared {
-            ring: Mutex::new(Ring::new(buffer)),
-            health: Mutex::new(health),
+            id: config.id.clone(),
+            main: stream(&config.url),
+            detect: config.detect_url.as_deref().map(stream),
             stop: AtomicBool::new(false),
-        });
-        let worker = Ingest {
-            config: config.clone(),
-            shared: shared.clone(),
             health_tx,
-        };
-        let thread = std::thread::Builder::new()
-            .name(format!("camera-{}", config.id))
-            .spawn(move || worker.supervise())
-            .ok();
+        });
+        let mut streams = vec![(StreamKind::Main, config.url.clone())];
+        if let Some(url) = &config.detect_url {
+            streams.push((StreamKind::Detect, url.clone()));
+        }
+        let threads = streams
+            .into_iter()
+            .filter_map(|(kind, url)| {
+                let worker = Ingest {
+                    shared: shared.clone(),
+                    kind,
+                    url,
+                    transport: config.transport,
+                    stall_timeout_s: config.stall_timeout_s,
+                };
+                let suffix = if kind == StreamKind::Detect { "-detect" } else { "" };
+                std::thread::Builder::new()
+                    .name(format!("camera-{}{suffix}", config.id))
+                    .spawn(move || worker.supervise())
+                    .ok()
+            })
+            .collect();
         Self {
             id: config.id.clone(),
             shared,
-            thread,
+            threads,
         }
     }
 
@@ -94,33 +147,56 @@ impl Camera {
     }
 
     pub fn health(&self) -> CameraHealth {
-        lock(&self.shared.health).clone()
+        self.shared.health()
     }
 
-    /// Waits until the buffer covers `to` (or `give_up` passes), then returns the slice `[from, to]`.
-    /// Returns as soon as the camera is known to be offline.
-    pub async fn clip(
-        &self,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        give_up: tokio::time::Instant,
-    ) -> Result<EncodedSlice, CameraError> {
-        loop {
-            let health = self.health();
-            if health.state == LinkState::Offline {
-                return Err(CameraError::Offline {
-                    camera: self.id.clone(),
-                    since: health.since,
-                    reason: health.last_error.unwrap_or_else(|| "no video".into()),
-                });
-            }
-            let covered = lock(&self.shared.ring).newest().is_some_and(|n| n >= to);
-            if covered || tokio::time::Instant::now() >= give_up {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let ring = lock(&self.shared.ring);
+    pub fn has_detect_stream(&self) -> bool {
+        self.shared.detect.is_some()
+    }
+
+    /// Why the camera cannot be analysed now: its main stream is offline.
+    pub fn offline(&self) -> Option<CameraError> {
+        let health = lock(&self.shared.main.health).clone();
+        (health.state == LinkState::Offline).then(|| CameraError::Offline {
+            camera: self.id.clone(),
+            since: health.since,
+            reason: health.last_error.unwrap_or_else(|| "no video".into()),
+        })
+    }
+
+    /// The link of one stream; None for a detect stream the camera does not have.
+    pub fn stream_health(&self, kind: StreamKind) -> Option<StreamHealth> {
+        self.shared.stream(kind).map(|s| lock(&s.health).clone())
+    }
+
+    pub fn stream_online(&self, kind: StreamKind) -> bool {
+        self.stream_health(kind).is_some_and(|h| h.state == LinkState::Online)
+    }
+
+    /// The caps to decode `kind`'s units with.
+    pub fn caps(&self, kind: StreamKind) -> Option<gst::Caps> {
+        self.shared.stream(kind).and_then(|s| lock(&s.ring).caps())
+    }
+
+    /// Arrival time of the newest unit of `kind`.
+    pub fn newest(&self, kind: StreamKind) -> Option<DateTime<Utc>> {
+        self.shared.stream(kind).and_then(|s| lock(&s.ring).newest())
+    }
+
+    /// A reader's start on `kind`: just before the keyframe at or before `from`.
+    pub fn cursor_before(&self, kind: StreamKind, from: DateTime<Utc>) -> Option<Cursor> {
+        self.shared.stream(kind).and_then(|s| lock(&s.ring).cursor_before(from))
+    }
+
+    /// The units of `kind` after `cursor` (see [`Ring::read`]).
+    pub fn read(&self, kind: StreamKind, cursor: &mut Cursor) -> Option<Vec<AccessUnit>> {
+        self.shared.stream(kind).and_then(|s| lock(&s.ring).read(cursor))
+    }
+
+    /// The buffered units of `kind` covering `[from, to]`, from the keyframe at or before `from`.
+    pub fn slice(&self, kind: StreamKind, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<EncodedSlice, CameraError> {
+        let stream = self.shared.stream(kind).unwrap_or(&self.shared.main);
+        let ring = lock(&stream.ring);
         ring.slice(from, to).ok_or_else(|| CameraError::NotBuffered {
             camera: self.id.clone(),
             from,
@@ -136,17 +212,19 @@ impl Camera {
 impl Drop for Camera {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
 }
 
-/// The thread that keeps one camera's pipeline running, restarting it on errors and stalls.
+/// The thread that keeps one of a camera's streams running, restarting it on errors and stalls.
 struct Ingest {
-    config: CameraConfig,
     shared: Arc<Shared>,
-    health_tx: mpsc::UnboundedSender<CameraHealth>,
+    kind: StreamKind,
+    url: String,
+    transport: RtspTransport,
+    stall_timeout_s: f64,
 }
 
 enum SessionEnd {
@@ -170,7 +248,7 @@ impl Ingest {
             match end {
                 SessionEnd::Stopped => break,
                 SessionEnd::Failed(reason) => {
-                    tracing::warn!(camera = %self.config.id, url = %redact_url(&self.config.url), %reason, "camera stream lost; reconnecting");
+                    tracing::warn!(camera = %self.shared.id, stream = self.kind.name(), url = %redact_url(&self.url), %reason, "camera stream lost; reconnecting");
                     self.set_offline(&reason);
                 }
             }
@@ -185,7 +263,7 @@ impl Ingest {
 
     /// How long the camera may go without delivering video before its pipeline is restarted.
     fn stall_timeout(&self) -> Duration {
-        Duration::try_from_secs_f64(self.config.stall_timeout_s).unwrap_or(Duration::from_secs(10))
+        Duration::try_from_secs_f64(self.stall_timeout_s).unwrap_or(Duration::from_secs(10))
     }
 
     fn stopping(&self) -> bool {
@@ -199,11 +277,22 @@ impl Ingest {
         }
     }
 
+    fn stream(&self) -> &StreamShared {
+        self.shared.stream(self.kind).unwrap_or(&self.shared.main)
+    }
+
     fn build_pipeline(&self) -> Result<gst::Pipeline, CameraError> {
         let shared = self.shared.clone();
-        let health_tx = self.health_tx.clone();
+        let kind = self.kind;
         let mut rate = RateMeter::default();
-        pipeline::rtsp(&self.config, move |sample| {
+        let name = match kind {
+            StreamKind::Main => self.shared.id.clone(),
+            StreamKind::Detect => format!("{}-detect", self.shared.id),
+        };
+        pipeline::rtsp(&name, &self.url, self.transport, move |sample| {
+            let Some(stream) = shared.stream(kind) else {
+                return;
+            };
             let Some(buffer) = sample.buffer_owned() else {
                 return;
             };
@@ -213,7 +302,7 @@ impl Ingest {
             // each slice. Kept apart, a decoder would see two broken half pictures.
             if buffer.pts().is_none() {
                 if let Ok(map) = buffer.map_readable() {
-                    lock(&shared.ring).extend_last(map.as_slice());
+                    lock(&stream.ring).extend_last(map.as_slice());
                 }
                 return;
             }
@@ -221,10 +310,13 @@ impl Ingest {
                 keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
                 buffer,
                 wall: now,
+                seq: 0,
             };
-            lock(&shared.ring).push(unit, sample.caps());
+            lock(&stream.ring).push(unit, sample.caps());
             let fps = rate.tick(now);
-            update_online(&shared, &health_tx, sample.caps(), fps, now);
+            if update_online(&mut lock(&stream.health), sample.caps(), fps, now) {
+                shared.report();
+            }
         })
     }
 
@@ -245,39 +337,37 @@ impl Ingest {
                 return SessionEnd::Failed(describe_bus_message(&msg));
             }
             // A newest unit that does not change means a stalled camera.
-            let progress = lock(&self.shared.ring).newest();
+            let progress = lock(&self.stream().ring).newest();
             if progress != last_seen.0 {
                 last_seen = (progress, std::time::Instant::now());
             } else if last_seen.1.elapsed() > self.stall_timeout() {
-                return SessionEnd::Failed(format!("no video for {} s", self.config.stall_timeout_s));
+                return SessionEnd::Failed(format!("no video for {} s", self.stall_timeout_s));
             }
         }
     }
 
     fn set_offline(&self, reason: &str) {
-        lock(&self.shared.ring).clear();
-        let mut health = lock(&self.shared.health);
-        let changed = health.state != LinkState::Offline || health.last_error.as_deref() != Some(reason);
-        if health.state != LinkState::Offline {
-            health.since = Utc::now();
-        }
-        health.state = LinkState::Offline;
-        health.fps = None;
-        health.last_error = Some(reason.to_owned());
+        let stream = self.stream();
+        lock(&stream.ring).clear();
+        let changed = {
+            let mut health = lock(&stream.health);
+            let changed = health.state != LinkState::Offline || health.last_error.as_deref() != Some(reason);
+            if health.state != LinkState::Offline {
+                health.since = Utc::now();
+            }
+            health.state = LinkState::Offline;
+            health.fps = None;
+            health.last_error = Some(reason.to_owned());
+            changed
+        };
         if changed {
-            let _ = self.health_tx.send(health.clone());
+            self.shared.report();
         }
     }
 }
 
-fn update_online(
-    shared: &Shared,
-    health_tx: &mpsc::UnboundedSender<CameraHealth>,
-    caps: Option<&gst::CapsRef>,
-    fps: Option<f64>,
-    now: DateTime<Utc>,
-) {
-    let mut health = lock(&shared.health);
+/// Marks a stream online with what its caps say; true when that is news worth reporting.
+fn update_online(health: &mut StreamHealth, caps: Option<&gst::CapsRef>, fps: Option<f64>, now: DateTime<Utc>) -> bool {
     let mut changed = false;
     if health.state != LinkState::Online {
         health.state = LinkState::Online;
@@ -304,7 +394,5 @@ fn update_online(
     if fps.is_some() {
         health.fps = fps;
     }
-    if changed {
-        let _ = health_tx.send(health.clone());
-    }
+    changed
 }

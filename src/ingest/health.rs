@@ -4,10 +4,20 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-/// What the monitoring centre sees on `{prefix}/cameras/{camera}/state`.
+/// What the monitoring centre sees on `{prefix}/cameras/{camera}/state`: the main stream's link,
+/// and the detect stream's when the camera has one.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct CameraHealth {
     pub camera: String,
+    #[serde(flatten)]
+    pub main: StreamHealth,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detect: Option<StreamHealth>,
+}
+
+/// One stream's link: whether video flows, since when, what it is, and why not.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StreamHealth {
     pub state: LinkState,
     pub since: DateTime<Utc>,
     pub fps: Option<f64>,
@@ -15,6 +25,27 @@ pub struct CameraHealth {
     pub codec: Option<String>,
     pub url: String,
     pub last_error: Option<String>,
+}
+
+impl StreamHealth {
+    /// A stream not connected yet.
+    pub fn connecting(url: String) -> Self {
+        Self {
+            state: LinkState::Offline,
+            since: Utc::now(),
+            fps: None,
+            resolution: None,
+            codec: None,
+            url,
+            last_error: Some("connecting".into()),
+        }
+    }
+
+    /// Width and height from `resolution`, once known.
+    pub fn size(&self) -> Option<(u32, u32)> {
+        let (w, h) = self.resolution.as_deref()?.split_once('x')?;
+        Some((w.parse().ok()?, h.parse().ok()?))
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]

@@ -7,22 +7,24 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
 use super::camera::CameraError;
-use crate::config::{CameraConfig, RtspTransport, redact_url};
+use crate::config::{RtspTransport, redact_url};
 
 /// Builds and starts `config`'s RTSP pipeline; `on_sample` gets each access unit as it arrives,
 /// on GStreamer's streaming thread.
 pub fn rtsp(
-    config: &CameraConfig,
+    name: &str,
+    url: &str,
+    transport: RtspTransport,
     mut on_sample: impl FnMut(gst::Sample) + Send + 'static,
 ) -> Result<gst::Pipeline, CameraError> {
     let gst_err = |e: &dyn std::fmt::Display| CameraError::Gst(e.to_string());
-    let pipeline = gst::Pipeline::with_name(&format!("ingest-{}", config.id));
-    let protocols = match config.transport {
+    let pipeline = gst::Pipeline::with_name(&format!("ingest-{name}"));
+    let protocols = match transport {
         RtspTransport::Tcp => "tcp",
         RtspTransport::Udp => "udp",
     };
     let src = gst::ElementFactory::make("rtspsrc")
-        .property("location", &config.url)
+        .property("location", url)
         .property("latency", 200u32)
         .property("timeout", 5_000_000u64)
         .property("tcp-timeout", 5_000_000u64)
@@ -38,7 +40,7 @@ pub fn rtsp(
 
     let pipeline_weak = pipeline.downgrade();
     let sink_weak = sink.downgrade();
-    let camera = config.id.clone();
+    let camera = name.to_owned();
     src.connect_pad_added(move |_, pad| {
         let (Some(pipeline), Some(sink)) = (pipeline_weak.upgrade(), sink_weak.upgrade()) else {
             return;

@@ -17,6 +17,8 @@ pub struct AccessUnit {
     /// When it arrived, which is how alarm times are matched to video.
     pub wall: DateTime<Utc>,
     pub keyframe: bool,
+    /// Position in the stream, counting every unit pushed; readers continue from it.
+    pub seq: u64,
 }
 
 /// A run of access units that starts at a keyframe, with the caps needed to decode it.
@@ -30,6 +32,16 @@ pub struct Ring {
     units: VecDeque<AccessUnit>,
     caps: Option<gst::Caps>,
     window: TimeDelta,
+    next_seq: u64,
+    /// Changes whenever the stream breaks (cleared, new caps): a reader's position is then lost.
+    generation: u64,
+}
+
+/// Where a reader of the ring stands: the stream's generation and the last unit it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub generation: u64,
+    pub seq: u64,
 }
 
 impl Ring {
@@ -38,20 +50,25 @@ impl Ring {
             units: VecDeque::new(),
             caps: None,
             window: TimeDelta::from_std(window).unwrap_or(TimeDelta::seconds(10)),
+            next_seq: 0,
+            generation: 0,
         }
     }
 
-    pub fn push(&mut self, unit: AccessUnit, caps: Option<&gst::CapsRef>) {
+    /// Adds a unit; its `seq` is assigned here.
+    pub fn push(&mut self, mut unit: AccessUnit, caps: Option<&gst::CapsRef>) {
         if let Some(caps) = caps
             && self.caps.as_deref() != Some(caps)
         {
             // New stream parameters: old units cannot be decoded with the new caps.
-            self.units.clear();
+            self.clear();
             self.caps = Some(caps.to_owned());
         }
         if self.units.is_empty() && !unit.keyframe {
             return; // a slice must start at a keyframe
         }
+        unit.seq = self.next_seq;
+        self.next_seq += 1;
         let prune = unit.keyframe;
         let newest = unit.wall;
         self.units.push_back(unit);
@@ -98,6 +115,50 @@ impl Ring {
 
     pub fn clear(&mut self) {
         self.units.clear();
+        self.generation += 1;
+    }
+
+    pub fn caps(&self) -> Option<gst::Caps> {
+        self.caps.clone()
+    }
+
+    /// A cursor just before the keyframe at or before `from` (or the oldest buffered one), for a
+    /// reader that decodes from there; None while nothing is buffered.
+    pub fn cursor_before(&self, from: DateTime<Utc>) -> Option<Cursor> {
+        let start = self
+            .units
+            .iter()
+            .rfind(|u| u.keyframe && u.wall <= from)
+            .or_else(|| self.units.front())?;
+        Some(Cursor {
+            generation: self.generation,
+            seq: start.seq.wrapping_sub(1),
+        })
+    }
+
+    /// The units after `cursor`, except the newest one, which a split-off slice may still complete;
+    /// the cursor moves past them. None when the stream broke since the cursor was taken (cleared,
+    /// new caps) or the units after it are no longer buffered.
+    pub fn read(&self, cursor: &mut Cursor) -> Option<Vec<AccessUnit>> {
+        if cursor.generation != self.generation {
+            return None;
+        }
+        let first = self.units.front()?.seq;
+        let wanted = cursor.seq.wrapping_add(1);
+        if wanted < first {
+            return None;
+        }
+        let units: Vec<AccessUnit> = self
+            .units
+            .iter()
+            .skip((wanted - first) as usize)
+            .take(self.units.len().saturating_sub(1 + (wanted - first) as usize))
+            .cloned()
+            .collect();
+        if let Some(last) = units.last() {
+            cursor.seq = last.seq;
+        }
+        Some(units)
     }
 
     pub fn newest(&self) -> Option<DateTime<Utc>> {
@@ -176,6 +237,7 @@ mod tests {
             buffer: gst::Buffer::new(),
             wall: DateTime::from_timestamp(t, 0).unwrap_or_default(),
             keyframe,
+            seq: 0,
         }
     }
 
@@ -223,6 +285,35 @@ mod tests {
         assert_eq!(slice.units.first().map(|u| u.wall), Some(ts(8)));
         assert!(slice.units[0].keyframe);
         assert_eq!(slice.units.last().map(|u| u.wall), Some(ts(14)));
+    }
+
+    #[test]
+    fn a_reader_gets_each_unit_once_from_the_keyframe_and_never_the_newest() {
+        let seq: Vec<(i64, bool)> = (0..10).map(|t| (t, t % 4 == 0)).collect();
+        let mut ring = ring_with(30, &seq);
+        let mut cursor = ring.cursor_before(ts(6)).expect("buffered");
+        let first = ring.read(&mut cursor).expect("readable");
+        let walls: Vec<DateTime<Utc>> = first.iter().map(|u| u.wall).collect();
+        assert_eq!(
+            walls,
+            (4..9).map(ts).collect::<Vec<_>>(),
+            "from the keyframe at 4, without 9"
+        );
+        assert!(ring.read(&mut cursor).expect("readable").is_empty());
+        let caps = gst::Caps::builder("video/x-h264").build();
+        ring.push(unit(10, false), Some(caps.as_ref()));
+        let next: Vec<DateTime<Utc>> = ring
+            .read(&mut cursor)
+            .expect("readable")
+            .iter()
+            .map(|u| u.wall)
+            .collect();
+        assert_eq!(next, vec![ts(9)]);
+        ring.clear();
+        assert!(
+            ring.read(&mut cursor).is_none(),
+            "a broken stream is reported, not read on"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use image::RgbImage;
 
 use crate::analysis::clip;
+use crate::analysis::clip::Decoders;
 use crate::analysis::detect::{DetectError, Detector, StageTimes};
 use crate::analysis::verify::Verifier;
 use crate::config::Config;
@@ -128,7 +129,7 @@ fn python_session_run(
 
 /// Wall time of verify-clip's path (decode, detect, policy, evidence) on 10 s into the clip.
 fn bench_clip(detector: &Arc<Detector>, config: &Config, path: &Path) -> Result<(Duration, usize), BenchError> {
-    let verifier = Verifier::new(detector.clone(), config);
+    let verifier = Arc::new(Verifier::new(detector.clone(), config, Decoders::software()));
     let started = Instant::now();
     let finding = verifier
         .verify_file(path, 10.0, "bench")

@@ -4,6 +4,7 @@
 //! `expected` one of `verified` and `false_alarm`, and `#` starting a comment line.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::analysis::verdict::VerdictKind;
@@ -83,7 +84,7 @@ pub fn read_labels(dir: &Path) -> Result<Vec<Case>, EvalError> {
     Ok(cases)
 }
 
-pub fn run(verifier: &Verifier, cases: Vec<Case>) -> Report {
+pub fn run(verifier: &Arc<Verifier>, cases: Vec<Case>) -> Report {
     let outcomes = cases
         .into_iter()
         .map(|case| {

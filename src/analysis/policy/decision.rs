@@ -151,7 +151,7 @@ impl Policy {
             roles[*f][*d] = roles[*tf][*td];
         }
         let all_zones: Vec<String> = cause_lines.values().flat_map(|c| c.2.clone()).collect();
-        let evidence_frame = self.evidence_frame(frames, &roles);
+        let evidence_frame = self.evidence_frame(frames, &roles, alarm_time);
         if !cause_lines.is_empty() {
             let mut lines: Vec<(String, CauseLine)> = cause_lines.into_iter().collect();
             // People first: they are what an operator must see.
@@ -235,8 +235,14 @@ impl Policy {
             .all(|&(f, d)| frames[f].detections[d].bbox.iou(&first) >= self.stationary_iou)
     }
 
-    /// The frame with the best cause, or else the best ignored target, or else the best detection.
-    fn evidence_frame(&self, frames: &[FrameDetections], roles: &[Vec<Role>]) -> Option<usize> {
+    /// The frame with the best cause, or else the best ignored target, or else the best detection,
+    /// or else the one nearest the alarm: what the camera saw when it fired.
+    fn evidence_frame(
+        &self,
+        frames: &[FrameDetections],
+        roles: &[Vec<Role>],
+        alarm_time: DateTime<Utc>,
+    ) -> Option<usize> {
         let best_with = |role: Role| {
             frames
                 .iter()
@@ -249,7 +255,13 @@ impl Policy {
         best_with(Role::Cause)
             .or_else(|| best_with(Role::Ignored))
             .or_else(|| best_with(Role::Other))
-            .or_else(|| (!frames.is_empty()).then_some(frames.len() / 2))
+            .or_else(|| {
+                frames
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, f)| (f.time - alarm_time).abs())
+                    .map(|(i, _)| i)
+            })
     }
 
     fn target_names(&self) -> String {

@@ -87,6 +87,15 @@ impl Policy {
         &self.masks
     }
 
+    /// Whether a detection could become a cause: a target class at its minimum score that passes
+    /// the gates. Analysis samples more densely once one is in view.
+    pub fn is_candidate(&self, d: &Detection, size: (u32, u32)) -> bool {
+        self.target_of(d).is_some_and(|t| {
+            let rule = &self.targets[t].rule;
+            d.score >= rule.min_score && self.gate(d, rule, size).is_ok()
+        })
+    }
+
     pub(super) fn target_of(&self, d: &Detection) -> Option<usize> {
         self.targets.iter().position(|t| t.labels.contains(&d.label))
     }
