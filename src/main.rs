@@ -114,7 +114,15 @@ fn execute(command: Command) -> Result<()> {
         }
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
-            println!("{}: ok ({} cameras)", file.display(), config.cameras.len());
+            // The decoder element can only be checked against what this machine has installed.
+            let decoders = Decoders::choose(&config.clip.decoder).with_context(|| file.display().to_string())?;
+            println!(
+                "{}: ok ({} cameras; decoders {} and {})",
+                file.display(),
+                config.cameras.len(),
+                decoders.h264,
+                decoders.h265
+            );
             Ok(())
         }
         Command::VerifyClip {

@@ -64,8 +64,10 @@ struct Shared {
 /// Runs the service until `shutdown` completes, then answers or finishes what is in flight.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
     gstreamer::init().map_err(|e| ServiceError::Gstreamer(e.to_string()))?;
+    let decoders = Decoders::choose(&config.clip.decoder).map_err(|e| ServiceError::Decoder(e.to_string()))?;
     let detector_config = config.detector.clone();
-    let detector = tokio::task::spawn_blocking(move || Detector::load(&detector_config))
+    let sessions = config.verdict.worker_count();
+    let detector = tokio::task::spawn_blocking(move || Detector::load_sessions(&detector_config, sessions))
         .await
         .map_err(|e| ServiceError::Gstreamer(e.to_string()))??;
     tracing::info!(model = %config.detector.model.display(), "detector loaded");
@@ -111,7 +113,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     drop(health_tx);
     let state_task = tokio::spawn(publish_camera_states(publisher.clone(), health_rx));
 
-    let decoders = Decoders::choose(&config.clip.decoder).map_err(|e| ServiceError::Decoder(e.to_string()))?;
     let verifier = Arc::new(Verifier::new(Arc::new(detector), &config, decoders));
     let workers = Workers::new(config.verdict.worker_count());
     tracing::info!(workers = config.verdict.worker_count(), "analysis workers");

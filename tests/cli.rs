@@ -131,3 +131,62 @@ fn check_config_accepts_the_example_and_names_bad_keys() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml") && err.contains("port"), "{err}");
 }
+
+/// `clip.decoder`: "auto" works on this machine (software decoding, no hardware here); an element
+/// that is not installed is named in a clear error, by check-config and at the service's start.
+#[test]
+fn the_decoder_choice_is_checked_and_a_missing_element_is_named() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = |decoder: &str, detect_url: &str| {
+        let path = dir.path().join(format!("{}.toml", decoder.replace(['"', ' '], "_")));
+        let text = format!(
+            "[clip]\ndecoder = \"{decoder}\"\n[store]\npath = \"{}\"\n[[camera]]\nid = \"gate\"\nurl = \"rtsp://127.0.0.1:1/x\"\n{detect_url}",
+            dir.path().join("store.db").display()
+        );
+        std::fs::write(&path, text).expect("write config");
+        path
+    };
+    let check = |path: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_alarm-verifier"))
+            .arg("check-config")
+            .arg(path)
+            .output()
+            .expect("run check-config")
+    };
+    for decoder in ["auto", "software", "avdec_h264"] {
+        let out = check(&config(decoder, ""));
+        assert!(
+            out.status.success(),
+            "{decoder}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("avdec_h264"), "{decoder}");
+    }
+    let missing = config("nvh264dec_missing", "");
+    let out = check(&missing);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("clip.decoder") && err.contains("nvh264dec_missing"),
+        "{err}"
+    );
+    let not_a_decoder = check(&config("videoconvert", ""));
+    assert!(String::from_utf8_lossy(&not_a_decoder.stderr).contains("expected a video decoder"));
+
+    let run = Command::new(env!("CARGO_BIN_EXE_alarm-verifier"))
+        .args(["run", "--config"])
+        .arg(&missing)
+        .output()
+        .expect("run the service");
+    assert!(!run.status.success(), "the service started with a missing decoder");
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("clip.decoder") && err.contains("nvh264dec_missing"),
+        "{err}"
+    );
+
+    let out = check(&config("auto", "detect_url = \"http://10.0.0.5/sub\"\n"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("camera[0].detect_url") && err.contains("rtsp://"), "{err}");
+}

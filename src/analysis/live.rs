@@ -288,6 +288,7 @@ impl LiveAnalyser {
             });
         // Even an overloaded box finishes what it has analysed; only the main-stream frame is skipped.
         let permit = self.permit(deadline, *spent).await.ok();
+        let main_slice = main_slice.filter(|_| permit.is_some());
         let decoders = self.verifier.decoders().clone();
         let done = tokio::task::spawn_blocking(move || {
             let _permit = permit;

@@ -373,3 +373,34 @@ impl Analysis {
         evidence::render(&scaled, &notes, &self.verifier.evidence)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taken(sampler: &mut Sampler, from: DateTime<Utc>, source_fps: f64, seconds: f64) -> usize {
+        (0..(seconds * source_fps) as i64)
+            .map(|i| from + TimeDelta::microseconds((i as f64 * 1e6 / source_fps) as i64))
+            .filter(|t| sampler.take(*t))
+            .count()
+    }
+
+    #[test]
+    fn the_sampler_is_coarse_until_a_candidate_then_dense() {
+        let from = DateTime::from_timestamp(1_000, 0).unwrap_or_default();
+        let mut sampler = Sampler::new(from, 1.5, 3.0);
+        let coarse = taken(&mut sampler, from, 15.0, 4.0);
+        assert!((5..=7).contains(&coarse), "{coarse} frames in 4 s at 1.5 fps");
+        sampler.densify();
+        let dense = taken(&mut sampler, from + TimeDelta::seconds(4), 15.0, 4.0);
+        assert!((11..=13).contains(&dense), "{dense} frames in 4 s at 3 fps");
+    }
+
+    #[test]
+    fn the_sampler_skips_frames_before_the_window() {
+        let from = DateTime::from_timestamp(1_000, 0).unwrap_or_default();
+        let mut sampler = Sampler::new(from, 1.5, 3.0);
+        assert!(!sampler.take(from - TimeDelta::milliseconds(10)));
+        assert!(sampler.take(from));
+    }
+}

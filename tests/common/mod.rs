@@ -156,6 +156,8 @@ pub fn alarm_json(alarm_id: &str) -> Vec<u8> {
 pub struct Site {
     pub broker: alarm_verifier::tools::demo::Broker,
     pub server: Option<alarm_verifier::tools::demo::RtspCameraServer>,
+    /// The cameras' detect streams, on a server of their own so a test can stop them alone.
+    pub detect_server: Option<alarm_verifier::tools::demo::RtspCameraServer>,
     pub probe: Probe,
     pub service: Service,
     /// The config the service runs with, to start it again after a crash.
@@ -166,7 +168,23 @@ pub struct Site {
 impl Site {
     /// `cameras` pairs a camera id with a footage file (see `demo::footage`); `extra` holds config tables.
     pub async fn start(cameras: &[(&str, &str)], extra: &str) -> Self {
+        let streams: Vec<(&str, &str, Option<&str>)> = cameras.iter().map(|(id, f)| (*id, *f, None)).collect();
+        Self::start_streams(&streams, extra).await
+    }
+
+    /// As [`start`](Self::start), each camera with a main stream file and, optionally, a detect
+    /// stream file (served as `{id}-detect` and configured as its `detect_url`).
+    pub async fn start_streams(cameras: &[(&str, &str, Option<&str>)], extra: &str) -> Self {
         let broker = alarm_verifier::tools::demo::Broker::start().expect("broker");
+        let detect_files: Vec<(String, PathBuf)> = cameras
+            .iter()
+            .filter_map(|(id, _, d)| d.map(|d| (format!("{id}-detect"), alarm_verifier::tools::demo::footage(d))))
+            .collect();
+        let detect_mounts: Vec<(&str, &Path)> = detect_files.iter().map(|(id, f)| (id.as_str(), f.as_path())).collect();
+        let detect_server = (!detect_mounts.is_empty())
+            .then(|| alarm_verifier::tools::demo::RtspCameraServer::start(&detect_mounts).expect("rtsp server"));
+        let cameras: Vec<(&str, &str)> = cameras.iter().map(|(id, f, _)| (*id, *f)).collect();
+        let cameras = cameras.as_slice();
         let files: Vec<(&str, PathBuf)> = cameras
             .iter()
             .map(|(id, f)| (*id, alarm_verifier::tools::demo::footage(f)))
@@ -188,11 +206,21 @@ impl Site {
         .expect("probe");
         let dir = tempfile::tempdir().expect("site dir");
         let urls: Vec<(&str, String)> = cameras.iter().map(|(id, _)| (*id, server.url(id))).collect();
-        let config = site_toml(broker.port(), &urls, extra, dir.path());
+        let mut config = site_toml(broker.port(), &urls, extra, dir.path());
+        if let Some(detect) = &detect_server {
+            for (id, url) in &urls {
+                let detect_url = detect.url(&format!("{id}-detect"));
+                if detect_files.iter().any(|(d, _)| *d == format!("{id}-detect")) {
+                    let line = format!("url = \"{url}\"\n");
+                    config = config.replace(&line, &format!("{line}detect_url = \"{detect_url}\"\n"));
+                }
+            }
+        }
         let service = Service::start(&config, dir.path());
         let mut site = Self {
             broker,
             server: Some(server),
+            detect_server,
             probe,
             service,
             config,

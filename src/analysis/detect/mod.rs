@@ -121,7 +121,8 @@ struct Engine {
 }
 
 pub struct Detector {
-    engine: Mutex<Engine>,
+    /// One session per analysis worker, so workers infer in parallel; a worker takes a free one.
+    engines: Vec<Mutex<Engine>>,
     _environment: ort::environment::Environment,
     input: InputSpec,
     outputs: Outputs,
@@ -134,6 +135,12 @@ pub struct Detector {
 impl Detector {
     /// Loads the ONNX Runtime library and the model, and checks the model against the layout.
     pub fn load(config: &DetectorConfig) -> Result<Self, DetectError> {
+        Self::load_sessions(config, 1)
+    }
+
+    /// As [`load`](Self::load), with `sessions` sessions of the model for that many threads to use
+    /// at once.
+    pub fn load_sessions(config: &DetectorConfig, sessions: usize) -> Result<Self, DetectError> {
         let environment = load_runtime(&config.onnxruntime)?;
         let model = &config.model;
         let model_err = |reason: String| DetectError::Model {
@@ -147,7 +154,7 @@ impl Detector {
         }
         let builder = session_builder(&environment, config).map_err(|e| model_err(e.to_string()))?;
         let builder = register_provider(builder, config.provider)?;
-        let session = commit(builder, model).map_err(|e| model_err(e.to_string()))?;
+        let session = commit(builder.clone(), model).map_err(|e| model_err(e.to_string()))?;
         let layout_err = |reason: String| DetectError::Layout {
             path: model.clone(),
             layout: format!("{:?}", config.layout).to_lowercase(),
@@ -167,11 +174,19 @@ impl Detector {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into());
-        Ok(Self {
-            engine: Mutex::new(Engine {
+        let mut engines = vec![Mutex::new(Engine {
+            session,
+            scratch: Scratch::default(),
+        })];
+        for _ in 1..sessions.max(1) {
+            let session = commit(builder.clone(), model).map_err(|e| model_err(e.to_string()))?;
+            engines.push(Mutex::new(Engine {
                 session,
                 scratch: Scratch::default(),
-            }),
+            }));
+        }
+        Ok(Self {
+            engines,
             _environment: environment,
             input,
             outputs,
@@ -202,6 +217,18 @@ impl Detector {
         Ok((self.input.shape(), scratch.f32_input))
     }
 
+    /// A session no other thread is using, or else the first one, to wait for.
+    fn free_engine(&self) -> std::sync::MutexGuard<'_, Engine> {
+        for engine in &self.engines {
+            match engine.try_lock() {
+                Ok(guard) => return guard,
+                Err(std::sync::TryLockError::Poisoned(e)) => return e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        self.engines[0].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Runs the model on one RGB frame; boxes come back in the frame's own pixels, best first.
     pub fn detect(&self, frame: &RgbImage) -> Result<Vec<Detection>, DetectError> {
         self.detect_timed(frame).map(|(d, _)| d)
@@ -210,7 +237,7 @@ impl Detector {
     /// As [`detect`](Self::detect), with the time spent in each stage.
     pub fn detect_timed(&self, frame: &RgbImage) -> Result<(Vec<Detection>, StageTimes), DetectError> {
         let mut times = StageTimes::default();
-        let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
+        let mut engine = self.free_engine();
         let Engine { session, scratch } = &mut *engine;
         let started = Instant::now();
         let transform = preprocess::prepare(&self.input, frame, scratch).map_err(DetectError::Frame)?;
@@ -326,7 +353,9 @@ fn session_builder(
     };
     Ok(Session::builder(environment)?
         .with_optimization_level(level)?
-        .with_intra_threads(config.threads)?)
+        .with_intra_threads(config.threads)?
+        // Spinning threads would steal the cores that the other workers and GStreamer need.
+        .with_intra_op_spinning(false)?)
 }
 
 /// Registers the configured execution provider; failing to is an error, never a silent CPU fallback.
