@@ -177,13 +177,14 @@ async fn collect_verdicts(site: &mut Site, n: usize, timeout: Duration) -> Vec<V
 /// Waits for the camera's state message whose detect stream is in `state`; returns it.
 async fn detect_state(site: &mut Site, camera: &str, state: &str) -> serde_json::Value {
     let topic = topics().camera_state(camera);
-    let wanted = format!("\"detect\":{{\"state\":\"{state}\"");
+    // "connecting" is the state before the first connection, not a stream that went away.
+    let matches = |payload: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(payload)
+            .is_ok_and(|v| v["detect"]["state"] == state && v["detect"]["last_error"] != "connecting")
+    };
     let msg = site
         .probe
-        .next(
-            |m| m.topic == topic && String::from_utf8_lossy(&m.payload).contains(&wanted),
-            Duration::from_secs(30),
-        )
+        .next(|m| m.topic == topic && matches(&m.payload), Duration::from_secs(30))
         .await
         .unwrap_or_else(|| {
             panic!(
