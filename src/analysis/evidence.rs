@@ -11,7 +11,7 @@ use image::{Rgb, RgbImage};
 use imageproc::drawing::{draw_filled_rect_mut, draw_hollow_rect_mut, draw_line_segment_mut};
 use imageproc::rect::Rect;
 
-use crate::analysis::detect::Detection;
+use crate::analysis::detect::{BoxPx, Detection};
 use crate::analysis::policy::Role;
 use crate::config::{EvidenceConfig, Zone};
 
@@ -20,6 +20,7 @@ const IGNORED: Rgb<u8> = Rgb([255, 150, 0]);
 const OTHER: Rgb<u8> = Rgb([255, 220, 0]);
 const ZONE: Rgb<u8> = Rgb([0, 220, 255]);
 const MASK: Rgb<u8> = Rgb([160, 160, 160]);
+const REGION: Rgb<u8> = Rgb([230, 90, 255]);
 const INK: Rgb<u8> = Rgb([255, 255, 255]);
 const PAPER: Rgb<u8> = Rgb([0, 0, 0]);
 
@@ -63,6 +64,8 @@ pub fn fit(frame: RgbImage, max_size: u32) -> Result<Scaled, EvidenceError> {
 /// What goes on the image besides the frame.
 pub struct Annotations<'a> {
     pub detections: &'a [(Detection, Role)],
+    /// Regions of the frame detected in at full resolution where a cause was found.
+    pub regions: &'a [BoxPx],
     pub zones: &'a [Zone],
     pub masks: &'a [Zone],
     /// Top line: camera and frame time.
@@ -96,6 +99,13 @@ pub fn render(frame: &Scaled, notes: &Annotations, config: &EvidenceConfig) -> R
                 ZONE,
             );
         }
+    }
+    for region in notes.regions {
+        let s = frame.scale;
+        let (x, y) = ((region.x * s) as i32, (region.y * s) as i32);
+        let (rw, rh) = (((region.w * s) as u32).max(1), ((region.h * s) as u32).max(1));
+        draw_hollow_rect_mut(&mut image, Rect::at(x, y).of_size(rw, rh), REGION);
+        draw_text(&mut image, x + 2, y + 2, "region", text_scale, REGION);
     }
     // Causes last, so they are drawn on top.
     let mut ordered: Vec<&(Detection, Role)> = notes.detections.iter().collect();
@@ -183,7 +193,6 @@ fn draw_text(image: &mut RgbImage, x: i32, y: i32, text: &str, scale: u32, colou
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::detect::BoxPx;
 
     fn annotated(detections: &[(Detection, Role)]) -> RgbImage {
         let frame = fit(RgbImage::from_pixel(400, 300, Rgb([40, 90, 40])), 1280).expect("fit");
@@ -193,6 +202,7 @@ mod tests {
         }];
         let notes = Annotations {
             detections,
+            regions: &[],
             zones: &zones,
             masks: &[],
             header: "gate 2026-11-21T10:00:00Z".into(),

@@ -6,6 +6,7 @@ pub mod detect;
 pub mod evidence;
 pub mod live;
 pub mod policy;
+pub mod regions;
 pub mod verdict;
 pub mod verify;
 pub mod workers;

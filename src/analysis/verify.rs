@@ -16,8 +16,10 @@ use image::RgbImage;
 
 use crate::analysis::clip::{self, ClipError, Decoders, Flow, Frame, FrameSink, Window};
 use crate::analysis::detect::Detector;
+use crate::analysis::detect::{BoxPx, Detection};
 use crate::analysis::evidence::{self, Annotations};
-use crate::analysis::policy::{Decision, FrameDetections, Outcome, Policy};
+use crate::analysis::policy::{Decision, FrameDetections, Outcome, Policy, Role};
+use crate::analysis::regions::{self, Motion, Region};
 use crate::analysis::verdict::{VerdictDocument, rfc3339};
 use crate::config::{ClipConfig, Config, EvidenceConfig};
 use crate::intake::alarm::Alarm;
@@ -47,6 +49,8 @@ pub struct Verifier {
     evidence: EvidenceConfig,
     site: String,
     decoders: Decoders,
+    max_regions: usize,
+    nms_iou: f32,
 }
 
 impl Verifier {
@@ -63,6 +67,8 @@ impl Verifier {
             evidence: config.evidence.clone(),
             site: config.site.clone(),
             decoders,
+            max_regions: config.detector.max_regions,
+            nms_iou: config.detector.nms_iou,
         }
     }
 
@@ -113,6 +119,9 @@ impl Verifier {
             verified: None,
             notes: Vec::new(),
             stream: None,
+            motion: Motion::default(),
+            passes: Vec::new(),
+            inferences: 0,
         }
     }
 
@@ -190,6 +199,11 @@ pub struct Analysis {
     verified: Option<Decision>,
     notes: Vec<String>,
     stream: Option<String>,
+    motion: Motion,
+    /// Per analysed frame: the regions detected in, and for each detection the region it came from
+    /// (None: the whole-frame pass).
+    passes: Vec<(Vec<Region>, Vec<Option<usize>>)>,
+    inferences: usize,
 }
 
 impl FrameSink for Analysis {
@@ -198,7 +212,7 @@ impl FrameSink for Analysis {
     }
 
     fn frame(&mut self, frame: Frame) -> Result<Flow, String> {
-        let detections = self.verifier.detector.detect(&frame.image).map_err(|e| e.to_string())?;
+        let (detections, regions, origins) = self.detect(&frame.image)?;
         tracing::debug!(
             alarm_id = %self.alarm.alarm_id,
             frame_time = %rfc3339(frame.time),
@@ -212,6 +226,7 @@ impl FrameSink for Analysis {
             self.sampler.densify();
         }
         self.keep_image(frame.image, frame.time, !detections.is_empty())?;
+        self.passes.push((regions, origins));
         self.frames.push(FrameDetections {
             time: frame.time,
             detections,
@@ -226,6 +241,45 @@ impl FrameSink for Analysis {
 }
 
 impl Analysis {
+    /// The whole-frame pass, and on large frames the region passes: where the picture changed and
+    /// where targets were seen in the previous frame. Returns the merged detections, the regions,
+    /// and the region each detection came from.
+    #[allow(clippy::type_complexity)]
+    fn detect(&mut self, image: &RgbImage) -> Result<(Vec<Detection>, Vec<Region>, Vec<Option<usize>>), String> {
+        let detector = self.verifier.detector.clone();
+        let whole = detector.detect(image).map_err(|e| e.to_string())?;
+        self.inferences += 1;
+        let size = image.dimensions();
+        let (side, _) = detector.input_size();
+        if self.verifier.max_regions == 0 || !regions::worth_regions(size, side) {
+            return Ok((whole.clone(), Vec::new(), vec![None; whole.len()]));
+        }
+        let changes = self.motion.changes(image);
+        let policy = self.verifier.policy_for(&self.alarm.camera);
+        let mut areas: Vec<BoxPx> = self
+            .frames
+            .last()
+            .map(|f| {
+                f.detections
+                    .iter()
+                    .filter(|d| policy.is_target(d))
+                    .map(|d| d.bbox)
+                    .collect()
+            })
+            .unwrap_or_default();
+        areas.extend(changes);
+        let planned = regions::build(&areas, side, size, self.verifier.max_regions);
+        let mut passes: Vec<(Option<usize>, Detection)> = whole.into_iter().map(|d| (None, d)).collect();
+        for (i, region) in planned.iter().enumerate() {
+            let crop = image::imageops::crop_imm(image, region.x, region.y, region.side, region.side).to_image();
+            let found = detector.detect(&crop).map_err(|e| e.to_string())?;
+            self.inferences += 1;
+            passes.extend(regions::to_frame(region, found, size).into_iter().map(|d| (Some(i), d)));
+        }
+        let (origins, detections) = regions::merge(passes, self.verifier.nms_iou).into_iter().unzip();
+        Ok((detections, planned, origins))
+    }
+
     pub fn alarm(&self) -> &Alarm {
         &self.alarm
     }
@@ -319,6 +373,7 @@ impl Analysis {
             self.size,
         );
         doc.stream = self.stream.clone();
+        doc.inferences = self.inferences;
         let evidence = decision.evidence_frame.and_then(|i| {
             let image = match main_frame {
                 Some(main) => Some(main),
@@ -362,7 +417,35 @@ impl Analysis {
             Outcome::Verified => "VERIFIED",
             Outcome::FalseAlarm => "FALSE ALARM",
         };
+        // The regions the causes were found in, scaled like the boxes.
+        let regions: Vec<BoxPx> = self
+            .passes
+            .get(index)
+            .map(|(regions, origins)| {
+                let mut used: Vec<usize> = origins
+                    .iter()
+                    .zip(&decision.roles[index])
+                    .filter(|(_, role)| **role == Role::Cause)
+                    .filter_map(|(origin, _)| *origin)
+                    .collect();
+                used.sort_unstable();
+                used.dedup();
+                used.iter()
+                    .filter_map(|i| regions.get(*i))
+                    .map(|r| {
+                        let b = r.as_box();
+                        BoxPx {
+                            x: b.x * sx,
+                            y: b.y * sy,
+                            w: b.w * sx,
+                            h: b.h * sy,
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let notes = Annotations {
+            regions: &regions,
             detections: &detections,
             zones: policy.zones(),
             masks: policy.masks(),

@@ -31,6 +31,9 @@ pub struct DetectorConfig {
     /// Detections below this score are discarded before NMS.
     pub score_threshold: f32,
     pub nms_iou: f32,
+    /// Squares of the full-resolution frame detected in besides the whole frame, per analysed
+    /// frame, where it changed or targets were seen; 0 turns regions off.
+    pub max_regions: usize,
 }
 
 impl Default for DetectorConfig {
@@ -51,6 +54,7 @@ impl Default for DetectorConfig {
             labels: None,
             score_threshold: 0.25,
             nms_iou: 0.45,
+            max_regions: 4,
         }
     }
 }

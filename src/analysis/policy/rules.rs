@@ -87,6 +87,11 @@ impl Policy {
         &self.masks
     }
 
+    /// Whether a detection is of a target class, whatever its score and place.
+    pub fn is_target(&self, d: &Detection) -> bool {
+        self.target_of(d).is_some()
+    }
+
     /// Whether a detection could become a cause: a target class at its minimum score that passes
     /// the gates. Analysis samples more densely once one is in view.
     pub fn is_candidate(&self, d: &Detection, size: (u32, u32)) -> bool {
