@@ -187,6 +187,123 @@ fn a_model_of_another_layout_is_refused_naming_the_shapes() {
     );
 }
 
+/// The same detections, boxes to a hundredth of a pixel (the twins may resize to different sizes).
+fn assert_same(got: &[Detection], want: &[Detection], what: &str) {
+    assert!(!want.is_empty(), "{what}: the static twin finds nothing");
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: {:?}\nstatic twin {:?}",
+        summary(got),
+        summary(want)
+    );
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!((g.class_id, &g.label), (w.class_id, &w.label), "{what}");
+        assert!((g.score - w.score).abs() < 1e-6, "{what}: {} vs {}", g.score, w.score);
+        assert_box(g, [w.bbox.x, w.bbox.y, w.bbox.w, w.bbox.h]);
+    }
+}
+
+#[test]
+fn models_with_symbolic_dimensions_decode_as_their_static_twins() {
+    // The *_dyn twins declare symbolic sizes on the input and on every output axis; their input
+    // size comes from detector.input_size (64, as the static twins' is), or for ssd the layout's 300.
+    for (twin, model, layout, input_size) in [
+        ("yolox_64", "yolox_dyn", Layout::Yolox, Some(64)),
+        ("yolov8_64", "yolov8_dyn", Layout::Yolo, Some(64)),
+        ("yolov5_64", "yolov5_dyn", Layout::Yolo, Some(64)),
+        ("yolov5_64", "yolov5_nhwc_dyn", Layout::Yolo, Some(64)),
+        ("ssd_64", "ssd_dyn", Layout::Ssd, None),
+    ] {
+        let want = load(&config(&format!("tests/data/models/{twin}.onnx"), layout))
+            .detect(&frame())
+            .expect("detect");
+        let mut c = config(&format!("tests/data/models/{model}.onnx"), layout);
+        c.input_size = input_size;
+        // Two sessions, as two workers have: the start-up run is on the first.
+        let detector = Detector::load_sessions(&c, 2).unwrap_or_else(|e| panic!("{model} does not load: {e}"));
+        let side = input_size.unwrap_or(300);
+        assert_eq!(detector.input_size(), (side, side), "{model}");
+        assert_same(&detector.detect(&frame()).expect("detect"), &want, model);
+        // Any frame size, twice over: nothing is kept from the start-up run.
+        let big = RgbImage::from_pixel(1280, 720, image::Rgb([10, 20, 30]));
+        let again = detector.detect(&big).expect("detect");
+        assert_eq!(again.len(), want.len(), "{model}");
+    }
+}
+
+#[test]
+fn a_uint8_image_tensor_of_any_size_works_with_the_ssd_layout_alone() {
+    // As tf2onnx exports the TensorFlow Object Detection API: image_tensor [-1, -1, -1, 3], uint8,
+    // and the TensorFlow 2 extra outputs (detection_multiclass_scores before detection_scores).
+    let want = load(&config("tests/data/models/ssd_64.onnx", Layout::Ssd))
+        .detect(&frame())
+        .expect("detect");
+    let mut c = config("tests/data/models/ssd_dyn.onnx", Layout::Ssd);
+    c.input_size = Some(512);
+    let detector = load(&c);
+    assert_eq!(detector.input_size(), (512, 512));
+    assert_same(&detector.detect(&frame()).expect("detect"), &want, "ssd_dyn at 512");
+    // The uint8 input is not a float tensor to compare.
+    assert!(detector.input_tensor(&frame()).is_err());
+}
+
+#[test]
+fn a_model_with_symbolic_dimensions_of_another_layout_is_refused_naming_the_real_shapes() {
+    // YOLOv8 columns read as a YOLOX grid: the declared shape says nothing; the start-up run does.
+    let mut c = config("tests/data/models/yolov8_dyn.onnx", Layout::Yolox);
+    c.input_size = Some(64);
+    let err = load_err(&c);
+    assert!(
+        err.contains("yolov8_dyn.onnx")
+            && err.contains("\"yolox\"")
+            && err.contains("expected output [1, 84, 85]")
+            && err.contains("\"output0\" [1, 84, 3] (declared [-1, -1, -1])")
+            && err.contains("blank 64x64 frame as input [1, 3, 64, 64]"),
+        "{err}"
+    );
+    // A grid for another input size: at the layout's default 416, YOLOX has 3549 rows.
+    let err = load_err(&config("tests/data/models/yolox_dyn.onnx", Layout::Yolox));
+    assert!(
+        err.contains("expected output [1, 3549, 85] (grid rows for a 416x416 input")
+            && err.contains("\"output\" [1, 84, 85] (declared [batch, anchors, outputs])"),
+        "{err}"
+    );
+    let mut c = config("tests/data/models/yolov5_dyn.onnx", Layout::Ssd);
+    c.input_size = Some(64);
+    let err = load_err(&c);
+    assert!(
+        err.contains("\"ssd\"") && err.contains("boxes, scores") && err.contains("\"output0\" [1, 3, 85]"),
+        "{err}"
+    );
+    let err = load_err(&config("tests/data/models/ssd_dyn.onnx", Layout::Yolo));
+    assert!(
+        err.contains("expected 1 output, found 8")
+            && err.contains("\"detection_boxes\" [1, 3, 4] (declared [unk__5, unk__6, unk__7])"),
+        "{err}"
+    );
+    // Two labels do not fit 80 classes, whichever of v5 and v8 the symbolic shape leaves open.
+    let mut c = config("tests/data/models/yolov8_dyn.onnx", Layout::Yolo);
+    c.input_size = Some(64);
+    c.labels = Some(root().join("tests/data/models/yolov8_2class_64.labels"));
+    let err = load_err(&c);
+    assert!(err.contains("[1, 6, N]") && err.contains("[1, 84, 3]"), "{err}");
+}
+
+#[test]
+fn a_model_that_does_not_run_at_start_up_is_refused_with_what_was_tried() {
+    // Only NHWC 64x64 runs; unset, detector.input_size is the layout's 640, and both axis orders fail.
+    let err = load_err(&config("tests/data/models/yolov5_nhwc_dyn.onnx", Layout::Yolo));
+    assert!(
+        err.contains("yolov5_nhwc_dyn.onnx")
+            && err.contains("declared [unk__0, unk__1, unk__2, unk__3]")
+            && err.contains("[1, 3, 640, 640]")
+            && err.contains("[1, 640, 640, 3]")
+            && err.contains("detector.input_size"),
+        "{err}"
+    );
+}
+
 #[test]
 fn broken_model_files_are_clear_errors() {
     let dir = tempfile::tempdir().expect("dir");

@@ -1,8 +1,11 @@
-//! The detector: one shared ONNX Runtime session, preprocessing and decoding in Rust.
+//! The detector: one ONNX Runtime session per worker, preprocessing and decoding in Rust.
 //!
 //! The model layout (YOLOX, Ultralytics YOLO v5/v8/v11, SSD with NMS in the graph) comes from
-//! config and is checked against the model's input and output shapes when it loads, so a wrong
-//! model is a start-up error rather than garbage verdicts.
+//! config and is checked when the model loads, so a wrong model is a start-up error rather than
+//! garbage verdicts: against the shapes the model declares where they are fixed, and against the
+//! real shapes of its outputs for one blank frame, which it runs at start-up. Symbolic sizes (as
+//! tf2onnx, `torch.onnx.export` with dynamic axes and Ultralytics with `dynamic=True` export them,
+//! often on every axis) are resolved that way.
 
 mod decode;
 pub mod labels;
@@ -14,10 +17,9 @@ use std::time::{Duration, Instant};
 
 use image::RgbImage;
 use ort::ep;
-use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
-use ort::value::TensorElementType;
-use ort::value::TensorRef;
+use ort::session::{Session, SessionOutputs};
+use ort::value::{TensorElementType, TensorRef, ValueType};
 use serde::Serialize;
 
 use crate::config::{ChannelOrder, DetectorConfig, Layout, Optimization, Provider, ResizeMode};
@@ -96,7 +98,7 @@ pub struct StageTimes {
 }
 
 /// How to read the outputs, as found when the model loaded.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outputs {
     Yolox {
         classes: usize,
@@ -154,13 +156,13 @@ impl Detector {
         }
         let builder = session_builder(&environment, config).map_err(|e| model_err(e.to_string()))?;
         let builder = register_provider(builder, config.provider)?;
-        let session = commit(builder.clone(), model).map_err(|e| model_err(e.to_string()))?;
+        let mut session = commit(builder.clone(), model).map_err(|e| model_err(e.to_string()))?;
         let layout_err = |reason: String| DetectError::Layout {
             path: model.clone(),
             layout: format!("{:?}", config.layout).to_lowercase(),
             reason,
         };
-        let input = input_spec(&session, config).map_err(layout_err)?;
+        let inputs = input_specs(&session, config).map_err(layout_err)?;
         let labels = match &config.labels {
             Some(path) => labels::read(path).map_err(|reason| DetectError::Labels {
                 path: path.clone(),
@@ -169,7 +171,17 @@ impl Detector {
             None if config.layout == Layout::Ssd => labels::coco91(),
             None => labels::coco80(),
         };
-        let outputs = output_plan(&session, config.layout, &input, labels.len()).map_err(layout_err)?;
+        let declared = declared_outputs(&session);
+        // Shapes the model declares in full are checked before it runs; where some are symbolic,
+        // the run below names the real ones.
+        if let Some(first) = inputs.first()
+            && let Err(reason) = check_outputs(&declared, config.layout, first, labels.len())
+            && declared.iter().all(Port::is_static)
+        {
+            return Err(layout_err(reason));
+        }
+        let (input, outputs) =
+            probe(&mut session, inputs, &declared, config.layout, labels.len()).map_err(layout_err)?;
         let model_name = model
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -244,21 +256,18 @@ impl Detector {
         times.preprocess = started.elapsed();
 
         let started = Instant::now();
-        let shape = self.input.shape();
         let infer_err = |e: ort::Error| DetectError::Inference(e.to_string());
-        let outputs = match self.input.element {
-            ElementType::F32 => session.run(ort::inputs![
-                TensorRef::from_array_view((shape, scratch.f32_input.as_slice())).map_err(infer_err)?
-            ]),
-            ElementType::U8 => session.run(ort::inputs![
-                TensorRef::from_array_view((shape, scratch.u8_input.as_slice())).map_err(infer_err)?
-            ]),
-        }
-        .map_err(infer_err)?;
+        let outputs = run_input(session, &self.input, scratch).map_err(infer_err)?;
         times.inference = started.elapsed();
 
         let started = Instant::now();
         let tensor = |i: usize| -> Result<&[f32], DetectError> {
+            if i >= outputs.len() {
+                return Err(DetectError::Inference(format!(
+                    "the model returned {} outputs, not output {i}",
+                    outputs.len()
+                )));
+            }
             outputs[i]
                 .try_extract_tensor::<f32>()
                 .map(|(_, d)| d)
@@ -379,16 +388,116 @@ fn commit(mut builder: SessionBuilder, model: &Path) -> ort::Result<Session> {
     builder.commit_from_file(model)
 }
 
+/// Runs the model on the input that `scratch` holds for `spec`.
+fn run_input<'s>(session: &'s mut Session, spec: &InputSpec, scratch: &Scratch) -> ort::Result<SessionOutputs<'s>> {
+    let shape = spec.shape();
+    match spec.element {
+        ElementType::F32 => session.run(ort::inputs![TensorRef::from_array_view((
+            shape,
+            scratch.f32_input.as_slice()
+        ))?]),
+        ElementType::U8 => session.run(ort::inputs![TensorRef::from_array_view((
+            shape,
+            scratch.u8_input.as_slice()
+        ))?]),
+    }
+}
+
+/// Sizes of a shape; `-1` where a size is symbolic. Empty where the model declares no shape.
 fn dims(shape: Option<&ort::value::Shape>) -> Vec<i64> {
     shape.map(|s| s.iter().copied().collect()).unwrap_or_default()
 }
 
+/// A shape as the model declares it, symbolic sizes by their names: `[batch, 3, height, width]`.
+fn declared_shape(dtype: &ValueType) -> String {
+    match dtype {
+        ValueType::Tensor {
+            shape,
+            dimension_symbols,
+            ..
+        } => {
+            let sizes: Vec<String> = shape
+                .iter()
+                .enumerate()
+                .map(|(i, &size)| match dimension_symbols.get(i) {
+                    Some(symbol) if size < 0 && !symbol.is_empty() => symbol.clone(),
+                    _ => size.to_string(),
+                })
+                .collect();
+            format!("[{}]", sizes.join(", "))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// One model output, as the layout check sees it.
+#[derive(Debug, Clone)]
+struct Port {
+    name: String,
+    element: Option<TensorElementType>,
+    /// Sizes; negative where symbolic (declared shapes only). Empty where no shape is declared.
+    dims: Vec<i64>,
+    /// The declared shape where it is not static, named beside the real one once the model ran.
+    declared: Option<String>,
+}
+
+impl Port {
+    /// Whether the shape is declared in full.
+    fn is_static(&self) -> bool {
+        !self.dims.is_empty() && self.dims.iter().all(|&d| d >= 0)
+    }
+
+    fn describe(&self) -> String {
+        match &self.declared {
+            Some(declared) => format!("{:?} {:?} (declared {declared})", self.name, self.dims),
+            None => format!("{:?} {:?}", self.name, self.dims),
+        }
+    }
+
+    /// The decoders read float32.
+    fn float(&self) -> Result<(), String> {
+        match self.element {
+            Some(TensorElementType::Float32) => Ok(()),
+            Some(other) => Err(format!(
+                "output {:?} has element type {other:?}; expected float32",
+                self.name
+            )),
+            None => Err(format!("output {:?} is not a tensor", self.name)),
+        }
+    }
+}
+
+/// The outputs as the model declares them.
+fn declared_outputs(session: &Session) -> Vec<Port> {
+    session
+        .outputs()
+        .iter()
+        .map(|o| {
+            let mut port = Port {
+                name: o.name().to_owned(),
+                element: o.dtype().tensor_type(),
+                dims: dims(o.dtype().tensor_shape()),
+                declared: None,
+            };
+            if !port.is_static() {
+                port.declared = Some(declared_shape(o.dtype()));
+            }
+            port
+        })
+        .collect()
+}
+
 /// Works out the input tensor's layout, element type and size, and the preprocessing for it.
-fn input_spec(session: &Session, config: &DetectorConfig) -> Result<InputSpec, String> {
+///
+/// Where the channel axis cannot be told from the declared shape (every axis symbolic), both
+/// NCHW and NHWC come back, the likelier first (NHWC for uint8, as TensorFlow exports, NCHW for
+/// float); running the model tells them apart.
+fn input_specs(session: &Session, config: &DetectorConfig) -> Result<Vec<InputSpec>, String> {
     let [input] = session.inputs() else {
         return Err(format!("expected 1 input, found {}", session.inputs().len()));
     };
     let shape = dims(input.dtype().tensor_shape());
+    let declared = declared_shape(input.dtype());
     let element = match input.dtype().tensor_type() {
         Some(TensorElementType::Float32) => ElementType::F32,
         Some(TensorElementType::Uint8) => ElementType::U8,
@@ -399,72 +508,160 @@ fn input_spec(session: &Session, config: &DetectorConfig) -> Result<InputSpec, S
             ));
         }
     };
-    let (nhwc, h, w) = match shape.as_slice() {
-        [_, 3, h, w] => (false, *h, *w),
-        [_, h, w, 3] => (true, *h, *w),
-        _ => {
-            return Err(format!(
-                "input {:?} has shape {shape:?}; expected [1, 3, H, W] or [1, H, W, 3]",
-                input.name()
-            ));
-        }
+    let bad_shape = || {
+        format!(
+            "input {:?} has shape {declared}; expected [1, 3, H, W] or [1, H, W, 3]",
+            input.name()
+        )
     };
+    // No declared shape at all: every size symbolic.
+    let [batch, c1, mid, c3] = match shape.as_slice() {
+        [] => [-1; 4],
+        &[batch, c1, mid, c3] => [batch, c1, mid, c3],
+        _ => return Err(bad_shape()),
+    };
+    if batch >= 0 && batch != 1 {
+        return Err(bad_shape());
+    }
+    // (NHWC, channels, H, W)
+    let nchw = (false, c1, mid, c3);
+    let nhwc = (true, c3, c1, mid);
+    let mut layouts: Vec<_> = [nchw, nhwc].into_iter().filter(|l| l.1 == 3).collect();
+    if layouts.is_empty() {
+        let likelier = if element == ElementType::U8 {
+            [nhwc, nchw]
+        } else {
+            [nchw, nhwc]
+        };
+        layouts = likelier.into_iter().filter(|l| l.1 < 0).collect();
+    }
+    if layouts.is_empty() {
+        return Err(bad_shape());
+    }
     let default_size = match config.layout {
         Layout::Yolox => 416,
         Layout::Yolo => 640,
         Layout::Ssd => 300,
     };
     let side = |dim: i64| -> Result<u32, String> {
-        match (dim > 0, config.input_size) {
-            (true, Some(size)) if size as i64 != dim => Err(format!(
-                "detector.input_size = {size} but the model's input {:?} has the fixed shape {shape:?}",
+        match (u32::try_from(dim).ok().filter(|&d| d > 0), config.input_size) {
+            (Some(fixed), Some(size)) if size != fixed => Err(format!(
+                "detector.input_size = {size} but the model's input {:?} has the fixed shape {declared}",
                 input.name()
             )),
-            (true, _) => Ok(dim as u32),
-            (false, Some(size)) => Ok(size),
-            (false, None) => Ok(default_size),
+            (Some(fixed), _) => Ok(fixed),
+            (None, Some(size)) => Ok(size),
+            (None, None) => Ok(default_size),
         }
     };
-    let (height, width) = (side(h)?, side(w)?);
     let (order, scale, resize) = match config.layout {
         Layout::Yolox => (ChannelOrder::Bgr, 1.0, ResizeMode::Letterbox),
         Layout::Yolo => (ChannelOrder::Rgb, 1.0 / 255.0, ResizeMode::LetterboxCenter),
         Layout::Ssd => (ChannelOrder::Rgb, 1.0, ResizeMode::Stretch),
     };
-    Ok(InputSpec::new(
-        width,
-        height,
-        nhwc,
-        element,
-        config.channel_order.unwrap_or(order),
-        config.resize.unwrap_or(resize),
-        config.scale.unwrap_or(scale),
-        config.mean.unwrap_or([0.0; 3]),
-        config.std.unwrap_or([1.0; 3]),
+    let mut specs = Vec::with_capacity(layouts.len());
+    let mut first_err = None;
+    for (nhwc, _, h, w) in layouts {
+        match (side(h), side(w)) {
+            (Ok(height), Ok(width)) => specs.push(InputSpec::new(
+                width,
+                height,
+                nhwc,
+                element,
+                config.channel_order.unwrap_or(order),
+                config.resize.unwrap_or(resize),
+                config.scale.unwrap_or(scale),
+                config.mean.unwrap_or([0.0; 3]),
+                config.std.unwrap_or([1.0; 3]),
+            )),
+            (Err(e), _) | (_, Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        Some(e) if specs.is_empty() => Err(e),
+        _ => Ok(specs),
+    }
+}
+
+/// Runs one blank frame through the model, as the first input in `inputs` that the model takes,
+/// and checks the real shapes of its outputs against the layout.
+fn probe(
+    session: &mut Session,
+    inputs: Vec<InputSpec>,
+    declared: &[Port],
+    layout: Layout,
+    labels: usize,
+) -> Result<(InputSpec, Outputs), String> {
+    let (declared_input, symbolic) = session
+        .inputs()
+        .first()
+        .map(|i| {
+            let sizes = dims(i.dtype().tensor_shape());
+            (
+                declared_shape(i.dtype()),
+                sizes.is_empty() || sizes.iter().any(|&d| d < 0),
+            )
+        })
+        .unwrap_or_default();
+    let mut failures = Vec::new();
+    for input in inputs {
+        let (width, height) = (input.width, input.height);
+        let blank = RgbImage::from_pixel(width, height, image::Rgb([preprocess::PAD_GREY; 3]));
+        let mut scratch = Scratch::default();
+        preprocess::prepare(&input, &blank, &mut scratch)?;
+        let ran = format!("a blank {width}x{height} frame as input {:?}", input.shape());
+        let outputs = match run_input(session, &input, &scratch) {
+            Ok(outputs) => outputs,
+            Err(e) => {
+                failures.push(format!("{ran}: {}", e.to_string().trim_end()));
+                continue;
+            }
+        };
+        let real: Vec<Port> = declared
+            .iter()
+            .zip(outputs.values())
+            .map(|(port, value)| Port {
+                name: port.name.clone(),
+                element: value.dtype().tensor_type(),
+                dims: dims(value.dtype().tensor_shape()),
+                declared: port.declared.clone(),
+            })
+            .collect();
+        let describe = real.iter().map(Port::describe).collect::<Vec<_>>().join(", ");
+        return match check_outputs(&real, layout, &input, labels) {
+            Ok(Some(plan)) => Ok((input, plan)),
+            Ok(None) => Err(format!("cannot tell the layout from the outputs {describe} of {ran}")),
+            Err(reason) => Err(format!("{reason}, running {ran}")),
+        };
+    }
+    let hint = if symbolic {
+        "; detector.input_size sets the side of an input whose size is symbolic"
+    } else {
+        ""
+    };
+    Err(format!(
+        "the model (input declared {declared_input}) does not run {}{hint}",
+        failures.join("; nor ")
     ))
 }
 
-/// Checks the outputs against the layout and the number of classes.
-fn output_plan(session: &Session, layout: Layout, input: &InputSpec, labels: usize) -> Result<Outputs, String> {
-    let outputs = session.outputs();
-    let describe = || {
-        outputs
-            .iter()
-            .map(|o| format!("{:?} {:?}", o.name(), dims(o.dtype().tensor_shape())))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let fits = |dim: i64, want: usize| dim <= 0 || dim as usize == want;
+/// Checks the outputs against the layout and the number of classes. Symbolic sizes fit anything;
+/// `None` where they leave the layout open (YOLO v5 or v8), which only the real shapes tell.
+fn check_outputs(ports: &[Port], layout: Layout, input: &InputSpec, labels: usize) -> Result<Option<Outputs>, String> {
+    let describe = || ports.iter().map(Port::describe).collect::<Vec<_>>().join(", ");
+    let fits = |dim: i64, want: usize| dim < 0 || dim as usize == want;
+    let is = |dim: i64, want: usize| dim >= 0 && dim as usize == want;
     match layout {
         Layout::Yolox | Layout::Yolo => {
-            let [output] = outputs else {
-                return Err(format!("expected 1 output, found {}: {}", outputs.len(), describe()));
+            let [output] = ports else {
+                return Err(format!("expected 1 output, found {}: {}", ports.len(), describe()));
             };
-            let shape = dims(output.dtype().tensor_shape());
-            let [_, a, b] = shape.as_slice() else {
+            output.float()?;
+            let &[_, a, b] = output.dims.as_slice() else {
                 return Err(format!("expected a 3-dimensional output, found {}", describe()));
             };
-            let (a, b) = (*a, *b);
             if layout == Layout::Yolox {
                 let rows = decode::yolox_rows(input.width as usize, input.height as usize);
                 if !fits(a, rows) || !fits(b, 5 + labels) {
@@ -476,12 +673,14 @@ fn output_plan(session: &Session, layout: Layout, input: &InputSpec, labels: usi
                         describe()
                     ));
                 }
-                return Ok(Outputs::Yolox { classes: labels });
+                return Ok(Some(Outputs::Yolox { classes: labels }));
             }
-            if a > 0 && a as usize == 4 + labels {
-                Ok(Outputs::YoloV8 { classes: labels })
-            } else if b > 0 && b as usize == 5 + labels {
-                Ok(Outputs::YoloV5 { classes: labels })
+            if is(a, 4 + labels) {
+                Ok(Some(Outputs::YoloV8 { classes: labels }))
+            } else if is(b, 5 + labels) {
+                Ok(Some(Outputs::YoloV5 { classes: labels }))
+            } else if a < 0 || b < 0 {
+                Ok(None)
             } else {
                 Err(format!(
                     "expected [1, {}, N] (YOLOv8/v11) or [1, N, {}] (YOLOv5) for {labels} classes, found {}",
@@ -492,10 +691,21 @@ fn output_plan(session: &Session, layout: Layout, input: &InputSpec, labels: usi
             }
         }
         Layout::Ssd => {
+            // By name, passing over the extra outputs that TensorFlow 2 exports beside the four
+            // (detection_multiclass_scores, raw_detection_boxes, raw_detection_scores).
             let find = |keys: &[&str]| {
-                outputs
+                let named = |p: &Port| {
+                    let name = p.name.to_ascii_lowercase();
+                    keys.iter().any(|k| name.contains(k))
+                };
+                let extra = |p: &Port| {
+                    let name = p.name.to_ascii_lowercase();
+                    name.contains("raw") || name.contains("multiclass")
+                };
+                ports
                     .iter()
-                    .position(|o| keys.iter().any(|k| o.name().to_ascii_lowercase().contains(k)))
+                    .position(|p| named(p) && !extra(p))
+                    .or_else(|| ports.iter().position(named))
             };
             match (
                 find(&["box"]),
@@ -504,19 +714,24 @@ fn output_plan(session: &Session, layout: Layout, input: &InputSpec, labels: usi
                 find(&["num", "count"]),
             ) {
                 (Some(boxes), Some(scores), Some(classes), Some(count)) => {
-                    let box_shape = dims(outputs[boxes].dtype().tensor_shape());
-                    if box_shape.last().is_some_and(|d| *d != 4) {
+                    for i in [boxes, scores, classes, count] {
+                        if let Some(port) = ports.get(i) {
+                            port.float()?;
+                        }
+                    }
+                    let box_dims = ports.get(boxes).map(|p| p.dims.as_slice()).unwrap_or_default();
+                    if !box_dims.last().is_some_and(|&d| fits(d, 4)) {
                         return Err(format!(
                             "the boxes output must end in 4 (ymin, xmin, ymax, xmax), found {}",
                             describe()
                         ));
                     }
-                    Ok(Outputs::Ssd {
+                    Ok(Some(Outputs::Ssd {
                         boxes,
                         scores,
                         classes,
                         count,
-                    })
+                    }))
                 }
                 _ => Err(format!(
                     "expected outputs named for boxes, scores, classes and num_detections, found {}",
@@ -583,6 +798,84 @@ mod tests {
         assert!((a.iou(&a) - 1.0).abs() < 1e-6);
         assert!((a.iou(&b) - 50.0 / 150.0).abs() < 1e-6);
         assert_eq!(a.iou(&c), 0.0);
+    }
+
+    fn port(name: &str, dims: &[i64]) -> Port {
+        Port {
+            name: name.into(),
+            element: Some(TensorElementType::Float32),
+            dims: dims.to_vec(),
+            declared: None,
+        }
+    }
+
+    fn check(layout: Layout, ports: &[Port]) -> Result<Option<Outputs>, String> {
+        let input = InputSpec::new(
+            64,
+            64,
+            false,
+            ElementType::F32,
+            ChannelOrder::Rgb,
+            ResizeMode::Stretch,
+            1.0,
+            [0.0; 3],
+            [1.0; 3],
+        );
+        check_outputs(ports, layout, &input, 80)
+    }
+
+    #[test]
+    fn symbolic_sizes_fit_until_the_model_runs() {
+        assert_eq!(check(Layout::Yolo, &[port("o", &[-1, -1, -1])]), Ok(None));
+        assert_eq!(
+            check(Layout::Yolo, &[port("o", &[-1, 84, -1])]),
+            Ok(Some(Outputs::YoloV8 { classes: 80 }))
+        );
+        assert_eq!(
+            check(Layout::Yolo, &[port("o", &[-1, -1, 85])]),
+            Ok(Some(Outputs::YoloV5 { classes: 80 }))
+        );
+        assert!(check(Layout::Yolo, &[port("o", &[1, 6, 2])]).is_err());
+        assert_eq!(
+            check(Layout::Yolox, &[port("o", &[-1, -1, -1])]),
+            Ok(Some(Outputs::Yolox { classes: 80 }))
+        );
+        let err = check(Layout::Yolox, &[port("o", &[-1, 84, 7])]).unwrap_err();
+        assert!(
+            err.contains("[1, 84, 85]") && err.contains("\"o\" [-1, 84, 7]"),
+            "{err}"
+        );
+        // No declared shape: not static, so only a run can tell; a real rank-0 output is refused.
+        assert!(!port("o", &[]).is_static() && !port("o", &[1, -1]).is_static() && port("o", &[1, 0]).is_static());
+        assert!(check(Layout::Yolo, &[port("o", &[])]).is_err());
+    }
+
+    #[test]
+    fn ssd_outputs_are_found_by_name_past_the_tensorflow_2_extras() {
+        let mut ports = vec![
+            port("detection_anchor_indices", &[-1, -1]),
+            port("detection_boxes", &[-1, -1, -1]),
+            port("detection_classes", &[-1, -1]),
+            port("detection_multiclass_scores", &[-1, -1, -1]),
+            port("detection_scores", &[-1, -1]),
+            port("num_detections", &[-1]),
+            port("raw_detection_boxes", &[-1, -1, -1]),
+            port("raw_detection_scores", &[-1, -1, -1]),
+        ];
+        let plan = Outputs::Ssd {
+            boxes: 1,
+            scores: 4,
+            classes: 2,
+            count: 5,
+        };
+        assert_eq!(check(Layout::Ssd, &ports), Ok(Some(plan)));
+        ports[1].dims = vec![1, 100, 5];
+        let err = check(Layout::Ssd, &ports).unwrap_err();
+        assert!(err.contains("end in 4") && err.contains("[1, 100, 5]"), "{err}");
+        ports[1].dims = vec![1, 100, 4];
+        ports[2].element = Some(TensorElementType::Int64);
+        let err = check(Layout::Ssd, &ports).unwrap_err();
+        assert!(err.contains("\"detection_classes\" has element type Int64"), "{err}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::config::{ChannelOrder, ResizeMode};
 use super::BoxPx;
 
 /// Grey that letterboxed models were trained with for the padding.
-const PAD_GREY: u8 = 114;
+pub(crate) const PAD_GREY: u8 = 114;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ElementType {
