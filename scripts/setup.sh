@@ -21,6 +21,14 @@ SKIMAGE_WHEEL="scikit-image==0.26.0"
 SKIMAGE_IMAGES=(astronaut.png chelsea.png motorcycle_left.png grass.png gravel.png)
 ULTRALYTICS_WHEEL="ultralytics==8.4.190"
 ULTRALYTICS_IMAGES=(bus.jpg zidane.jpg)
+# Footage for `alarm-verifier bench-storm` (scripts/storm.sh), with a version of its own: bumping it
+# rebuilds only the storm footage, not the development set.
+STORM_DIR="$FOOTAGE_DIR/storm"
+STORM_VERSION=1
+# Each storm file's length in frames at 15 fps (120 s). The benchmark's RTSP server plays a file once
+# from the service's first connect; a whole run (start-up, filling, storm, verdicts) takes about a
+# minute, so this leaves a minute's margin.
+STORM_FRAMES=1800
 
 APT_PACKAGES=(
   pkg-config unzip ca-certificates curl openssl procps
@@ -103,6 +111,16 @@ transcode_h264() {
   mv "$dest.part" "$dest"
 }
 
+# Downloads Debian's opencv-doc into the folder $1, unpacks it there and prints the folder that holds
+# its sample footage (vtest.avi: people walking, parked vehicles; tree.avi: a tree in wind).
+opencv_doc_data() {
+  local tmp="$1"
+  (cd "$tmp" && apt-get download opencv-doc >/dev/null 2>&1) \
+    || { as_root apt-get update -qq >&2; (cd "$tmp" && apt-get download opencv-doc >/dev/null); }
+  dpkg -x "$tmp"/opencv-doc_*.deb "$tmp/x"
+  dirname "$(find "$tmp/x" -name vtest.avi | head -n1)"
+}
+
 have_all_images() {
   for f in "${OPENCV_IMAGES[@]}" "${SKIMAGE_IMAGES[@]}" "${ULTRALYTICS_IMAGES[@]}"; do
     [ -f "$SOURCES_DIR/$f" ] || return 1
@@ -118,9 +136,7 @@ install_footage() {
   rm -rf "$DEVSET_DIR"
   log "footage: building from Debian's opencv-doc"
   local tmp; tmp="$(mktemp -d)"
-  (cd "$tmp" && apt-get download opencv-doc >/dev/null 2>&1) || { as_root apt-get update -qq; (cd "$tmp" && apt-get download opencv-doc >/dev/null); }
-  dpkg -x "$tmp"/opencv-doc_*.deb "$tmp/x"
-  local data; data="$(dirname "$(find "$tmp/x" -name vtest.avi | head -n1)")"
+  local data; data="$(opencv_doc_data "$tmp")"
   mkdir -p "$FOOTAGE_DIR"
   transcode_h264 "$data/vtest.avi" "$FOOTAGE_DIR/vtest.mp4"
   transcode_h264 "$data/tree.avi" "$FOOTAGE_DIR/tree.mp4"
@@ -129,6 +145,8 @@ install_footage() {
   cp "$data/vtest.avi" "$FOOTAGE_DIR/vtest.avi"
   mkdir -p "$SOURCES_DIR"
   for f in "${OPENCV_IMAGES[@]}"; do cp "$data/$f" "$SOURCES_DIR/"; done
+  # The storm footage's empty scene (install_storm_footage).
+  cp "$data/tree.avi" "$SOURCES_DIR/"
   log "footage: photographs from the scikit-image and ultralytics wheels"
   python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux2014_x86_64 \
@@ -137,6 +155,55 @@ install_footage() {
   for f in "${ULTRALYTICS_IMAGES[@]}"; do unzip -q -o -j "$tmp"/wheels/ultralytics-*.whl "ultralytics/assets/$f" -d "$SOURCES_DIR"; done
   rm -rf "$tmp"
   echo "$FOOTAGE_VERSION" > "$FOOTAGE_DIR/.version"
+}
+
+# One storm camera's two streams, frame for frame from one decode: "$dest-1080.mp4" (main stream,
+# 1920x1080, ~4 Mbit/s) and "$dest-360.mp4" (detect stream, 640x360, ~500 kbit/s). Both at 15 fps,
+# H.264 with an IDR every 30 frames (2 s GOP), no B-frames and one slice per picture, as cameras
+# send it. The source is played $copies times in a row, cropped to 16:9 and cut at STORM_FRAMES.
+storm_camera_streams() {
+  local src="$1" dest="$2" copies="$3" sources=() i
+  for ((i = 0; i < copies; i++)); do sources+=(filesrc "location=$src" ! decodebin ! videoconvert ! c.); done
+  local x264=(x264enc speed-preset=veryfast pass=cbr key-int-max=30 bframes=0 sliced-threads=false
+    option-string=scenecut=0)
+  gst-launch-1.0 -q concat name=c ! identity single-segment=true ! videorate ! video/x-raw,framerate=15/1 \
+    ! identity eos-after="$STORM_FRAMES" ! aspectratiocrop aspect-ratio=16/9 ! videoconvert \
+    ! video/x-raw,format=I420 ! tee name=t \
+    t. ! queue ! videoscale ! video/x-raw,width=1920,height=1080,pixel-aspect-ratio=1/1 \
+    ! "${x264[@]}" bitrate=4000 ! video/x-h264,profile=high ! h264parse ! mp4mux \
+    ! filesink location="$dest-1080.mp4.part" \
+    t. ! queue ! videoscale ! video/x-raw,width=640,height=360,pixel-aspect-ratio=1/1 \
+    ! "${x264[@]}" bitrate=500 ! video/x-h264,profile=high ! h264parse ! mp4mux \
+    ! filesink location="$dest-360.mp4.part" \
+    "${sources[@]}" >/dev/null
+  mv "$dest-1080.mp4.part" "$dest-1080.mp4"
+  mv "$dest-360.mp4.part" "$dest-360.mp4"
+}
+
+# The cameras of `alarm-verifier bench-storm`: people walking (vtest.avi) and an empty scene with
+# natural motion (tree.avi), each as a main and a detect stream (storm_camera_streams).
+install_storm_footage() {
+  if [ -f "$STORM_DIR/people-1080.mp4" ] && [ -f "$STORM_DIR/people-360.mp4" ] \
+    && [ -f "$STORM_DIR/empty-1080.mp4" ] && [ -f "$STORM_DIR/empty-360.mp4" ] \
+    && [ "$(cat "$STORM_DIR/.version" 2>/dev/null)" = "$STORM_VERSION" ]; then
+    log "storm footage: present"; return
+  fi
+  log "storm footage: building (about a minute)"
+  local started=$SECONDS
+  if [ ! -f "$SOURCES_DIR/tree.avi" ]; then
+    local tmp; tmp="$(mktemp -d)"
+    local data; data="$(opencv_doc_data "$tmp")"
+    mkdir -p "$SOURCES_DIR"
+    cp "$data/tree.avi" "$SOURCES_DIR/"
+    rm -rf "$tmp"
+  fi
+  rm -f "$STORM_DIR/.version"
+  mkdir -p "$STORM_DIR"
+  # vtest.avi lasts 79.5 s at 10 fps, tree.avi 29.6 s at 15 fps: enough copies for STORM_FRAMES.
+  storm_camera_streams "$FOOTAGE_DIR/vtest.avi" "$STORM_DIR/people" 2
+  storm_camera_streams "$SOURCES_DIR/tree.avi" "$STORM_DIR/empty" 5
+  echo "$STORM_VERSION" > "$STORM_DIR/.version"
+  log "storm footage: built in $((SECONDS - started)) s"
 }
 
 # The labelled development set for `alarm-verifier eval`, made by the release binary from the footage.
@@ -153,5 +220,6 @@ install_rust_tools
 install_onnxruntime
 install_model
 install_footage
+install_storm_footage
 install_devset
 log "ready"

@@ -10,7 +10,7 @@ use alarm_verifier::analysis::detect::Detector;
 use alarm_verifier::analysis::verify::Verifier;
 use alarm_verifier::config::Config;
 use alarm_verifier::service;
-use alarm_verifier::tools::demo;
+use alarm_verifier::tools::{demo, storm};
 
 /// Video alarm verification: takes the clip around an alarm, runs a person/vehicle detector and
 /// tells the monitoring centre whether the alarm is real.
@@ -61,6 +61,32 @@ enum Command {
         #[arg(long, default_value = "third_party/pyenv/bin/python")]
         python: PathBuf,
     },
+    /// An alarm storm on a site of many cameras served from files (scripts/storm.sh runs it with and
+    /// without detect streams): verdicts in time, correct verdicts, latency, core-seconds per alarm,
+    /// and the service's CPU and memory. Exit code 0 whenever it ran, whatever the numbers.
+    BenchStorm {
+        /// Cameras; the first half (--people-fraction) show people, the others empty scenes.
+        #[arg(long, default_value_t = 100)]
+        cameras: usize,
+        /// Alarms, each on a camera of its own, half on people cameras and half on empty ones.
+        #[arg(long, default_value_t = 40)]
+        alarms: usize,
+        /// Seconds over which the alarms are sent.
+        #[arg(long, default_value_t = 4.0)]
+        within: f64,
+        /// Cameras without a detect stream (no `detect_url`): the main stream is analysed.
+        #[arg(long)]
+        no_detect: bool,
+        /// Share of the cameras, and of the alarms, that show people.
+        #[arg(long, default_value_t = 0.5)]
+        people_fraction: f64,
+        /// TOML added to the site config, e.g. '[verdict]\nworkers = 2' (a literal \n is a new line).
+        #[arg(long, default_value = "")]
+        extra: String,
+        /// Keep the run's folder (config, logs, store) and print its path.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Verify every clip of a labelled set (DIR/labels.tsv) and score the verdicts; exits non-zero
     /// when a real intrusion is missed.
     Eval {
@@ -88,14 +114,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // bench-storm's output is its report; the service it runs logs to a file of its own.
+    let default_filter = match cli.command {
+        Command::BenchStorm { .. } => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -183,6 +214,29 @@ fn execute(command: Command) -> Result<()> {
                 python,
             };
             println!("{}", alarm_verifier::tools::bench::run(&config, &options)?);
+            Ok(())
+        }
+        Command::BenchStorm {
+            cameras,
+            alarms,
+            within,
+            no_detect,
+            people_fraction,
+            extra,
+            keep,
+        } => {
+            let options = storm::StormOptions {
+                binary: std::env::current_exe().context("cannot find the alarm-verifier binary itself")?,
+                cameras,
+                alarms,
+                within_s: within,
+                detect: !no_detect,
+                people_fraction,
+                extra,
+                keep,
+            };
+            let report = storm::run(&options, |line| println!("bench-storm: {line}"))?;
+            println!("{}", report.render());
             Ok(())
         }
         Command::Demo => {
