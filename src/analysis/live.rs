@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use image::RgbImage;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -271,21 +270,24 @@ impl LiveAnalyser {
         spent: &mut Duration,
     ) -> Finding {
         let alarm = analysis.alarm().clone();
-        let main_slice = match (kind, analysis.evidence_time()) {
-            (StreamKind::Detect, Some(t)) => camera
-                .slice(StreamKind::Main, t, t + TimeDelta::milliseconds(500))
-                .map_err(|e| tracing::warn!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "evidence from the detect stream"))
-                .ok()
-                .map(|slice| (slice, t)),
-            _ => None,
-        };
         let half_frame = camera
             .stream_health(StreamKind::Main)
             .and_then(|h| h.fps)
             .filter(|fps| *fps > 0.0)
-            .map_or(TimeDelta::milliseconds(50), |fps| {
-                TimeDelta::microseconds((500_000.0 / fps) as i64)
-            });
+            .map_or(TimeDelta::milliseconds(50), |fps| TimeDelta::microseconds((500_000.0 / fps) as i64));
+        let main_slice = match (kind, analysis.evidence_time()) {
+            (StreamKind::Detect, Some((t, boxes))) => {
+                // Without boxes to place, the main stream's keyframe nearest that time will do, and
+                // costs one decoded frame instead of up to a GOP.
+                let t = if boxes { t } else { camera.keyframe_near(StreamKind::Main, t).unwrap_or(t) };
+                camera
+                    .slice(StreamKind::Main, t, t + half_frame * 2)
+                    .map_err(|e| tracing::warn!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "evidence from the detect stream"))
+                    .ok()
+                    .map(|slice| (slice, t))
+            }
+            _ => None,
+        };
         // Even an overloaded box finishes what it has analysed; only the main-stream frame is skipped.
         let permit = self.permit(deadline, *spent).await.ok();
         let main_slice = main_slice.filter(|_| permit.is_some());
@@ -296,12 +298,12 @@ impl LiveAnalyser {
             let main_frame = main_slice.and_then(|(slice, t)| {
                 let mut nearest = FrameAt {
                     time: t - half_frame,
-                    image: None,
+                    frame: None,
                 };
                 clip::decode_slice(&slice, &decoders, &mut nearest)
                     .map_err(|e| tracing::warn!(error = %e, "cannot decode the main stream's evidence frame"))
                     .ok()?;
-                nearest.image
+                nearest.frame
             });
             (analysis.finish(main_frame), started.elapsed())
         })
@@ -360,16 +362,16 @@ fn feed(
 /// Takes the first frame at or after `time` and stops.
 struct FrameAt {
     time: DateTime<Utc>,
-    image: Option<RgbImage>,
+    frame: Option<Frame>,
 }
 
 impl FrameSink for FrameAt {
     fn wants(&mut self, time: DateTime<Utc>) -> bool {
-        self.image.is_none() && time >= self.time
+        self.frame.is_none() && time >= self.time
     }
 
     fn frame(&mut self, frame: Frame) -> Result<Flow, String> {
-        self.image = Some(frame.image);
+        self.frame = Some(frame);
         Ok(Flow::Stop)
     }
 }

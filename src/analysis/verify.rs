@@ -312,9 +312,14 @@ impl Analysis {
     }
 
     /// The time of the frame the evidence will show, once decided.
-    pub fn evidence_time(&self) -> Option<DateTime<Utc>> {
+    /// The time of the frame the evidence will show, and whether boxes are drawn on it (when not,
+    /// any frame near that time will do).
+    pub fn evidence_time(&self) -> Option<(DateTime<Utc>, bool)> {
         let decision = self.decision_so_far();
-        decision.evidence_frame.and_then(|i| self.frames.get(i)).map(|f| f.time)
+        decision
+            .evidence_frame
+            .and_then(|i| self.frames.get(i))
+            .map(|f| (f.time, !f.detections.is_empty()))
     }
 
     fn decision_so_far(&self) -> Decision {
@@ -354,7 +359,7 @@ impl Analysis {
     /// The verdict and its evidence. `main_frame` is the main stream's frame at
     /// [`evidence_time`](Self::evidence_time), when the analysed stream was the detect stream: the
     /// evidence then shows it, with the boxes scaled to it.
-    pub fn finish(self, main_frame: Option<RgbImage>) -> Result<Finding, VerifyError> {
+    pub fn finish(self, main_frame: Option<Frame>) -> Result<Finding, VerifyError> {
         if self.frames.is_empty() {
             return Err(VerifyError::NoFrames);
         }
@@ -375,11 +380,11 @@ impl Analysis {
         doc.stream = self.stream.clone();
         doc.inferences = self.inferences;
         let evidence = decision.evidence_frame.and_then(|i| {
-            let image = match main_frame {
-                Some(main) => Some(main),
-                None => self.images.get(i).cloned().flatten(),
-            }?;
-            self.render_evidence(policy, &decision, i, image)
+            let (image, time) = match main_frame {
+                Some(main) => (main.image, main.time),
+                None => (self.images.get(i).cloned().flatten()?, self.frames.get(i)?.time),
+            };
+            self.render_evidence(policy, &decision, i, image, time)
                 .map_err(|e| tracing::warn!(alarm_id = %self.alarm.alarm_id, error = %e, "no evidence image"))
                 .ok()
         });
@@ -393,6 +398,7 @@ impl Analysis {
         decision: &Decision,
         index: usize,
         image: RgbImage,
+        shown: DateTime<Utc>,
     ) -> Result<Vec<u8>, evidence::EvidenceError> {
         let frame = &self.frames[index];
         let (w, h) = image.dimensions();
@@ -449,7 +455,7 @@ impl Analysis {
             detections: &detections,
             zones: policy.zones(),
             masks: policy.masks(),
-            header: format!("{} {}", self.alarm.camera, rfc3339(frame.time)),
+            header: format!("{} {}", self.alarm.camera, rfc3339(shown)),
             footer: format!("{verdict}: {}", decision.reason),
         };
         let scaled = evidence::fit(image, self.verifier.evidence.max_size)?;

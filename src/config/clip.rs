@@ -27,7 +27,7 @@ impl Default for ClipConfig {
             pre_s: 2.0,
             post_s: 4.0,
             analysis_fps: 3.0,
-            coarse_fps: 1.5,
+            coarse_fps: 1.0,
             decoder: "auto".into(),
             buffer_s: 10.0,
         }

@@ -183,6 +183,11 @@ impl Camera {
         self.shared.stream(kind).and_then(|s| lock(&s.ring).newest())
     }
 
+    /// Arrival time of the keyframe of `kind` nearest `time`.
+    pub fn keyframe_near(&self, kind: StreamKind, time: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.shared.stream(kind).and_then(|s| lock(&s.ring).keyframe_near(time))
+    }
+
     /// A reader's start on `kind`: just before the keyframe at or before `from`.
     pub fn cursor_before(&self, kind: StreamKind, from: DateTime<Utc>) -> Option<Cursor> {
         self.shared.stream(kind).and_then(|s| lock(&s.ring).cursor_before(from))

@@ -118,6 +118,15 @@ impl Ring {
         self.generation += 1;
     }
 
+    /// Arrival time of the buffered keyframe nearest `time`.
+    pub fn keyframe_near(&self, time: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.units
+            .iter()
+            .filter(|u| u.keyframe)
+            .min_by_key(|u| (u.wall - time).abs())
+            .map(|u| u.wall)
+    }
+
     pub fn caps(&self) -> Option<gst::Caps> {
         self.caps.clone()
     }
