@@ -35,6 +35,9 @@ const ONLINE_TIMEOUT: Duration = Duration::from_secs(60);
 const FILL_MARGIN: Duration = Duration::from_secs(2);
 /// The service's CPU while it only ingests is measured over this long before the storm.
 const IDLE_WINDOW: Duration = Duration::from_secs(5);
+/// After the last verdict, the service's CPU is followed for at most this long, until it is back to
+/// what ingest alone costs (analyses may run past their deadline).
+const SETTLE_MAX: Duration = Duration::from_secs(15);
 /// Verdicts are awaited this long after the last alarm is due.
 const COLLECT_WINDOW: Duration = Duration::from_secs(30);
 
@@ -226,21 +229,28 @@ impl Drop for Process {
     }
 }
 
-/// CPU time a process has used so far (utime + stime of `/proc/PID/stat`), at a moment.
+/// CPU used so far by the service, the RTSP server and the whole machine, in clock ticks, at a moment.
 #[derive(Debug, Clone, Copy)]
-struct CpuSample {
+struct Snapshot {
     at: Instant,
-    ticks: u64,
+    service: u64,
+    server: u64,
+    /// Busy time of all cores together (`/proc/stat`).
+    machine: u64,
 }
 
-struct CpuClock {
+/// Reads [`Snapshot`]s of the service and the RTSP server.
+struct Meter {
     ticks_per_s: f64,
+    service: u32,
+    server: u32,
 }
 
-impl CpuClock {
-    /// USER_HZ from `getconf CLK_TCK`; 100 (Linux's value on every common architecture) if that fails.
-    fn new() -> Self {
-        let ticks = Command::new("getconf")
+impl Meter {
+    /// Ticks are USER_HZ, from `getconf CLK_TCK`; 100 (Linux's value on every common architecture)
+    /// if that fails.
+    fn new(service: u32, server: u32) -> Self {
+        let ticks_per_s = Command::new("getconf")
             .arg("CLK_TCK")
             .output()
             .ok()
@@ -248,35 +258,89 @@ impl CpuClock {
             .and_then(|s| s.trim().parse::<f64>().ok())
             .filter(|t| *t > 0.0)
             .unwrap_or(100.0);
-        Self { ticks_per_s: ticks }
+        Self {
+            ticks_per_s,
+            service,
+            server,
+        }
     }
 
-    fn sample(&self, pid: u32) -> Result<CpuSample, StormError> {
-        let path = format!("/proc/{pid}/stat");
-        let text = std::fs::read_to_string(&path).map_err(|e| StormError::Proc {
-            pid,
-            reason: format!("cannot read stat: {e}"),
-        })?;
-        let ticks = stat_cpu_ticks(&text).ok_or_else(|| StormError::Proc {
-            pid,
-            reason: "stat has no utime and stime".into(),
-        })?;
-        Ok(CpuSample {
+    fn snapshot(&self) -> Result<Snapshot, StormError> {
+        let process = |pid: u32| {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| StormError::Proc {
+                pid,
+                reason: format!("cannot read stat: {e}"),
+            })?;
+            stat_cpu_ticks(&text).ok_or_else(|| StormError::Proc {
+                pid,
+                reason: "stat has no utime and stime".into(),
+            })
+        };
+        let machine = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|text| machine_busy_ticks(&text))
+            .unwrap_or(0);
+        Ok(Snapshot {
             at: Instant::now(),
-            ticks,
+            service: process(self.service)?,
+            server: process(self.server)?,
+            machine,
         })
     }
 
-    /// Core-seconds used between two samples.
-    fn core_s(&self, from: CpuSample, to: CpuSample) -> f64 {
-        to.ticks.saturating_sub(from.ticks) as f64 / self.ticks_per_s
+    fn usage(&self, from: Snapshot, to: Snapshot) -> Usage {
+        let core_s = |a: u64, b: u64| b.saturating_sub(a) as f64 / self.ticks_per_s;
+        Usage {
+            wall_s: to.at.saturating_duration_since(from.at).as_secs_f64(),
+            service_core_s: core_s(from.service, to.service),
+            server_core_s: core_s(from.server, to.server),
+            machine_core_s: core_s(from.machine, to.machine),
+        }
+    }
+}
+
+/// CPU used over a stretch of time, in core-seconds (one core busy for one second).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    pub wall_s: f64,
+    pub service_core_s: f64,
+    pub server_core_s: f64,
+    /// All processes on the machine.
+    pub machine_core_s: f64,
+}
+
+impl Usage {
+    fn cores(&self, core_s: f64) -> f64 {
+        if self.wall_s > 0.0 { core_s / self.wall_s } else { 0.0 }
     }
 
-    /// Cores busy on average between two samples (1.0 = one core all the time).
-    fn cores(&self, from: CpuSample, to: CpuSample) -> f64 {
-        let wall = to.at.saturating_duration_since(from.at).as_secs_f64();
-        if wall > 0.0 { self.core_s(from, to) / wall } else { 0.0 }
+    /// Cores the service kept busy on average (1.0 = one core all the time).
+    pub fn service_cores(&self) -> f64 {
+        self.cores(self.service_core_s)
     }
+
+    pub fn server_cores(&self) -> f64 {
+        self.cores(self.server_core_s)
+    }
+
+    /// Everything else on the machine: the broker, this tool, and whatever else runs there.
+    pub fn other_cores(&self) -> f64 {
+        self.cores((self.machine_core_s - self.service_core_s - self.server_core_s).max(0.0))
+    }
+
+    /// The service's core-seconds beyond what ingest alone costs (`idle_cores`) over the same time.
+    pub fn service_net_core_s(&self, idle_cores: f64) -> f64 {
+        (self.service_core_s - idle_cores * self.wall_s).max(0.0)
+    }
+}
+
+/// Busy ticks of all cores from the text of `/proc/stat`: user, nice, system, irq, softirq and steal
+/// of the `cpu` line (guest time is counted in user already).
+fn machine_busy_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).map_while(|f| f.parse().ok()).collect();
+    let field = |i: usize| v.get(i).copied().unwrap_or(0);
+    (v.len() >= 4).then(|| field(0) + field(1) + field(2) + field(5) + field(6) + field(7))
 }
 
 /// utime + stime from the text of `/proc/PID/stat` (fields 14 and 15, counted after the command
@@ -524,23 +588,20 @@ pub struct StormReport {
     pub online_s: f64,
     /// Waited after that for the rings to fill.
     pub fill_s: f64,
-    /// From starting the service until the last verdict: must stay below the footage's length.
+    /// From starting the service until the end of the measurements: must stay below the footage's length.
     pub run_s: f64,
     pub within_s: f64,
     /// From the first alarm sent to the last sent.
     pub fired_s: f64,
-    /// From the first alarm sent to the last verdict received.
-    pub storm_s: f64,
     pub alarms: Vec<AlarmResult>,
     /// Messages on `{prefix}/errors` during the storm (rejected alarms).
     pub errors: usize,
-    /// Service CPU in cores (1.0 = one core busy) while only ingesting, and during the storm.
-    pub service_idle_cores: f64,
-    pub service_storm_cores: f64,
-    /// Core-seconds the service used during the storm.
-    pub service_storm_core_s: f64,
-    pub server_idle_cores: f64,
-    pub server_storm_cores: f64,
+    /// CPU while the service only ingests, before the storm.
+    pub idle: Usage,
+    /// CPU from the first alarm sent to the last verdict received.
+    pub storm: Usage,
+    /// CPU after the last verdict until the service was back to idle.
+    pub after: Usage,
     pub peak_rss_mib: Option<f64>,
     pub end_rss_mib: Option<f64>,
     /// The run's folder, when kept.
@@ -588,8 +649,6 @@ async fn storm(
     } else {
         Some(temp)
     };
-    let clock = CpuClock::new();
-
     let rtsp_port = demo::free_port()?;
     let mut server = start_server(&options.binary, &mounts(plan, footage, options.detect), rtsp_port, &dir).await?;
     progress(&format!(
@@ -637,9 +696,10 @@ async fn storm(
     ));
     tokio::time::sleep(fill).await;
 
-    let idle_from = (clock.sample(service.pid())?, clock.sample(server.pid())?);
+    let meter = Meter::new(service.pid(), server.pid());
+    let idle_from = meter.snapshot()?;
     tokio::time::sleep(IDLE_WINDOW).await;
-    let idle_to = (clock.sample(service.pid())?, clock.sample(server.pid())?);
+    let idle = meter.usage(idle_from, meter.snapshot()?);
 
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let targets: Vec<(String, String)> = plan
@@ -654,37 +714,37 @@ async fn storm(
         targets.len(),
         options.within_s
     ));
-    let storm_from = (clock.sample(service.pid())?, clock.sample(server.pid())?);
+    let storm_from = meter.snapshot()?;
     let firing = tokio::spawn(fire(
         alarms_probe,
         topics.clone(),
         targets.clone(),
         within,
-        storm_from.0.at,
+        storm_from.at,
     ));
     let collected = collect(
         &mut centre,
         &topics,
         &targets,
-        storm_from.0.at + within + COLLECT_WINDOW,
-        &clock,
-        service.pid(),
+        storm_from.at + within + COLLECT_WINDOW,
+        &meter,
     )
     .await?;
     let sent = match firing.await {
         Ok(result) => result?,
         Err(e) => return Err(StormError::Publisher(e.to_string())),
     };
-    let storm_end = match collected.last_sample {
-        Some(sample) => sample,
-        None => clock.sample(service.pid())?,
+    let storm_to = match collected.last_snapshot {
+        Some(snapshot) => snapshot,
+        None => meter.snapshot()?,
     };
-    let storm_to = (storm_end, clock.sample(server.pid())?);
-    let peak_rss_mib = status_mib(service.pid(), "VmHWM");
-    let end_rss_mib = status_mib(service.pid(), "VmRSS");
     if service.exited().is_some() {
         return Err(service_failed(&mut service, "stopped during the storm"));
     }
+    progress("verdicts in; following the service's CPU until it is back to idle");
+    let settled = settle(&meter, idle.service_cores(), storm_to).await?;
+    let peak_rss_mib = status_mib(service.pid(), "VmHWM");
+    let end_rss_mib = status_mib(service.pid(), "VmRSS");
     service.stop(Duration::from_secs_f64(config.verdict.deadline_s + 5.0));
     server.stop(Duration::from_secs(5));
 
@@ -711,20 +771,17 @@ async fn storm(
         deadline_s: config.verdict.deadline_s,
         online_s,
         fill_s: fill.as_secs_f64(),
-        run_s: storm_to.0.at.saturating_duration_since(started).as_secs_f64(),
+        run_s: settled.at.saturating_duration_since(started).as_secs_f64(),
         within_s: options.within_s,
         fired_s: match (sent.first(), sent.last()) {
             (Some(a), Some(b)) => b.saturating_duration_since(*a).as_secs_f64(),
             _ => 0.0,
         },
-        storm_s: storm_to.0.at.saturating_duration_since(storm_from.0.at).as_secs_f64(),
         alarms,
         errors: collected.errors,
-        service_idle_cores: clock.cores(idle_from.0, idle_to.0),
-        service_storm_cores: clock.cores(storm_from.0, storm_to.0),
-        service_storm_core_s: clock.core_s(storm_from.0, storm_to.0),
-        server_idle_cores: clock.cores(idle_from.1, idle_to.1),
-        server_storm_cores: clock.cores(storm_from.1, storm_to.1),
+        idle,
+        storm: meter.usage(storm_from, storm_to),
+        after: meter.usage(storm_to, settled),
         peak_rss_mib,
         end_rss_mib,
         kept: options.keep.then_some(dir),
@@ -735,8 +792,8 @@ struct Collected {
     /// Per alarm, in firing order: the answer and when it arrived.
     answers: Vec<Option<(Answer, Instant)>>,
     errors: usize,
-    /// The service's CPU when the last verdict arrived.
-    last_sample: Option<CpuSample>,
+    /// CPU when the last verdict arrived.
+    last_snapshot: Option<Snapshot>,
 }
 
 /// Collects the verdicts of `targets` (camera, alarm id) until each has one or `until` passes.
@@ -745,8 +802,7 @@ async fn collect(
     topics: &Topics,
     targets: &[(String, String)],
     until: Instant,
-    clock: &CpuClock,
-    service_pid: u32,
+    meter: &Meter,
 ) -> Result<Collected, StormError> {
     let index: HashMap<&str, usize> = targets
         .iter()
@@ -758,7 +814,7 @@ async fn collect(
     let mut collected = Collected {
         answers: vec![None; targets.len()],
         errors: 0,
-        last_sample: None,
+        last_snapshot: None,
     };
     let mut missing = targets.len();
     while missing > 0 {
@@ -789,10 +845,26 @@ async fn collect(
             },
             Instant::now(),
         ));
-        collected.last_sample = Some(clock.sample(service_pid)?);
+        collected.last_snapshot = Some(meter.snapshot()?);
         missing -= 1;
     }
     Ok(collected)
+}
+
+/// Follows the CPU in 1 s steps from `from` until the service is back to about `idle_cores` (or
+/// [`SETTLE_MAX`] passes), and returns the last snapshot.
+async fn settle(meter: &Meter, idle_cores: f64, from: Snapshot) -> Result<Snapshot, StormError> {
+    let mut last = from;
+    while last.at.saturating_duration_since(from.at) < SETTLE_MAX {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = meter.snapshot()?;
+        let step = meter.usage(last, now);
+        last = now;
+        if step.service_cores() <= idle_cores + 0.1 {
+            break;
+        }
+    }
+    Ok(last)
 }
 
 /// The nearest-rank percentile `p` (0-100) of `values`, which need not be sorted.
@@ -863,13 +935,21 @@ impl StormReport {
         )
     }
 
-    /// The service's core-seconds per alarm during the storm, gross and net of what ingest alone
-    /// costs over the same time.
+    /// The service's core-seconds per alarm from the first alarm to the last verdict, gross and net
+    /// of what ingest alone costs over the same time.
     pub fn core_s_per_alarm(&self) -> (f64, f64) {
         let n = self.alarms.len().max(1) as f64;
-        let gross = self.service_storm_core_s / n;
-        let net = (self.service_storm_core_s - self.service_idle_cores * self.storm_s).max(0.0) / n;
-        (gross, net)
+        let net = self.storm.service_net_core_s(self.idle.service_cores());
+        (self.storm.service_core_s / n, net / n)
+    }
+
+    /// Net core-seconds of the storm and of the analyses still running after the last verdict, per
+    /// real verdict in time: what one answered alarm costs when the box is overloaded.
+    pub fn core_s_per_real_verdict(&self) -> Option<f64> {
+        let idle = self.idle.service_cores();
+        let net = self.storm.service_net_core_s(idle) + self.after.service_net_core_s(idle);
+        let real = self.in_time();
+        (real > 0).then(|| net / real as f64)
     }
 
     pub fn render(&self) -> String {
@@ -877,7 +957,7 @@ impl StormReport {
         let answered = self.answers().count();
         let people_alarms = self.alarms.iter().filter(|a| a.people).count();
         let empty_alarms = n - people_alarms;
-        let pct = |x: usize| if n == 0 { 0.0 } else { 100.0 * x as f64 / n as f64 };
+        let share = |x: usize| if n == 0 { 0.0 } else { 100.0 * x as f64 / n as f64 };
         let (gross, net) = self.core_s_per_alarm();
         let mib = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0} MiB"));
         let mut out = String::new();
@@ -898,7 +978,7 @@ impl StormReport {
             self.online_s, self.fill_s
         ));
         line(format!(
-            "  run length       {:.0} s from the service's start to the last verdict; the footage lasts {FOOTAGE_S:.0} s{}",
+            "  run length       {:.0} s from the service's start to the end of the measurements; the footage lasts {FOOTAGE_S:.0} s{}",
             self.run_s,
             if self.run_s > FOOTAGE_S - 10.0 {
                 " (TOO CLOSE: cameras may have gone offline at the end of their files)"
@@ -919,13 +999,13 @@ impl StormReport {
         line(format!(
             "  real in time     {} ({:.0}%): verified or false_alarm within the {:.0} s deadline",
             self.in_time(),
-            pct(self.in_time()),
+            share(self.in_time()),
             self.deadline_s
         ));
         line(format!(
             "  correct          {} ({:.0}%): people cameras verified {}/{people_alarms}, empty cameras false_alarm {}/{empty_alarms}",
             self.correct(),
-            pct(self.correct()),
+            share(self.correct()),
             self.count(true, Some(VerdictKind::Verified)),
             self.count(false, Some(VerdictKind::FalseAlarm)),
         ));
@@ -959,12 +1039,23 @@ impl StormReport {
         ));
         line(format!(
             "  core-s per alarm {gross:.2} gross, {net:.2} net of ingest ({:.1} core-s over {:.1} s, first alarm to last verdict)",
-            self.service_storm_core_s, self.storm_s
+            self.storm.service_core_s, self.storm.wall_s
         ));
         line(format!(
-            "  service CPU      {:.0}% during the storm, {:.0}% idle (ingest only); 100% = one core, {} cores",
-            100.0 * self.service_storm_cores,
-            100.0 * self.service_idle_cores,
+            "  after that       {:.1} core-s ({:.1} net of ingest) in {:.1} s until the service was back to idle",
+            self.after.service_core_s,
+            self.after.service_net_core_s(self.idle.service_cores()),
+            self.after.wall_s
+        ));
+        line(format!(
+            "  per real verdict {} core-s net, storm and after together",
+            self.core_s_per_real_verdict().map_or("-".into(), |v| format!("{v:.2}"))
+        ));
+        let pct = |v: f64| format!("{:.0}%", 100.0 * v);
+        line(format!(
+            "  service CPU      {} during the storm, {} idle (ingest only); 100% = one core, {} cores",
+            pct(self.storm.service_cores()),
+            pct(self.idle.service_cores()),
             self.cores
         ));
         line(format!(
@@ -973,9 +1064,14 @@ impl StormReport {
             mib(self.end_rss_mib)
         ));
         line(format!(
-            "  RTSP server CPU  {:.0}% during the storm, {:.0}% idle (separate process, not in the service's figures)",
-            100.0 * self.server_storm_cores,
-            100.0 * self.server_idle_cores
+            "  RTSP server CPU  {} during the storm, {} idle (a process of its own, not in the service's figures)",
+            pct(self.storm.server_cores()),
+            pct(self.idle.server_cores())
+        ));
+        line(format!(
+            "  other processes  {} during the storm, {} idle (the broker, this tool, and anything else running here)",
+            pct(self.storm.other_cores()),
+            pct(self.idle.other_cores())
         ));
         if let Some(dir) = &self.kept {
             line(format!(
@@ -1028,6 +1124,13 @@ mod tests {
     }
 
     #[test]
+    fn machine_busy_from_proc_stat() {
+        let stat = "cpu  100 5 50 1000 20 3 2 1 0 0\ncpu0 50 2 25 500 10 1 1 0 0 0\n";
+        assert_eq!(machine_busy_ticks(stat), Some(161));
+        assert_eq!(machine_busy_ticks("intr 1 2 3"), None);
+    }
+
+    #[test]
     fn status_values() {
         let status = "Name:\tx\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\n";
         assert_eq!(status_value_kib(status, "VmHWM"), Some(204_800));
@@ -1063,9 +1166,24 @@ mod tests {
             cameras: 4,
             people_cameras: 2,
             deadline_s: 15.0,
-            storm_s: 10.0,
-            service_storm_core_s: 12.0,
-            service_idle_cores: 0.2,
+            idle: Usage {
+                wall_s: 5.0,
+                service_core_s: 1.0,
+                server_core_s: 0.5,
+                machine_core_s: 2.0,
+            },
+            storm: Usage {
+                wall_s: 10.0,
+                service_core_s: 12.0,
+                server_core_s: 1.0,
+                machine_core_s: 14.0,
+            },
+            after: Usage {
+                wall_s: 2.0,
+                service_core_s: 1.4,
+                server_core_s: 0.2,
+                machine_core_s: 1.6,
+            },
             alarms: vec![
                 alarm(true, answer(VerdictKind::Verified, 3000, "person")),
                 alarm(true, answer(VerdictKind::Unverifiable, 15000, "overloaded: x")),
@@ -1079,6 +1197,9 @@ mod tests {
         assert_eq!(report.unverifiable_reasons().get("overloaded: x"), Some(&1));
         let (gross, net) = report.core_s_per_alarm();
         assert!((gross - 3.0).abs() < 1e-9 && (net - 2.5).abs() < 1e-9, "{gross} {net}");
+        // (12 - 0.2 × 10) + (1.4 - 0.2 × 2) = 11 net core-s for 1 real verdict.
+        assert!((report.core_s_per_real_verdict().unwrap_or_default() - 11.0).abs() < 1e-9);
+        assert!((report.storm.other_cores() - 0.1).abs() < 1e-9);
         let text = report.render();
         assert!(text.contains("3 of 4 received"), "{text}");
         assert!(text.contains("1 x overloaded: x"), "{text}");
