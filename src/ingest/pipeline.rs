@@ -19,13 +19,16 @@ pub fn rtsp(
 ) -> Result<gst::Pipeline, CameraError> {
     let gst_err = |e: &dyn std::fmt::Display| CameraError::Gst(e.to_string());
     let pipeline = gst::Pipeline::with_name(&format!("ingest-{name}"));
-    let protocols = match transport {
-        RtspTransport::Tcp => "tcp",
-        RtspTransport::Udp => "udp",
+    // Over TCP nothing arrives out of order, so the jitterbuffer need not hold packets back; over
+    // UDP it reorders within 200 ms.
+    let (protocols, latency_ms) = match transport {
+        RtspTransport::Tcp => ("tcp", 0u32),
+        RtspTransport::Udp => ("udp", 200u32),
     };
     let src = gst::ElementFactory::make("rtspsrc")
         .property("location", url)
-        .property("latency", 200u32)
+        .property("latency", latency_ms)
+        .property_from_str("buffer-mode", if latency_ms == 0 { "none" } else { "auto" })
         .property("timeout", 5_000_000u64)
         .property("tcp-timeout", 5_000_000u64)
         .property_from_str("protocols", protocols)
