@@ -15,6 +15,8 @@ SOURCES_DIR="$FOOTAGE_DIR/sources"
 DEVSET_DIR="$FOOTAGE_DIR/devset"
 # Bumped whenever the footage or development-set recipe changes, so that existing copies are rebuilt.
 FOOTAGE_VERSION=4
+# Bumped whenever make-devset's clips change (2: far targets on wide views), so the set is rebuilt.
+DEVSET_VERSION=2
 # Photographs for the development set, and where they come from.
 OPENCV_IMAGES=(messi5.jpg squirrel_cls.jpg)
 SKIMAGE_WHEEL="scikit-image==0.26.0"
@@ -208,10 +210,13 @@ install_storm_footage() {
 
 # The labelled development set for `alarm-verifier eval`, made by the release binary from the footage.
 install_devset() {
-  if [ -f "$DEVSET_DIR/labels.tsv" ]; then log "development set: present"; return; fi
+  if [ -f "$DEVSET_DIR/labels.tsv" ] && [ "$(cat "$DEVSET_DIR/.version" 2>/dev/null)" = "$DEVSET_VERSION" ]; then
+    log "development set: present"; return
+  fi
   log "development set: building (compiles the release binary once)"
   (cd "$ROOT" && cargo build --release --quiet && target/release/alarm-verifier make-devset \
     --footage "$FOOTAGE_DIR" --images "$SOURCES_DIR" --out "$DEVSET_DIR.part" >/dev/null)
+  echo "$DEVSET_VERSION" > "$DEVSET_DIR.part/.version"
   rm -rf "$DEVSET_DIR" && mv "$DEVSET_DIR.part" "$DEVSET_DIR"
 }
 

@@ -274,12 +274,18 @@ impl LiveAnalyser {
             .stream_health(StreamKind::Main)
             .and_then(|h| h.fps)
             .filter(|fps| *fps > 0.0)
-            .map_or(TimeDelta::milliseconds(50), |fps| TimeDelta::microseconds((500_000.0 / fps) as i64));
+            .map_or(TimeDelta::milliseconds(50), |fps| {
+                TimeDelta::microseconds((500_000.0 / fps) as i64)
+            });
         let main_slice = match (kind, analysis.evidence_time()) {
             (StreamKind::Detect, Some((t, boxes))) => {
                 // Without boxes to place, the main stream's keyframe nearest that time will do, and
                 // costs one decoded frame instead of up to a GOP.
-                let t = if boxes { t } else { camera.keyframe_near(StreamKind::Main, t).unwrap_or(t) };
+                let t = if boxes {
+                    t
+                } else {
+                    camera.keyframe_near(StreamKind::Main, t).unwrap_or(t)
+                };
                 camera
                     .slice(StreamKind::Main, t, t + half_frame * 2)
                     .map_err(|e| tracing::warn!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "evidence from the detect stream"))

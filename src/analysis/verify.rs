@@ -262,7 +262,8 @@ impl Analysis {
             .map(|f| {
                 f.detections
                     .iter()
-                    .filter(|d| policy.is_target(d))
+                    // Only small ones: a large target is seen well enough by the whole-frame pass.
+                    .filter(|d| policy.is_target(d) && d.bbox.w.max(d.bbox.h) < side as f32 / 2.0)
                     .map(|d| d.bbox)
                     .collect()
             })
