@@ -190,3 +190,28 @@ fn the_decoder_choice_is_checked_and_a_missing_element_is_named() {
     assert!(!out.status.success());
     assert!(err.contains("camera[0].detect_url") && err.contains("rtsp://"), "{err}");
 }
+
+/// Far people on wide views (development set `far_*`): found in regions of the full-resolution
+/// frame, while their empty twins and a far animal stay false alarms.
+#[test]
+fn far_people_on_wide_views_are_verified_in_regions_and_their_empty_twins_are_not() {
+    let devset = root().join("testdata/devset");
+    let dir = tempfile::tempdir().expect("temp dir");
+    for clip in ["far_day_1080p", "far_night_1080p", "far_dusk_1440p", "far_pair_1440p"] {
+        let evidence = dir.path().join(format!("{clip}.jpg"));
+        let doc = verdict_of(&verify_clip(&devset.join(format!("{clip}.mp4")), "5", Some(&evidence)));
+        assert_eq!(doc.verdict, VerdictKind::Verified, "{clip}: {doc:?}");
+        assert!(doc.reason.starts_with("person in"), "{clip}: {}", doc.reason);
+        assert!(
+            doc.inferences > doc.frames_analyzed,
+            "{clip}: no region was detected in ({} inferences, {} frames)",
+            doc.inferences,
+            doc.frames_analyzed
+        );
+        assert!(evidence.is_file(), "{clip}: no evidence image");
+    }
+    for clip in ["far_day_1080p_empty", "far_night_1080p_empty", "far_cat_night_1080p"] {
+        let doc = verdict_of(&verify_clip(&devset.join(format!("{clip}.mp4")), "5", None));
+        assert_eq!(doc.verdict, VerdictKind::FalseAlarm, "{clip}: {doc:?}");
+    }
+}
