@@ -19,6 +19,7 @@ use crate::analysis::verdict::{VerdictKind, rfc3339};
 use crate::analysis::verify::{Analysis, Finding, Verifier};
 use crate::analysis::workers::{Permit, Workers};
 use crate::ingest::camera::{Camera, StreamKind};
+use crate::ingest::ring::ReadError;
 use crate::intake::alarm::Alarm;
 
 /// How often a waiting analysis looks for new video.
@@ -220,7 +221,12 @@ impl LiveAnalyser {
         let mut state = (analysis, None::<LiveDecoder>);
         loop {
             let to = lock(&job.window).to;
-            let units = camera.read(kind, &mut cursor).ok_or(Broke::StreamLost)?;
+            let units = camera.read(kind, &mut cursor).map_err(|e| match e {
+                ReadError::Broken => Broke::StreamLost,
+                ReadError::Gone => Broke::Failed(
+                    "overloaded: the alarm's video left the camera's buffer before it could be analysed".into(),
+                ),
+            })?;
             let seen_end = units.last().is_some_and(|u| u.wall > to);
             let late = Utc::now() > to + TimeDelta::from_std(LATE_VIDEO).unwrap_or_default();
             if units.is_empty() && !late {

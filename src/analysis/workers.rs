@@ -21,6 +21,7 @@ const MIN_STEP: Duration = Duration::from_millis(50);
 
 pub struct Workers {
     inner: Mutex<Inner>,
+    count: usize,
 }
 
 struct Inner {
@@ -73,7 +74,7 @@ impl Drop for Permit {
 
 /// The pool gave up on an alarm: it would not be finished by its deadline.
 #[derive(Debug, thiserror::Error)]
-#[error("overloaded: {waiting} alarms waiting for {workers} analysis workers; not verifiable before the deadline")]
+#[error("overloaded: {waiting} more alarms waiting for {workers} analysis workers; not verifiable before the deadline")]
 pub struct Overloaded {
     pub waiting: usize,
     pub workers: usize,
@@ -82,6 +83,7 @@ pub struct Overloaded {
 impl Workers {
     pub fn new(count: usize) -> Arc<Self> {
         Arc::new(Self {
+            count: count.max(1),
             inner: Mutex::new(Inner {
                 free: count.max(1),
                 waiting: BinaryHeap::new(),
@@ -128,10 +130,12 @@ impl Workers {
             Ok(Ok(permit)) => Ok(permit),
             // The receiver is dropped here: a permit granted meanwhile goes back to the pool.
             _ => {
-                let inner = self.lock();
+                let mut inner = self.lock();
+                // Waiters that gave up stay in the heap until a release passes them; drop them here.
+                inner.waiting.retain(|w| !w.grant.is_closed());
                 Err(Overloaded {
                     waiting: inner.waiting.len(),
-                    workers: inner.free + 1,
+                    workers: self.count,
                 })
             }
         }

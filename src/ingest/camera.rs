@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::health::{CameraHealth, LinkState, RateMeter, StreamHealth};
 use super::pipeline::{self, describe_bus_message};
-use super::ring::{AccessUnit, Cursor, EncodedSlice, Ring};
+use super::ring::{AccessUnit, Cursor, EncodedSlice, ReadError, Ring};
 use crate::config::{CameraConfig, RtspTransport, redact_url};
 
 const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -194,8 +194,11 @@ impl Camera {
     }
 
     /// The units of `kind` after `cursor` (see [`Ring::read`]).
-    pub fn read(&self, kind: StreamKind, cursor: &mut Cursor) -> Option<Vec<AccessUnit>> {
-        self.shared.stream(kind).and_then(|s| lock(&s.ring).read(cursor))
+    pub fn read(&self, kind: StreamKind, cursor: &mut Cursor) -> Result<Vec<AccessUnit>, ReadError> {
+        match self.shared.stream(kind) {
+            Some(s) => lock(&s.ring).read(cursor),
+            None => Err(ReadError::Broken),
+        }
     }
 
     /// The buffered units of `kind` covering `[from, to]`, from the keyframe at or before `from`.

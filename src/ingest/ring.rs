@@ -37,6 +37,15 @@ pub struct Ring {
     generation: u64,
 }
 
+/// Why a reader cannot go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadError {
+    /// The stream broke since the cursor was taken: cleared (offline) or new stream parameters.
+    Broken,
+    /// The units after the cursor have left the buffer: the reader fell too far behind.
+    Gone,
+}
+
 /// Where a reader of the ring stands: the stream's generation and the last unit it took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
@@ -146,16 +155,17 @@ impl Ring {
     }
 
     /// The units after `cursor`, except the newest one, which a split-off slice may still complete;
-    /// the cursor moves past them. None when the stream broke since the cursor was taken (cleared,
-    /// new caps) or the units after it are no longer buffered.
-    pub fn read(&self, cursor: &mut Cursor) -> Option<Vec<AccessUnit>> {
+    /// the cursor moves past them.
+    pub fn read(&self, cursor: &mut Cursor) -> Result<Vec<AccessUnit>, ReadError> {
         if cursor.generation != self.generation {
-            return None;
+            return Err(ReadError::Broken);
         }
-        let first = self.units.front()?.seq;
+        let Some(first) = self.units.front().map(|u| u.seq) else {
+            return Err(ReadError::Broken);
+        };
         let wanted = cursor.seq.wrapping_add(1);
         if wanted < first {
-            return None;
+            return Err(ReadError::Gone);
         }
         let units: Vec<AccessUnit> = self
             .units
@@ -167,7 +177,7 @@ impl Ring {
         if let Some(last) = units.last() {
             cursor.seq = last.seq;
         }
-        Some(units)
+        Ok(units)
     }
 
     pub fn newest(&self) -> Option<DateTime<Utc>> {
@@ -320,7 +330,7 @@ mod tests {
         assert_eq!(next, vec![ts(9)]);
         ring.clear();
         assert!(
-            ring.read(&mut cursor).is_none(),
+            ring.read(&mut cursor).err() == Some(ReadError::Broken),
             "a broken stream is reported, not read on"
         );
     }
