@@ -1,3 +1,7 @@
+//! The command line: a thin layer over the library that parses arguments, sets up logging and
+//! turns errors into a message and an exit code. Each command calls into `service`, `analysis` or
+//! `tools`.
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;

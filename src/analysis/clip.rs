@@ -226,13 +226,7 @@ impl LiveDecoder {
             .and_downcast::<gst_app::AppSrc>()
             .ok_or_else(|| ClipError::Gst("appsrc missing".into()))?;
         src.set_caps(Some(caps));
-        let sink = pipeline
-            .by_name("sink")
-            .and_downcast::<gst_app::AppSink>()
-            .ok_or_else(|| ClipError::Gst("appsink missing".into()))?;
-        pipeline
-            .set_state(gst::State::Playing)
-            .map_err(|e| ClipError::Gst(e.to_string()))?;
+        let sink = play(&pipeline)?;
         Ok(Self {
             pipeline,
             src,
@@ -469,12 +463,8 @@ fn rgb_image(buffer: &gst::Buffer, info: &gst_video::VideoInfo) -> Result<RgbIma
     RgbImage::from_raw(w as u32, h as u32, pixels).ok_or_else(|| ClipError::Decode("bad frame size".into()))
 }
 
-fn pull_frames(
-    pipeline: &gst::Pipeline,
-    to: DateTime<Utc>,
-    base_wall: DateTime<Utc>,
-    frames: &mut dyn FrameSink,
-) -> Result<usize, ClipError> {
+/// Starts a decode pipeline made by [`build_decoder`] and returns its appsink.
+fn play(pipeline: &gst::Pipeline) -> Result<gst_app::AppSink, ClipError> {
     let sink = pipeline
         .by_name("sink")
         .and_downcast::<gst_app::AppSink>()
@@ -482,6 +472,16 @@ fn pull_frames(
     pipeline
         .set_state(gst::State::Playing)
         .map_err(|e| ClipError::Gst(e.to_string()))?;
+    Ok(sink)
+}
+
+fn pull_frames(
+    pipeline: &gst::Pipeline,
+    to: DateTime<Utc>,
+    base_wall: DateTime<Utc>,
+    frames: &mut dyn FrameSink,
+) -> Result<usize, ClipError> {
+    let sink = play(pipeline)?;
     let mut converter = RgbConverter::default();
     let mut delivered = 0usize;
     let started = std::time::Instant::now();
