@@ -299,21 +299,17 @@ impl LiveDecoder {
                 continue;
             };
             self.pulled += 1;
-            let (Some(buffer), Some((base_wall, _))) = (sample.buffer(), self.base) else {
+            let Some(time) = self.base.and_then(|(base_wall, _)| frame_time(&sample, base_wall)) else {
                 continue;
             };
-            let time = base_wall
-                + buffer
-                    .pts()
-                    .map(|p| TimeDelta::nanoseconds(p.nseconds() as i64))
-                    .unwrap_or_default();
-            if !sink.wants(time) {
-                continue;
-            }
-            let image = self.converter.convert(&sample)?;
-            taken += 1;
-            if sink.frame(Frame { image, time }).map_err(ClipError::Consumer)? == Flow::Stop {
-                return Ok((taken, Flow::Stop));
+            match self.converter.hand_over(&sample, time, sink)? {
+                None => {}
+                Some(flow) => {
+                    taken += 1;
+                    if flow == Flow::Stop {
+                        return Ok((taken, Flow::Stop));
+                    }
+                }
             }
         }
     }
@@ -410,6 +406,21 @@ struct RgbConverter {
 }
 
 impl RgbConverter {
+    /// Hands the frame in `sample` to `sink` if it wants it (converting only then): None when it
+    /// did not, else whether it wants more.
+    fn hand_over(
+        &mut self,
+        sample: &gst::Sample,
+        time: DateTime<Utc>,
+        sink: &mut dyn FrameSink,
+    ) -> Result<Option<Flow>, ClipError> {
+        if !sink.wants(time) {
+            return Ok(None);
+        }
+        let image = self.convert(sample)?;
+        sink.frame(Frame { image, time }).map(Some).map_err(ClipError::Consumer)
+    }
+
     fn convert(&mut self, sample: &gst::Sample) -> Result<RgbImage, ClipError> {
         let err = |e: &dyn std::fmt::Display| ClipError::Decode(e.to_string());
         let caps = sample
@@ -463,6 +474,15 @@ fn rgb_image(buffer: &gst::Buffer, info: &gst_video::VideoInfo) -> Result<RgbIma
     RgbImage::from_raw(w as u32, h as u32, pixels).ok_or_else(|| ClipError::Decode("bad frame size".into()))
 }
 
+/// The wall time a decoded sample shows: `base_wall` plus its PTS.
+fn frame_time(sample: &gst::Sample, base_wall: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let pts = sample
+        .buffer()?
+        .pts()
+        .map(|p| TimeDelta::nanoseconds(p.nseconds() as i64));
+    Some(base_wall + pts.unwrap_or_default())
+}
+
 /// Starts a decode pipeline made by [`build_decoder`] and returns its appsink.
 fn play(pipeline: &gst::Pipeline) -> Result<gst_app::AppSink, ClipError> {
     let sink = pipeline
@@ -501,22 +521,20 @@ fn pull_frames(
             }
             continue;
         };
-        let Some(buffer) = sample.buffer() else { continue };
-        let time = base_wall
-            + buffer
-                .pts()
-                .map(|p| TimeDelta::nanoseconds(p.nseconds() as i64))
-                .unwrap_or_default();
+        let Some(time) = frame_time(&sample, base_wall) else {
+            continue;
+        };
         if time > to {
             break;
         }
-        if !frames.wants(time) {
-            continue;
-        }
-        let image = converter.convert(&sample)?;
-        delivered += 1;
-        if frames.frame(Frame { image, time }).map_err(ClipError::Consumer)? == Flow::Stop {
-            return Ok(delivered);
+        match converter.hand_over(&sample, time, frames)? {
+            None => {}
+            Some(flow) => {
+                delivered += 1;
+                if flow == Flow::Stop {
+                    return Ok(delivered);
+                }
+            }
         }
     }
     if let Some(err) = pending_error(pipeline) {

@@ -30,10 +30,16 @@ const LATE_VIDEO: Duration = Duration::from_secs(3);
 /// The shared analysis of one camera window: its reach (joined alarms extend it) and its result.
 struct Job {
     window: Mutex<Window>,
-    /// False once the analysis has concluded: no alarm can join it any more.
-    open: Mutex<bool>,
+    /// None while the analysis runs (alarms may join it), then its verdict.
     result: watch::Sender<Option<Finding>>,
     lead: String,
+}
+
+impl Job {
+    /// Still running: an overlapping alarm can join it.
+    fn is_open(&self) -> bool {
+        self.result.borrow().is_none()
+    }
 }
 
 /// What a joined alarm's verdict is made from.
@@ -74,7 +80,6 @@ impl LiveAnalyser {
         }
         let job = Arc::new(Job {
             window: Mutex::new(window),
-            open: Mutex::new(true),
             result: watch::channel(None).0,
             lead: alarm.alarm_id.clone(),
         });
@@ -83,7 +88,6 @@ impl LiveAnalyser {
             .or_default()
             .push(job.clone());
         let finding = self.run(camera, alarm, &job, deadline).await;
-        *lock(&job.open) = false;
         job.result.send_replace(Some(finding.clone()));
         finding
     }
@@ -96,7 +100,7 @@ impl LiveAnalyser {
         for job in jobs.get(&alarm.camera)? {
             let mut reach = lock(&job.window);
             let overlaps = window.from <= reach.to && reach.from <= window.to;
-            if lock(&job.open).to_owned() && overlaps {
+            if job.is_open() && overlaps {
                 reach.to = reach.to.max(window.to);
                 return Some(Joined::Running(job.result.subscribe(), job.lead.clone()));
             }
@@ -335,7 +339,7 @@ impl LiveAnalyser {
         let mut jobs = lock(&self.jobs);
         if let Some(list) = jobs.get_mut(camera) {
             let horizon = Utc::now() - TimeDelta::seconds(5);
-            list.retain(|j| *lock(&j.open) || lock(&j.window).to > horizon);
+            list.retain(|j| j.is_open() || lock(&j.window).to > horizon);
             if list.is_empty() {
                 jobs.remove(camera);
             }

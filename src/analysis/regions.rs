@@ -12,7 +12,7 @@
 use fast_image_resize as fr;
 use image::RgbImage;
 
-use crate::analysis::detect::{BoxPx, Detection};
+use crate::analysis::detect::{BoxPx, Detection, nms_per_class_by};
 
 /// Width of the grey copy motion is found on.
 const MOTION_WIDTH: u32 = 320;
@@ -236,18 +236,7 @@ pub fn to_frame(region: &Region, detections: Vec<Detection>, frame: (u32, u32)) 
 /// Merges the whole-frame pass with the region passes (each detection with the region it came
 /// from), keeping the strongest of boxes of one class that overlap by more than `iou`.
 pub fn merge(passes: Vec<(Option<usize>, Detection)>, iou: f32) -> Vec<(Option<usize>, Detection)> {
-    let mut all = passes;
-    all.sort_by(|a, b| b.1.score.total_cmp(&a.1.score));
-    let mut kept: Vec<(Option<usize>, Detection)> = Vec::with_capacity(all.len());
-    for (origin, d) in all {
-        if !kept
-            .iter()
-            .any(|(_, k)| k.class_id == d.class_id && k.bbox.iou(&d.bbox) > iou)
-        {
-            kept.push((origin, d));
-        }
-    }
-    kept
+    nms_per_class_by(passes, |(_, d)| d, iou)
 }
 
 #[cfg(test)]

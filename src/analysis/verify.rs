@@ -116,7 +116,7 @@ impl Verifier {
             frames: Vec::new(),
             images: Vec::new(),
             size: (0, 0),
-            verified: None,
+            decision: None,
             notes: Vec::new(),
             stream: None,
             motion: Motion::default(),
@@ -196,7 +196,8 @@ pub struct Analysis {
     /// nearest the alarm (shown when nothing was detected).
     images: Vec<Option<RgbImage>>,
     size: (u32, u32),
-    verified: Option<Decision>,
+    /// The policy's decision on the frames so far (it changes only when a frame is added).
+    decision: Option<Decision>,
     notes: Vec<String>,
     stream: Option<String>,
     motion: Motion,
@@ -208,7 +209,7 @@ pub struct Analysis {
 
 impl FrameSink for Analysis {
     fn wants(&mut self, time: DateTime<Utc>) -> bool {
-        self.verified.is_none() && time <= self.window.to && self.sampler.take(time)
+        !self.is_verified() && time <= self.window.to && self.sampler.take(time)
     }
 
     fn frame(&mut self, frame: Frame) -> Result<Flow, String> {
@@ -231,12 +232,14 @@ impl FrameSink for Analysis {
             time: frame.time,
             detections,
         });
-        let decision = policy.decide(&self.frames, self.alarm.time, self.size);
-        if decision.outcome == Outcome::Verified {
-            self.verified = Some(decision);
-            return Ok(Flow::Stop);
-        }
-        Ok(Flow::Continue)
+        let decision = self
+            .decision
+            .insert(policy.decide(&self.frames, self.alarm.time, self.size));
+        Ok(if decision.outcome == Outcome::Verified {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        })
     }
 }
 
@@ -252,7 +255,8 @@ impl Analysis {
         let size = image.dimensions();
         let (side, _) = detector.input_size();
         if self.verifier.max_regions == 0 || !regions::worth_regions(size, side) {
-            return Ok((whole.clone(), Vec::new(), vec![None; whole.len()]));
+            let origins = vec![None; whole.len()];
+            return Ok((whole, Vec::new(), origins));
         }
         let changes = self.motion.changes(image);
         let policy = self.verifier.policy_for(&self.alarm.camera);
@@ -295,7 +299,7 @@ impl Analysis {
     }
 
     pub fn is_verified(&self) -> bool {
-        self.verified.is_some()
+        self.decision.as_ref().is_some_and(|d| d.outcome == Outcome::Verified)
     }
 
     pub fn frames_analysed(&self) -> usize {
@@ -316,21 +320,11 @@ impl Analysis {
     /// The time of the frame the evidence will show, and whether boxes are drawn on it (when not,
     /// any frame near that time will do).
     pub fn evidence_time(&self) -> Option<(DateTime<Utc>, bool)> {
-        let decision = self.decision_so_far();
-        decision
+        self.decision
+            .as_ref()?
             .evidence_frame
             .and_then(|i| self.frames.get(i))
             .map(|f| (f.time, !f.detections.is_empty()))
-    }
-
-    fn decision_so_far(&self) -> Decision {
-        match &self.verified {
-            Some(d) => d.clone(),
-            None => self
-                .verifier
-                .policy_for(&self.alarm.camera)
-                .decide(&self.frames, self.alarm.time, self.size),
-        }
     }
 
     fn keep_image(&mut self, image: RgbImage, time: DateTime<Utc>, detected: bool) -> Result<(), String> {
@@ -361,11 +355,11 @@ impl Analysis {
     /// [`evidence_time`](Self::evidence_time), when the analysed stream was the detect stream: the
     /// evidence then shows it, with the boxes scaled to it.
     pub fn finish(self, main_frame: Option<Frame>) -> Result<Finding, VerifyError> {
-        if self.frames.is_empty() {
+        // A decision exists once a frame has been analysed.
+        let Some(mut decision) = self.decision.clone() else {
             return Err(VerifyError::NoFrames);
-        }
+        };
         let policy = self.verifier.policy_for(&self.alarm.camera);
-        let mut decision = self.decision_so_far();
         for note in &self.notes {
             decision.reason.push_str("; ");
             decision.reason.push_str(note);

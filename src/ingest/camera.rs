@@ -90,7 +90,6 @@ impl Shared {
 /// A running camera ingest: its main stream and, when configured, its detect stream, each in a
 /// ring of its own. Dropping it stops the pipelines.
 pub struct Camera {
-    id: String,
     shared: Arc<Shared>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -135,15 +134,11 @@ impl Camera {
                     .ok()
             })
             .collect();
-        Self {
-            id: config.id.clone(),
-            shared,
-            threads,
-        }
+        Self { shared, threads }
     }
 
     pub fn id(&self) -> &str {
-        &self.id
+        &self.shared.id
     }
 
     pub fn health(&self) -> CameraHealth {
@@ -158,7 +153,7 @@ impl Camera {
     pub fn offline(&self) -> Option<CameraError> {
         let health = lock(&self.shared.main.health).clone();
         (health.state == LinkState::Offline).then(|| CameraError::Offline {
-            camera: self.id.clone(),
+            camera: self.shared.id.clone(),
             since: health.since,
             reason: health.last_error.unwrap_or_else(|| "no video".into()),
         })
@@ -206,7 +201,7 @@ impl Camera {
         let stream = self.shared.stream(kind).unwrap_or(&self.shared.main);
         let ring = lock(&stream.ring);
         ring.slice(from, to).ok_or_else(|| CameraError::NotBuffered {
-            camera: self.id.clone(),
+            camera: self.shared.id.clone(),
             from,
             to,
             buffered: match (ring.oldest(), ring.newest()) {

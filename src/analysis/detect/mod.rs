@@ -743,15 +743,22 @@ fn check_outputs(ports: &[Port], layout: Layout, input: &InputSpec, labels: usiz
 }
 
 /// Greedy non-maximum suppression within each class; the result is sorted by score, best first.
-pub fn nms_per_class(mut detections: Vec<Detection>, iou_threshold: f32) -> Vec<Detection> {
-    detections.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let mut kept: Vec<Detection> = Vec::with_capacity(detections.len());
-    for d in detections {
+pub fn nms_per_class(detections: Vec<Detection>, iou_threshold: f32) -> Vec<Detection> {
+    nms_per_class_by(detections, |d| d, iou_threshold)
+}
+
+/// [`nms_per_class`] over items that carry a detection (e.g. with the pass it came from).
+pub fn nms_per_class_by<T>(mut items: Vec<T>, detection: impl Fn(&T) -> &Detection, iou_threshold: f32) -> Vec<T> {
+    items.sort_by(|a, b| detection(b).score.total_cmp(&detection(a).score));
+    let mut kept: Vec<T> = Vec::with_capacity(items.len());
+    for item in items {
+        let d = detection(&item);
         let overlaps = kept
             .iter()
+            .map(&detection)
             .any(|k| k.class_id == d.class_id && k.bbox.iou(&d.bbox) > iou_threshold);
         if !overlaps {
-            kept.push(d);
+            kept.push(item);
         }
     }
     kept
