@@ -185,7 +185,7 @@ async fn intake(shared: &Arc<Shared>, alarms: &mut JoinSet<()>, msg: Inbound) {
         acknowledge(shared, &msg).await;
         return;
     };
-    let parsed = alarm::parse(camera, &msg.payload, |c| shared.cameras.contains_key(c), Utc::now());
+    let parsed = alarm::parse("mqtt", camera, &msg.payload, |c| shared.cameras.contains_key(c), Utc::now());
     let alarm = match parsed {
         Ok(alarm) => alarm,
         Err(e) => {
@@ -293,12 +293,8 @@ fn answer_interrupted_alarms(shared: &Shared) {
     };
     for u in unanswered {
         let alarm = Alarm {
-            alarm_id: u.alarm_id,
-            camera: u.camera,
-            time: u.time,
-            source: None,
             received: u.received,
-            received_at: Instant::now(),
+            ..Alarm::new(u.alarm_id, &u.camera, u.time, "restart".into())
         };
         tracing::warn!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, "alarm interrupted by a restart");
         let finding = shared

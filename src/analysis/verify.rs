@@ -130,12 +130,13 @@ impl Verifier {
     pub fn verify_file(self: &Arc<Self>, file: &Path, alarm_at: f64, camera: &str) -> Result<Finding, VerifyError> {
         let now = Utc::now();
         let alarm = Alarm {
-            alarm_id: format!("clip-{}", uuid::Uuid::new_v4().simple()),
-            camera: camera.to_owned(),
-            time: now,
-            source: Some(file.display().to_string()),
             received: now,
-            received_at: tokio::time::Instant::now(),
+            ..Alarm::new(
+                format!("clip-{}", uuid::Uuid::new_v4().simple()),
+                camera,
+                now,
+                format!("file:{}", file.display()),
+            )
         };
         // The file's first frame is alarm_at seconds before the alarm.
         let base = now - TimeDelta::milliseconds((alarm_at * 1000.0) as i64);

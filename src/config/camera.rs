@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::PolicyOverride;
+use super::{OnvifConfig, PolicyOverride};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,6 +19,12 @@ pub struct CameraConfig {
     /// Seconds without video after which the stream is restarted.
     #[serde(default = "default_stall_timeout")]
     pub stall_timeout_s: f64,
+    /// Text found in the subject or body of this camera's alarm e-mails (e.g. "Camera 02").
+    #[serde(default)]
+    pub email_match: Option<String>,
+    /// The camera's own ONVIF events raise alarms.
+    #[serde(default)]
+    pub onvif: Option<OnvifConfig>,
     /// This camera's changes to the site policy.
     #[serde(default)]
     pub policy: PolicyOverride,

@@ -12,17 +12,22 @@ mod camera;
 mod clip;
 mod delivery;
 mod detector;
+mod intake;
 mod mqtt;
 mod policy;
+mod secret;
 
 pub use camera::{CameraConfig, RtspTransport, redact_url};
 pub use clip::ClipConfig;
 pub use delivery::{EvidenceConfig, StoreConfig, VerdictConfig};
 pub use detector::{ChannelOrder, DetectorConfig, Layout, Optimization, Provider, ResizeMode};
-pub use mqtt::{MqttConfig, Secret};
+pub use intake::{HttpConfig, OnvifConfig, SmtpConfig};
+pub use mqtt::MqttConfig;
+pub use secret::{Secret, resolve_secret};
 pub use policy::{ClassRule, PolicyConfig, PolicyOverride, Zone};
 
 use camera::check_rtsp_url;
+use intake::check_onvif_url;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -58,6 +63,10 @@ pub struct Config {
     pub evidence: EvidenceConfig,
     #[serde(default)]
     pub store: StoreConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub smtp: SmtpConfig,
     #[serde(default, rename = "camera")]
     pub cameras: Vec<CameraConfig>,
 }
@@ -97,6 +106,8 @@ impl Config {
             verdict: VerdictConfig::default(),
             evidence: EvidenceConfig::default(),
             store: StoreConfig::default(),
+            http: HttpConfig::default(),
+            smtp: SmtpConfig::default(),
             cameras: Vec::new(),
         }
     }
@@ -227,6 +238,7 @@ impl Config {
                 format!("expected at least 64, got {}", self.evidence.max_size),
             ));
         }
+        self.validate_intake(origin)?;
         let mut seen = HashSet::new();
         for (i, camera) in self.cameras.iter().enumerate() {
             check_topic_level(&camera.id).map_err(|e| invalid(&format!("camera[{i}].id"), e))?;
@@ -240,11 +252,71 @@ impl Config {
             if let Some(detect_url) = &camera.detect_url {
                 check_rtsp_url(detect_url).map_err(|e| invalid(&format!("camera[{i}].detect_url"), e))?;
             }
+            if let Some(onvif) = &camera.onvif {
+                check_onvif_url(&onvif.url).map_err(|e| invalid(&format!("camera[{i}].onvif.url"), e))?;
+                if !onvif.password.is_empty() && !onvif.password_env.is_empty() {
+                    return Err(invalid(
+                        &format!("camera[{i}].onvif.password"),
+                        "expected either onvif.password or onvif.password_env, not both".into(),
+                    ));
+                }
+            }
+            if camera.email_match.as_deref().is_some_and(|m| m.trim().is_empty()) {
+                return Err(invalid(
+                    &format!("camera[{i}].email_match"),
+                    "expected a non-empty text found in the camera's alarm e-mails".into(),
+                ));
+            }
             check_positive(camera.stall_timeout_s, false)
                 .map_err(|e| invalid(&format!("camera[{i}].stall_timeout_s"), e))?;
             self.camera_policy(camera)
                 .validate(&format!("camera[{i}].policy"))
                 .map_err(|(k, e)| invalid(&k, e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_intake(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, expected: String| ConfigError::Invalid {
+            path: origin.to_owned(),
+            key: key.to_owned(),
+            expected,
+        };
+        let http = self.http.address().map_err(|e| invalid("http.listen", e))?;
+        if let Some(addr) = http
+            && !addr.ip().is_loopback()
+            && !self.http.has_token()
+        {
+            return Err(invalid(
+                "http.token_env",
+                format!(
+                    "expected a token (http.token_env or http.token): http.listen {addr} is reachable from the network"
+                ),
+            ));
+        }
+        if !self.http.token.is_empty() && !self.http.token_env.is_empty() {
+            return Err(invalid(
+                "http.token",
+                "expected either http.token or http.token_env, not both".into(),
+            ));
+        }
+        self.smtp.address().map_err(|e| invalid("smtp.listen", e))?;
+        if !self.smtp.password.is_empty() && !self.smtp.password_env.is_empty() {
+            return Err(invalid(
+                "smtp.password",
+                "expected either smtp.password or smtp.password_env, not both".into(),
+            ));
+        }
+        if self.smtp.username.is_empty() && !(self.smtp.password.is_empty() && self.smtp.password_env.is_empty()) {
+            return Err(invalid(
+                "smtp.username",
+                "expected a username with smtp.password or smtp.password_env".into(),
+            ));
+        }
+        if self.smtp.max_message_bytes < 1024 {
+            return Err(invalid("smtp.max_message_bytes", "expected at least 1024".into()));
         }
         Ok(())
     }

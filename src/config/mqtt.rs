@@ -1,11 +1,11 @@
-//! `[mqtt]`: the broker, the topic prefix, TLS and credentials; and [`Secret`], a password that
-//! never shows in logs.
+//! `[mqtt]`: the broker, the topic prefix, TLS and credentials.
 
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
 use super::ConfigError;
+use super::secret::{Secret, resolve_secret};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -28,42 +28,13 @@ pub struct MqttConfig {
     pub client_key: Option<PathBuf>,
 }
 
-/// A password: deserialised like a string, never shown by `Debug`.
-#[derive(Clone, Default, Deserialize, PartialEq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
-    }
-}
-
 impl MqttConfig {
     /// The password from `password_env` or `password`, if any.
     pub fn resolve_password(&self) -> Result<Option<String>, ConfigError> {
-        if !self.password_env.is_empty() {
-            return std::env::var(&self.password_env)
-                .map(Some)
-                .map_err(|_| ConfigError::Invalid {
-                    path: "environment".into(),
-                    key: "mqtt.password_env".into(),
-                    expected: format!(
-                        "expected the environment variable {} to hold the MQTT password",
-                        self.password_env
-                    ),
-                });
-        }
-        Ok((!self.password.is_empty()).then(|| self.password.expose().to_owned()))
+        Ok(
+            resolve_secret(&self.password, &self.password_env, "mqtt.password_env", "the MQTT password")?
+                .map(|s| s.expose().to_owned()),
+        )
     }
 }
 

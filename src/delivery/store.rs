@@ -240,14 +240,7 @@ mod tests {
     use super::*;
 
     fn alarm(id: &str) -> Alarm {
-        Alarm {
-            alarm_id: id.into(),
-            camera: "gate".into(),
-            time: Utc::now(),
-            source: None,
-            received: Utc::now(),
-            received_at: tokio::time::Instant::now(),
-        }
+        Alarm::new(id.into(), "gate", Utc::now(), "mqtt".into())
     }
 
     fn doc(id: &str) -> VerdictDocument {

@@ -1,6 +1,6 @@
-//! Alarm intake: turning a message on `{prefix}/alarms/{camera}` into an [`Alarm`].
+//! The [`Alarm`] every intake produces, and the JSON alarm body shared by MQTT and HTTP.
 //!
-//! Every payload field is optional (DESIGN.md): a missing `alarm_id` is generated and a missing
+//! Every body field is optional (DESIGN.md): a missing `alarm_id` is generated and a missing
 //! `time` means now. Anything else wrong is an [`AlarmError`] that names the field.
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -17,10 +17,38 @@ pub struct Alarm {
     pub camera: String,
     /// When the alarm happened, as the sender says.
     pub time: DateTime<Utc>,
-    pub source: Option<String>,
+    /// Which intake heard it, and from whom: `mqtt`, `http`, `smtp:<sender>`, `onvif:<topic>`
+    /// (with the body's own `source` after a colon for MQTT and HTTP, e.g. `mqtt:nvr`).
+    pub source: String,
     /// When this service received it; latency is measured from here.
     pub received: DateTime<Utc>,
     pub received_at: tokio::time::Instant,
+    /// A device event (camera motion, NVR e-mail) with an id of our making: further events of its
+    /// camera join it while it is verified. Alarms with the sender's own `alarm_id` never join.
+    pub joinable: bool,
+}
+
+impl Alarm {
+    /// An alarm received now, with the sender's id.
+    pub fn new(alarm_id: String, camera: &str, time: DateTime<Utc>, source: String) -> Self {
+        Self {
+            alarm_id,
+            camera: camera.to_owned(),
+            time,
+            source,
+            received: Utc::now(),
+            received_at: tokio::time::Instant::now(),
+            joinable: false,
+        }
+    }
+
+    /// A device event on `camera` received now, that later events of the camera may join.
+    pub fn device_event(camera: &str, time: DateTime<Utc>, source: String) -> Self {
+        Self {
+            joinable: true,
+            ..Self::new(uuid::Uuid::new_v4().to_string(), camera, time, source)
+        }
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -43,8 +71,10 @@ struct Payload {
     // Other fields (zone, panel input, ...) are allowed and ignored.
 }
 
-/// Parses one alarm message for `camera`, checking the camera with `is_known`.
+/// Parses one alarm body for `camera` that arrived over `intake` (`mqtt` or `http`), checking the
+/// camera with `is_known`.
 pub fn parse(
+    intake: &str,
     camera: &str,
     payload: &[u8],
     is_known: impl Fn(&str) -> bool,
@@ -86,13 +116,13 @@ pub fn parse(
         None => now,
         Some(text) => parse_time(&text, now)?,
     };
+    let source = match parsed.source {
+        Some(s) if !s.is_empty() => format!("{intake}:{s}"),
+        _ => intake.to_owned(),
+    };
     Ok(Alarm {
-        alarm_id,
-        camera: camera.to_owned(),
-        time,
-        source: parsed.source,
         received: now,
-        received_at: tokio::time::Instant::now(),
+        ..Alarm::new(alarm_id, camera, time, source)
     })
 }
 
@@ -144,6 +174,7 @@ mod tests {
     #[test]
     fn full_payload() {
         let a = parse(
+            "mqtt",
             "gate",
             br#"{"alarm_id":"a1","time":"2026-11-21T09:59:58Z","source":"nvr","zone":3}"#,
             known,
@@ -152,46 +183,47 @@ mod tests {
         let a = a.expect("valid");
         assert_eq!(a.alarm_id, "a1");
         assert_eq!(a.time, now() - TimeDelta::seconds(2));
-        assert_eq!(a.source.as_deref(), Some("nvr"));
+        assert_eq!(a.source, "mqtt:nvr");
+        assert!(!a.joinable);
     }
 
     #[test]
     fn empty_payload_means_now_with_generated_id() {
-        let a = parse("gate", b"", known, now()).expect("valid");
+        let a = parse("mqtt", "gate", b"", known, now()).expect("valid");
         assert_eq!(a.time, now());
         assert_eq!(a.alarm_id.len(), 36);
-        let b = parse("gate", b"{}", known, now()).expect("valid");
+        let b = parse("mqtt", "gate", b"{}", known, now()).expect("valid");
         assert_ne!(a.alarm_id, b.alarm_id);
     }
 
     #[test]
     fn errors_name_the_problem() {
         assert_eq!(
-            parse("yard", b"{}", known, now()).unwrap_err(),
+            parse("mqtt", "yard", b"{}", known, now()).unwrap_err(),
             AlarmError::UnknownCamera("yard".into())
         );
         assert!(matches!(
-            parse("gate", b"{not json", known, now()),
+            parse("mqtt", "gate", b"{not json", known, now()),
             Err(AlarmError::NotJson(_))
         ));
         assert!(matches!(
-            parse("gate", b"[1,2]", known, now()),
+            parse("mqtt", "gate", b"[1,2]", known, now()),
             Err(AlarmError::NotJson(_))
         ));
-        let e = parse("gate", br#"{"time": 12}"#, known, now()).unwrap_err();
+        let e = parse("mqtt", "gate", br#"{"time": 12}"#, known, now()).unwrap_err();
         assert!(matches!(&e, AlarmError::Field { field, .. } if field == "time"), "{e}");
-        let e = parse("gate", br#"{"time": "yesterday"}"#, known, now()).unwrap_err();
+        let e = parse("mqtt", "gate", br#"{"time": "yesterday"}"#, known, now()).unwrap_err();
         assert!(e.to_string().contains("RFC 3339"), "{e}");
-        let e = parse("gate", br#"{"time": "2020-01-01T00:00:00Z"}"#, known, now()).unwrap_err();
+        let e = parse("mqtt", "gate", br#"{"time": "2020-01-01T00:00:00Z"}"#, known, now()).unwrap_err();
         assert!(e.to_string().contains("from this box's clock"), "{e}");
-        let e = parse("gate", br#"{"alarm_id": "a/b"}"#, known, now()).unwrap_err();
+        let e = parse("mqtt", "gate", br#"{"alarm_id": "a/b"}"#, known, now()).unwrap_err();
         assert!(
             matches!(&e, AlarmError::Field { field, .. } if field == "alarm_id"),
             "{e}"
         );
         let big = vec![b' '; MAX_PAYLOAD_BYTES + 1];
         assert_eq!(
-            parse("gate", &big, known, now()).unwrap_err(),
+            parse("mqtt", "gate", &big, known, now()).unwrap_err(),
             AlarmError::TooLarge(MAX_PAYLOAD_BYTES + 1)
         );
     }

@@ -1,3 +1,84 @@
-//! Intake: where alarms come from, all turned into one [`alarm::Alarm`] type.
+//! Intake: where alarms come from. Each intake (MQTT, HTTP webhooks, NVR e-mails, ONVIF camera
+//! events) turns what it hears into one [`alarm::Alarm`] and hands it to the one
+//! [`AlarmSink::accept`], which the service implements: record, deduplicate or join, verify, answer.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 
 pub mod alarm;
+pub mod http;
+pub mod mqtt;
+pub mod onvif;
+pub mod smtp;
+
+use alarm::Alarm;
+
+/// An alarm as an intake hands it over.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub alarm: Alarm,
+    /// Where it came from, for error reports: an MQTT topic, `POST /api/alarms/gate`, ...
+    pub origin: String,
+    /// The message as received, kept with the record (JSON body, the mail's headers, the event).
+    pub raw: Vec<u8>,
+    /// The device's own picture of the alarm (an NVR mail's JPEG attachment).
+    pub snapshot: Option<Vec<u8>>,
+}
+
+/// How an alarm was taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The alarm whose verdict will answer it: its own, or the one it joined.
+    pub alarm_id: String,
+    /// It joined an alarm of the same camera that was already in verification.
+    pub joined: bool,
+}
+
+/// Why an alarm was not taken. The sink has already reported it on `{prefix}/errors`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("duplicate alarm_id {0:?}: already received; no second verdict")]
+    Duplicate(String),
+    #[error("the service is shutting down; send the alarm again")]
+    ShuttingDown,
+}
+
+/// The service as the intakes see it.
+pub trait AlarmSink: Send + Sync + 'static {
+    fn knows_camera(&self, camera: &str) -> bool;
+    /// Records the alarm (before this returns), then verifies and answers it in the background.
+    fn accept(&self, arrival: Arrival) -> Result<Accepted, Refused>;
+    /// Input refused before it became an alarm (unknown camera, malformed body, unmatched mail):
+    /// logged and reported on `{prefix}/errors`. `origin` says where it came from.
+    fn report(&self, origin: &str, error: &str, payload: &[u8]);
+    /// A camera's event subscription changed state; shown in the camera's state message.
+    fn event_link(&self, camera: &str, link: EventLink);
+}
+
+/// A camera's ONVIF event subscription, as shown under `onvif` in its state message.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventLink {
+    pub state: EventLinkState,
+    pub since: DateTime<Utc>,
+    /// Why it failed, or what it is doing ("connecting").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventLinkState {
+    Connecting,
+    Subscribed,
+    Failed,
+}
+
+impl EventLink {
+    pub fn now(state: EventLinkState, error: Option<String>) -> Self {
+        Self {
+            state,
+            since: Utc::now(),
+            error,
+        }
+    }
+}

@@ -325,9 +325,13 @@ pub fn site_config(broker_port: u16, server: &RtspCameraServer, cameras: &[&str]
             detect_url: None,
             transport: RtspTransport::Tcp,
             stall_timeout_s: 10.0,
+            email_match: None,
+            onvif: None,
             policy: Default::default(),
         })
         .collect();
+    // Several demos and tests run side by side; none of them needs the fixed HTTP port.
+    config.http.listen = String::new();
     config
 }
 

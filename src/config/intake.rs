@@ -1,0 +1,144 @@
+//! `[http]`, `[smtp]` and `[camera.onvif]`: where alarms are heard besides MQTT, and the HTTP
+//! server's token.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use super::ConfigError;
+use super::secret::{Secret, resolve_secret};
+
+/// `[http]`: the service's one HTTP server (alarm webhooks now; the console builds on it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `address:port`; empty turns the server off.
+    pub listen: String,
+    /// The token itself; prefer `token_env`.
+    pub token: Secret,
+    /// Name of an environment variable holding the token.
+    pub token_env: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            token: Secret::default(),
+            token_env: String::new(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The address to bind, or None when the server is off.
+    pub fn address(&self) -> Result<Option<SocketAddr>, String> {
+        parse_listen(&self.listen)
+    }
+
+    pub fn has_token(&self) -> bool {
+        !self.token.is_empty() || !self.token_env.is_empty()
+    }
+
+    /// The token from `token_env` or `token`, if any.
+    pub fn resolve_token(&self) -> Result<Option<Secret>, ConfigError> {
+        resolve_secret(&self.token, &self.token_env, "http.token_env", "the HTTP token")
+    }
+}
+
+/// `[smtp]`: a receiving mail server for NVR alarm e-mails.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// `address:port`; empty (the default) turns the server off.
+    pub listen: String,
+    /// With a username, clients must log in (AUTH PLAIN or LOGIN) before sending.
+    pub username: String,
+    pub password: Secret,
+    pub password_env: String,
+    /// Mails over this many bytes are refused with 552.
+    pub max_message_bytes: usize,
+    /// The name the server gives in its greeting.
+    pub hostname: String,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            username: String::new(),
+            password: Secret::default(),
+            password_env: String::new(),
+            max_message_bytes: 10 * 1024 * 1024,
+            hostname: "alarm-verifier".into(),
+        }
+    }
+}
+
+impl SmtpConfig {
+    pub fn address(&self) -> Result<Option<SocketAddr>, String> {
+        parse_listen(&self.listen)
+    }
+
+    pub fn resolve_password(&self) -> Result<Option<Secret>, ConfigError> {
+        resolve_secret(&self.password, &self.password_env, "smtp.password_env", "the SMTP password")
+    }
+}
+
+/// `[camera.onvif]`: the camera's own events, over an ONVIF pull-point subscription.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnvifConfig {
+    /// The device service, e.g. `http://10.0.0.5/onvif/device_service`.
+    pub url: String,
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub password: Secret,
+    #[serde(default)]
+    pub password_env: String,
+    /// Further event topics that raise an alarm on a false→true change of their first boolean
+    /// data item, e.g. `tns1:RuleEngine/FieldDetector/ObjectsInside`.
+    #[serde(default)]
+    pub topics: Vec<String>,
+}
+
+impl OnvifConfig {
+    /// The password from `password_env` or `password`; `camera` names the key in errors.
+    pub fn resolve_password(&self, camera_key: &str) -> Result<Option<Secret>, ConfigError> {
+        resolve_secret(
+            &self.password,
+            &self.password_env,
+            &format!("{camera_key}.onvif.password_env"),
+            "the camera's ONVIF password",
+        )
+    }
+}
+
+/// An `address:port` to listen on, or None when empty.
+fn parse_listen(listen: &str) -> Result<Option<SocketAddr>, String> {
+    if listen.trim().is_empty() {
+        return Ok(None);
+    }
+    listen.trim().parse::<SocketAddr>().map(Some).map_err(|e| {
+        format!("expected an address and port such as \"127.0.0.1:8080\" or \"0.0.0.0:8080\" (or \"\" for off), got {listen:?} ({e})")
+    })
+}
+
+pub(super) fn check_onvif_url(value: &str) -> Result<(), String> {
+    match url::Url::parse(value) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()) => {
+            if u.password().is_some() {
+                return Err("expected the password in onvif.password_env or onvif.password, not in the URL".into());
+            }
+            Ok(())
+        }
+        Ok(u) => Err(format!(
+            "expected an http:// URL of the device service, got scheme {:?}",
+            u.scheme()
+        )),
+        Err(e) => Err(format!(
+            "expected an http:// URL of the device service such as http://10.0.0.5/onvif/device_service ({e})"
+        )),
+    }
+}

@@ -1,0 +1,44 @@
+//! [`Secret`], a password or token that never shows in logs, and how one is read from the
+//! environment (`*_env` keys) or from the file.
+
+use serde::Deserialize;
+
+use super::ConfigError;
+
+/// A password or token: deserialised like a string, never shown by `Debug`.
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+/// The secret named by `env` (an environment variable) when set, else `value` when not empty.
+/// `env_key` is the config key holding `env`, named in the error when the variable is missing.
+pub fn resolve_secret(value: &Secret, env: &str, env_key: &str, what: &str) -> Result<Option<Secret>, ConfigError> {
+    if !env.is_empty() {
+        return std::env::var(env)
+            .map(|v| Some(Secret(v)))
+            .map_err(|_| ConfigError::Invalid {
+                path: "environment".into(),
+                key: env_key.into(),
+                expected: format!("expected the environment variable {env} to hold {what}"),
+            });
+    }
+    Ok((!value.is_empty()).then(|| value.clone()))
+}

@@ -1,0 +1,1 @@
+//! HTTP webhooks: `POST /api/alarms/{camera}`.

@@ -1,0 +1,1 @@
+//! MQTT alarms on `{prefix}/alarms/{camera}`.

@@ -1,0 +1,1 @@
+//! NVR alarm e-mails: a small receiving SMTP server.
