@@ -117,6 +117,22 @@ enum Command {
     },
 }
 
+/// The intakes a config turns on, for check-config.
+fn intakes(config: &Config) -> String {
+    let mut on = vec!["mqtt".to_owned()];
+    if let Ok(Some(address)) = config.http.address() {
+        on.push(format!("http {address}"));
+    }
+    if let Ok(Some(address)) = config.smtp.address() {
+        on.push(format!("smtp {address}"));
+    }
+    let onvif = config.cameras.iter().filter(|c| c.onvif.is_some()).count();
+    if onvif > 0 {
+        on.push(format!("onvif ({onvif} of the cameras)"));
+    }
+    on.join(", ")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // bench-storm's output is its report; the service it runs logs to a file of its own.
@@ -152,11 +168,12 @@ fn execute(command: Command) -> Result<()> {
             // The decoder element can only be checked against what this machine has installed.
             let decoders = Decoders::choose(&config.clip.decoder).with_context(|| file.display().to_string())?;
             println!(
-                "{}: ok ({} cameras; decoders {} and {})",
+                "{}: ok ({} cameras; decoders {} and {}; alarms from {})",
                 file.display(),
                 config.cameras.len(),
                 decoders.h264,
-                decoders.h265
+                decoders.h265,
+                intakes(&config)
             );
             Ok(())
         }

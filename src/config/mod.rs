@@ -468,6 +468,66 @@ url = "rtsp://user:pass@10.0.0.5:554/stream1"
     }
 
     #[test]
+    fn intakes_default_to_http_on_loopback_and_no_smtp() {
+        let c = Config::parse(MINIMAL, "site.toml").expect("valid");
+        assert_eq!(c.http.address().ok().flatten().map(|a| a.to_string()).as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(c.smtp.address().ok().flatten(), None);
+        assert!(c.cameras[0].onvif.is_none() && c.cameras[0].email_match.is_none());
+    }
+
+    #[test]
+    fn http_on_the_network_needs_a_token() {
+        let open = format!("[http]\nlisten = \"0.0.0.0:8080\"\n{MINIMAL}");
+        let err = Config::parse(&open, "site.toml").unwrap_err().to_string();
+        assert!(err.contains("http.token_env") && err.contains("0.0.0.0:8080"), "{err}");
+        let with_token = format!("[http]\nlisten = \"0.0.0.0:8080\"\ntoken_env = \"AV_TOKEN\"\n{MINIMAL}");
+        assert!(Config::parse(&with_token, "site.toml").is_ok());
+        let off = format!("[http]\nlisten = \"\"\n{MINIMAL}");
+        assert_eq!(Config::parse(&off, "site.toml").expect("valid").http.address(), Ok(None));
+        let bad = format!("[http]\nlisten = \"localhost\"\n{MINIMAL}");
+        let err = Config::parse(&bad, "site.toml").unwrap_err().to_string();
+        assert!(err.contains("http.listen") && err.contains("address and port"), "{err}");
+    }
+
+    #[test]
+    fn intake_errors_name_the_key() {
+        let cases = [
+            ("[smtp]\nlisten = \"127.0.0.1:25x\"\n", "smtp.listen"),
+            ("[smtp]\npassword = \"p\"\n", "smtp.username"),
+            ("[http]\ntoken = \"a\"\ntoken_env = \"B\"\n", "http.token"),
+        ];
+        for (snippet, key) in cases {
+            let err = Config::parse(&format!("{snippet}{MINIMAL}"), "site.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{snippet}: {err}");
+        }
+        let camera_cases = [
+            ("[camera.onvif]\nurl = \"rtsp://10.0.0.5/\"\n", "camera[0].onvif.url"),
+            (
+                "[camera.onvif]\nurl = \"http://admin:pw@10.0.0.5/onvif/device_service\"\n",
+                "camera[0].onvif.url",
+            ),
+            ("email_match = \" \"\n", "camera[0].email_match"),
+        ];
+        for (snippet, key) in camera_cases {
+            let err = Config::parse(&format!("{MINIMAL}{snippet}"), "site.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{snippet}: {err}");
+            assert!(!err.contains("pw@"), "password leaked: {err}");
+        }
+        let good = format!(
+            "{MINIMAL}email_match = \"Camera 02\"\n[camera.onvif]\nurl = \"http://10.0.0.5/onvif/device_service\"\n\
+             username = \"admin\"\npassword = \"secret\"\ntopics = [\"tns1:RuleEngine/FieldDetector/ObjectsInside\"]\n"
+        );
+        let c = Config::parse(&good, "site.toml").expect("valid");
+        let onvif = c.cameras[0].onvif.as_ref().expect("onvif");
+        assert_eq!(onvif.resolve_password("camera[0]").ok().flatten().map(|s| s.expose().to_owned()).as_deref(), Some("secret"));
+        assert!(!format!("{c:?}").contains("secret"));
+    }
+
+    #[test]
     fn redaction_hides_passwords() {
         assert_eq!(redact_url("rtsp://u:p@h:554/s"), "rtsp://u:***@h:554/s");
         assert_eq!(redact_url("rtsp://h/s"), "rtsp://h/s");

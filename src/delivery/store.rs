@@ -301,6 +301,32 @@ mod tests {
     }
 
     #[test]
+    fn device_pictures_and_joined_events_are_kept_and_old_stores_gain_the_column() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("s.db");
+        {
+            // A store as an earlier version made it: no snapshot column.
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(
+                "CREATE TABLE alarms (alarm_id TEXT PRIMARY KEY, camera TEXT NOT NULL, alarm_time TEXT NOT NULL,
+                 received TEXT NOT NULL, source TEXT, payload BLOB);",
+            )
+            .expect("old schema");
+        }
+        let store = Store::open(&path).expect("reopen");
+        assert!(store.record_alarm(&alarm("m1"), b"{}", Some(b"jpeg")).expect("insert"));
+        assert_eq!(store.alarm_snapshot("m1").expect("read").as_deref(), Some(b"jpeg".as_slice()));
+        let mut later = alarm("m2");
+        later.source = "onvif:tns1:VideoSource/MotionAlarm".into();
+        store.record_joined_event("m1", &later, b"<event/>").expect("join");
+        let events = store.joined_events("m1").expect("events");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].1, "onvif:tns1:VideoSource/MotionAlarm");
+        drop(store);
+        assert!(Store::open(&path).is_ok(), "opening twice adds the column once");
+    }
+
+    #[test]
     fn alarms_are_deduplicated_by_id() {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(&dir.path().join("s.db")).expect("open");
