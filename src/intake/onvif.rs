@@ -246,6 +246,8 @@ struct Subscription {
     /// WS-Addressing reference parameters the camera gave with the address, sent back as headers.
     reference_headers: String,
     renew_at: Instant,
+    /// The camera's clock as measured when subscribing, for the credentials of every later call.
+    clock: CameraClock,
 }
 
 impl Watcher {
@@ -322,10 +324,10 @@ impl Watcher {
         loop {
             let now = Instant::now();
             let Some(timeout) = subscription.pull_timeout(now) else {
-                self.renew(subscription, &clock).await?;
+                self.renew(subscription).await?;
                 continue;
             };
-            let pulled = self.pull(subscription, &clock, timeout).await?;
+            let pulled = self.pull(subscription, timeout).await?;
             // The whole chain works: the next failure starts its backoff from the beginning.
             backoff.reset();
             for notification in pulled {
@@ -417,46 +419,40 @@ impl Watcher {
             address: created.address,
             reference_headers: created.reference_headers,
             renew_at: received + renew_interval(remaining(created.current, created.termination, clock)),
+            clock: *clock,
         })
     }
 
-    async fn renew(&self, subscription: &mut Subscription, clock: &CameraClock) -> Result<(), OnvifError> {
+    async fn renew(&self, subscription: &mut Subscription) -> Result<(), OnvifError> {
         let op = Operation::Renew;
         let body = format!(
             "<wsnt:Renew><wsnt:TerminationTime>{}</wsnt:TerminationTime></wsnt:Renew>",
             xml_duration(REQUESTED_TERMINATION)
         );
-        let reply = self
-            .call_subscription(op, subscription, clock, &body, CALL_TIMEOUT)
-            .await?;
+        let reply = self.call_subscription(op, subscription, &body, CALL_TIMEOUT).await?;
         let received = Instant::now();
         let renewed = parse_renew(&reply.payload)?;
-        let remaining = remaining(renewed.current, Some(renewed.termination), clock);
+        let remaining = remaining(renewed.current, Some(renewed.termination), &subscription.clock);
         subscription.renew_at = received + renew_interval(remaining);
         tracing::debug!(camera = %self.camera, granted_s = remaining.as_secs(), "ONVIF subscription renewed");
         Ok(())
     }
 
-    async fn pull(
-        &self,
-        subscription: &mut Subscription,
-        clock: &CameraClock,
-        timeout: Duration,
-    ) -> Result<Vec<Notification>, OnvifError> {
+    async fn pull(&self, subscription: &mut Subscription, timeout: Duration) -> Result<Vec<Notification>, OnvifError> {
         let op = Operation::PullMessages;
         let body = format!(
             "<tev:PullMessages><tev:Timeout>{}</tev:Timeout><tev:MessageLimit>{MESSAGE_LIMIT}</tev:MessageLimit></tev:PullMessages>",
             xml_duration(timeout)
         );
         let reply = self
-            .call_subscription(op, subscription, clock, &body, timeout + PULL_GRACE)
+            .call_subscription(op, subscription, &body, timeout + PULL_GRACE)
             .await?;
         let received = Instant::now();
         let pulled = parse_pull(&reply.payload, &reply.text)?;
         // A camera may move the termination time on its own (earlier, or later on each pull):
         // renew no later than half of what is left.
         if let Some(termination) = pulled.termination {
-            let remaining = remaining(pulled.current, Some(termination), clock);
+            let remaining = remaining(pulled.current, Some(termination), &subscription.clock);
             subscription.renew_at = subscription.renew_at.min(received + remaining / 2);
         }
         for skipped in &pulled.skipped {
@@ -468,10 +464,7 @@ impl Watcher {
     /// Best effort, bounded: the camera may already be gone.
     async fn unsubscribe(&self, subscription: &Subscription) {
         let op = Operation::Unsubscribe;
-        // The camera's clock as last measured is not at hand here, and an Unsubscribe refused for
-        // its time only leaves the pull point to expire; our clock is right for most cameras.
-        let clock = CameraClock::default();
-        let call = self.call_subscription(op, subscription, &clock, "<wsnt:Unsubscribe/>", UNSUBSCRIBE_TIMEOUT);
+        let call = self.call_subscription(op, subscription, "<wsnt:Unsubscribe/>", UNSUBSCRIBE_TIMEOUT);
         match tokio::time::timeout(UNSUBSCRIBE_TIMEOUT, call).await {
             Ok(Ok(_)) => tracing::info!(camera = %self.camera, "ONVIF events unsubscribed"),
             Ok(Err(e)) => tracing::debug!(camera = %self.camera, error = %e, "ONVIF unsubscribe failed"),
@@ -538,11 +531,10 @@ impl Watcher {
         &self,
         op: Operation,
         subscription: &Subscription,
-        clock: &CameraClock,
         body: &str,
         timeout: Duration,
     ) -> Result<Reply, OnvifError> {
-        let address = &subscription.address;
+        let (address, clock) = (&subscription.address, &subscription.clock);
         self.call_with(op, address, clock, &subscription.reference_headers, body, timeout)
             .await
     }
@@ -1511,9 +1503,7 @@ fn parse_xml(text: &str) -> Result<Element, String> {
     let mut root: Option<Element> = None;
     loop {
         let start = position(reader.buffer_position(), text);
-        let event = reader
-            .read_event()
-            .map_err(|e| format!("{e} (at byte {})", reader.error_position()))?;
+        let event = reader.read_event().map_err(|e| describe_xml_error(&e, &reader, text))?;
         let end = position(reader.buffer_position(), text);
         match event {
             Event::Start(tag) => {
@@ -1544,6 +1534,15 @@ fn parse_xml(text: &str) -> Result<Element, String> {
         return Err(format!("the document ends inside <{}> (truncated)", element.name));
     }
     root.ok_or_else(|| "no XML element in it".to_owned())
+}
+
+/// The parser's error, saying so when the document broke off (a reply cut short).
+fn describe_xml_error(e: &quick_xml::Error, reader: &NsReader<&[u8]>, text: &str) -> String {
+    if position(reader.buffer_position(), text) >= text.len() {
+        format!("{e}: the document ends early (truncated)")
+    } else {
+        format!("{e} (at byte {})", reader.error_position())
+    }
 }
 
 fn position(offset: u64, text: &str) -> usize {
@@ -2009,6 +2008,7 @@ mod tests {
             address: String::new(),
             reference_headers: String::new(),
             renew_at: now + renew_in,
+            clock: CameraClock::default(),
         };
         assert_eq!(
             subscription(Duration::from_secs(30)).pull_timeout(now),
