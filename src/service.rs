@@ -7,26 +7,32 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use chrono::{TimeDelta, Utc};
+use chrono::TimeDelta;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::analysis::clip::Decoders;
 use crate::analysis::detect::{DetectError, Detector};
 use crate::analysis::live::LiveAnalyser;
 use crate::analysis::verify::{Finding, Verifier};
 use crate::analysis::workers::Workers;
-use crate::config::Config;
-use crate::delivery::publish::{Outbox, Publisher};
+use crate::config::{Config, ConfigError};
+use crate::delivery::publish::{CameraState, Outbox, Publisher};
 use crate::delivery::store::{Store, StoreError};
 use crate::ingest::camera::Camera;
 use crate::ingest::health::CameraHealth;
-use crate::intake::alarm::{self, Alarm};
-use crate::mqtt::{self, Inbound, LinkEvent, MqttError, Session, Topics};
+use crate::intake::alarm::Alarm;
+use crate::intake::{self, Accepted, AlarmSink, Arrival, EventLink, EventLinkState, Refused};
+use crate::mqtt::{self, LinkEvent, MqttError, Session, Topics};
+use crate::ops;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -40,6 +46,14 @@ pub enum ServiceError {
     Gstreamer(String),
     #[error("{0}")]
     Decoder(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {address} (key {key}): {source}")]
+    Listen {
+        key: &'static str,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// After a reconnect, the outbox waits this long so that subscribers can resubscribe first.
@@ -47,6 +61,8 @@ const OUTBOX_SETTLE: Duration = Duration::from_secs(2);
 /// How long shutdown waits for the outbox to empty.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
+/// How long shutdown waits for the HTTP and SMTP servers and the ONVIF subscriptions to close.
+const INTAKE_CLOSE: Duration = Duration::from_secs(3);
 
 struct Shared {
     verifier: Arc<Verifier>,
@@ -59,6 +75,20 @@ struct Shared {
     deadline: Duration,
     /// Alarms accepted and not yet answered; when none is left, new alarms are answered "overloaded".
     in_flight: Arc<Semaphore>,
+    /// The verification of every accepted alarm, waited for at shutdown.
+    tasks: TaskTracker,
+    /// False once shutdown has begun: new alarms are refused and left to the sender to repeat.
+    accepting: AtomicBool,
+    /// Per camera, the device alarm in verification that further device events join.
+    open: Mutex<HashMap<String, String>>,
+    /// Per camera, its ONVIF event subscription's state.
+    links: Mutex<HashMap<String, EventLink>>,
+    /// Cameras whose state message is to be published again.
+    state_changed: mpsc::UnboundedSender<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs the service until `shutdown` completes, then answers or finishes what is in flight.
@@ -111,7 +141,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .map(|c| (c.id.clone(), Camera::start(c, buffer, health_tx.clone())))
         .collect::<HashMap<_, _>>();
     drop(health_tx);
-    let state_task = tokio::spawn(publish_camera_states(publisher.clone(), health_rx));
+    let (state_changed, state_rx) = mpsc::unbounded_channel();
 
     let verifier = Arc::new(Verifier::new(Arc::new(detector), &config, decoders));
     let workers = Workers::new(config.verdict.worker_count());
@@ -126,39 +156,49 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         store: store.clone(),
         deadline: Duration::from_secs_f64(config.verdict.deadline_s),
         in_flight: Arc::new(Semaphore::new(config.verdict.queue)),
+        tasks: TaskTracker::new(),
+        accepting: AtomicBool::new(true),
+        open: Mutex::new(HashMap::new()),
+        links: Mutex::new(HashMap::new()),
+        state_changed,
     });
+    let state_task = tokio::spawn(publish_camera_states(shared.clone(), health_rx, state_rx));
     answer_interrupted_alarms(&shared);
+    let sink: Arc<dyn AlarmSink> = Arc::new(ServiceSink(shared.clone()));
+    let stop_intake = CancellationToken::new();
+    let intakes = start_intakes(&config, &sink, &stop_intake).await?;
     let retention = TimeDelta::milliseconds((config.store.retention_days * 86_400_000.0) as i64);
     let purge_task = tokio::spawn(purge_periodically(store.clone(), retention));
 
     tracing::info!(cameras = shared.cameras.len(), "alarm-verifier running");
-    let mut alarms = JoinSet::new();
     let mut events = main.events;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             event = events.recv() => match event {
-                Some(LinkEvent::Message(msg)) => intake(&shared, &mut alarms, msg).await,
-                Some(LinkEvent::Connected) => republish_camera_states(&shared).await,
+                Some(LinkEvent::Message(msg)) => intake::mqtt::take(sink.as_ref(), &topics, &shared.mqtt, msg).await,
+                Some(LinkEvent::Connected) => republish_camera_states(&shared),
                 Some(_) => {}
                 None => break,
             },
-            Some(_) = alarms.join_next(), if !alarms.is_empty() => {}
         }
     }
 
+    shared.accepting.store(false, Ordering::SeqCst);
+    stop_intake.cancel();
+    close_intakes(intakes).await;
     tracing::info!(
-        in_flight = alarms.len(),
+        in_flight = shared.tasks.len(),
         "shutting down: no new alarms; answering those in flight"
     );
-    let drained = tokio::time::timeout(shared.deadline + Duration::from_secs(1), async {
-        while alarms.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
+    shared.tasks.close();
+    if tokio::time::timeout(shared.deadline + Duration::from_secs(1), shared.tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::error!(
-            left = alarms.len(),
+            left = shared.tasks.len(),
             "alarms still in flight at shutdown; they are answered after the restart"
         );
     }
@@ -178,62 +218,166 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
-/// Parses, records and acknowledges an incoming alarm, then verifies it in a task of its own.
-async fn intake(shared: &Arc<Shared>, alarms: &mut JoinSet<()>, msg: Inbound) {
-    let topics = shared.publisher.topics();
-    let Some(camera) = topics.camera_of_alarm(&msg.topic) else {
-        acknowledge(shared, &msg).await;
-        return;
-    };
-    let parsed = alarm::parse("mqtt", camera, &msg.payload, |c| shared.cameras.contains_key(c), Utc::now());
-    let alarm = match parsed {
-        Ok(alarm) => alarm,
-        Err(e) => {
-            reject(shared, &msg, &e.to_string()).await;
-            acknowledge(shared, &msg).await;
-            return;
-        }
-    };
-    match shared.store.record_alarm(&alarm, &msg.payload) {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::info!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, "duplicate alarm ignored");
-            let reason = format!(
-                "duplicate alarm_id {:?}: already received; no second verdict",
-                alarm.alarm_id
-            );
-            reject(shared, &msg, &reason).await;
-            acknowledge(shared, &msg).await;
-            return;
-        }
-        // Still verified and answered: an answer matters more than the audit record.
-        Err(e) => tracing::error!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "alarm not recorded"),
+/// The service as the intakes see it: the one place where an alarm is accepted.
+struct ServiceSink(Arc<Shared>);
+
+impl AlarmSink for ServiceSink {
+    fn knows_camera(&self, camera: &str) -> bool {
+        self.0.cameras.contains_key(camera)
     }
-    acknowledge(shared, &msg).await;
-    tracing::info!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, time = %alarm.time, "alarm received");
-    match shared.in_flight.clone().try_acquire_owned() {
-        Ok(permit) => {
-            alarms.spawn(handle_alarm(shared.clone(), alarm, permit));
+
+    fn accept(&self, arrival: Arrival) -> Result<Accepted, Refused> {
+        let shared = &self.0;
+        if !shared.accepting.load(Ordering::SeqCst) {
+            return Err(Refused::ShuttingDown);
         }
-        Err(_) => {
-            let finding = shared
-                .verifier
-                .unverifiable(&alarm, "overloaded: too many alarms in verification");
-            deliver(shared, &alarm, finding).await;
+        let Arrival {
+            alarm,
+            origin,
+            raw,
+            snapshot,
+        } = arrival;
+        // One lock over look-up, record and registration, so that two events of a camera arriving
+        // together make one alarm.
+        let mut open = lock(&shared.open);
+        if alarm.joinable
+            && let Some(into) = open.get(&alarm.camera)
+        {
+            if let Err(e) = shared.store.record_joined_event(into, &alarm, &raw) {
+                tracing::error!(camera = %alarm.camera, alarm_id = %into, error = %e, "joined event not recorded");
+            }
+            tracing::info!(camera = %alarm.camera, alarm_id = %into, source = %alarm.source, "event joined the alarm in verification");
+            return Ok(Accepted {
+                alarm_id: into.clone(),
+                joined: true,
+            });
+        }
+        match shared.store.record_alarm(&alarm, &raw, snapshot.as_deref()) {
+            Ok(true) => {}
+            Ok(false) => {
+                let refused = Refused::Duplicate(alarm.alarm_id.clone());
+                tracing::info!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, "duplicate alarm ignored");
+                self.report(&origin, &refused.to_string(), &raw);
+                return Err(refused);
+            }
+            // Still verified and answered: an answer matters more than the audit record.
+            Err(e) => {
+                tracing::error!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "alarm not recorded")
+            }
+        }
+        if alarm.joinable {
+            open.insert(alarm.camera.clone(), alarm.alarm_id.clone());
+        }
+        drop(open);
+        tracing::info!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, time = %alarm.time, source = %alarm.source, "alarm received");
+        let accepted = Accepted {
+            alarm_id: alarm.alarm_id.clone(),
+            joined: false,
+        };
+        match shared.in_flight.clone().try_acquire_owned() {
+            Ok(permit) => {
+                shared.tasks.spawn(handle_alarm(shared.clone(), alarm, permit));
+            }
+            Err(_) => {
+                let shared = shared.clone();
+                shared.tasks.clone().spawn(async move {
+                    let finding = shared
+                        .verifier
+                        .unverifiable(&alarm, "overloaded: too many alarms in verification");
+                    close_device_alarm(&shared, &alarm);
+                    deliver(&shared, &alarm, finding).await;
+                });
+            }
+        }
+        Ok(accepted)
+    }
+
+    fn report(&self, origin: &str, error: &str, payload: &[u8]) {
+        tracing::warn!(origin, %error, "alarm rejected");
+        let publisher = self.0.publisher.clone();
+        let (origin, error, payload) = (origin.to_owned(), error.to_owned(), payload.to_vec());
+        tokio::spawn(async move {
+            if let Err(e) = publisher.rejected(&origin, &error, &payload).await {
+                tracing::error!(error = %e, "cannot report rejected alarm");
+            }
+        });
+    }
+
+    fn event_link(&self, camera: &str, link: EventLink) {
+        tracing::info!(camera, state = ?link.state, error = ?link.error, "camera event subscription");
+        lock(&self.0.links).insert(camera.to_owned(), link);
+        let _ = self.0.state_changed.send(camera.to_owned());
+    }
+}
+
+/// Device events of the camera no longer join this alarm: its verdict is made.
+fn close_device_alarm(shared: &Shared, alarm: &Alarm) {
+    if alarm.joinable {
+        let mut open = lock(&shared.open);
+        if open.get(&alarm.camera) == Some(&alarm.alarm_id) {
+            open.remove(&alarm.camera);
         }
     }
 }
 
-async fn acknowledge(shared: &Shared, msg: &Inbound) {
-    if let Err(e) = shared.mqtt.ack(&msg.packet).await {
-        tracing::warn!(topic = %msg.topic, error = %e, "cannot acknowledge alarm message");
+/// The HTTP and SMTP servers and the ONVIF subscriptions, running until `stop`.
+async fn start_intakes(
+    config: &Config,
+    sink: &Arc<dyn AlarmSink>,
+    stop: &CancellationToken,
+) -> Result<JoinSet<()>, ServiceError> {
+    let mut intakes = JoinSet::new();
+    if let Some(address) = config.http.address().map_err(|expected| ConfigError::Invalid {
+        path: "config".into(),
+        key: "http.listen".into(),
+        expected,
+    })? {
+        let token = config.http.resolve_token()?;
+        let listener = bind("http.listen", address).await?;
+        let routes = intake::http::routes(sink.clone());
+        intakes.spawn(ops::http::serve(listener, token, routes, stop.clone()));
     }
+    if let Some(address) = config.smtp.address().map_err(|expected| ConfigError::Invalid {
+        path: "config".into(),
+        key: "smtp.listen".into(),
+        expected,
+    })? {
+        let password = config.smtp.resolve_password()?;
+        let listener = bind("smtp.listen", address).await?;
+        let server = intake::smtp::Server::new(&config.smtp, password, &config.cameras, sink.clone());
+        intakes.spawn(server.serve(listener, stop.clone()));
+    }
+    for (i, camera) in config.cameras.iter().enumerate() {
+        let Some(onvif) = &camera.onvif else { continue };
+        match onvif.resolve_password(&format!("camera[{i}]")) {
+            Ok(password) => {
+                intakes.spawn(intake::onvif::watch(
+                    camera.id.clone(),
+                    onvif.clone(),
+                    password,
+                    sink.clone(),
+                    stop.clone(),
+                ));
+            }
+            Err(e) => sink.event_link(&camera.id, EventLink::now(EventLinkState::Failed, Some(e.to_string()))),
+        }
+    }
+    Ok(intakes)
 }
 
-async fn reject(shared: &Shared, msg: &Inbound, error: &str) {
-    tracing::warn!(topic = %msg.topic, %error, "alarm rejected");
-    if let Err(e) = shared.publisher.rejected(&msg.topic, error, &msg.payload).await {
-        tracing::error!(error = %e, "cannot report rejected alarm");
+async fn bind(key: &'static str, address: SocketAddr) -> Result<tokio::net::TcpListener, ServiceError> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| ServiceError::Listen { key, address, source })?;
+    tracing::info!(key, %address, "listening");
+    Ok(listener)
+}
+
+async fn close_intakes(mut intakes: JoinSet<()>) {
+    let closed = tokio::time::timeout(INTAKE_CLOSE, async { while intakes.join_next().await.is_some() {} }).await;
+    if closed.is_err() {
+        tracing::warn!(left = intakes.len(), "intakes did not close in time; stopped");
+        intakes.abort_all();
     }
 }
 
@@ -249,6 +393,7 @@ async fn handle_alarm(shared: Arc<Shared>, alarm: Alarm, _in_flight: OwnedSemaph
             ),
         ),
     };
+    close_device_alarm(&shared, &alarm);
     deliver(&shared, &alarm, finding).await;
 }
 
@@ -307,19 +452,37 @@ fn answer_interrupted_alarms(shared: &Shared) {
 }
 
 /// Retained state may have been lost with a broker restart; it is sent again on every connect.
-async fn republish_camera_states(shared: &Shared) {
-    for camera in shared.cameras.values() {
-        if let Err(e) = shared.publisher.camera_state(&camera.health()).await {
-            tracing::warn!(camera = %camera.id(), error = %e, "camera state not published");
-        }
+fn republish_camera_states(shared: &Shared) {
+    for camera in shared.cameras.keys() {
+        let _ = shared.state_changed.send(camera.clone());
     }
 }
 
-async fn publish_camera_states(publisher: Publisher, mut health: mpsc::UnboundedReceiver<CameraHealth>) {
-    while let Some(h) = health.recv().await {
-        tracing::info!(camera = %h.camera, state = ?h.main.state, error = ?h.main.last_error, detect_stream = ?h.detect.as_ref().map(|d| d.state), "camera state");
-        if let Err(e) = publisher.camera_state(&h).await {
-            tracing::warn!(camera = %h.camera, error = %e, "camera state not published");
+/// Publishes a camera's state message whenever its streams or its event subscription change.
+async fn publish_camera_states(
+    shared: Arc<Shared>,
+    mut health: mpsc::UnboundedReceiver<CameraHealth>,
+    mut changed: mpsc::UnboundedReceiver<String>,
+) {
+    loop {
+        let (camera, stream_health) = tokio::select! {
+            Some(h) = health.recv() => {
+                tracing::info!(camera = %h.camera, state = ?h.main.state, error = ?h.main.last_error, detect_stream = ?h.detect.as_ref().map(|d| d.state), "camera state");
+                (h.camera.clone(), Some(h))
+            }
+            Some(camera) = changed.recv() => (camera, None),
+            else => return,
+        };
+        let Some(health) = stream_health.or_else(|| shared.cameras.get(&camera).map(Camera::health)) else {
+            continue;
+        };
+        let link = lock(&shared.links).get(&camera).cloned();
+        let state = CameraState {
+            health: &health,
+            onvif: link.as_ref(),
+        };
+        if let Err(e) = shared.publisher.camera_state(&state).await {
+            tracing::warn!(camera = %camera, error = %e, "camera state not published");
         }
     }
 }

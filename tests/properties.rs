@@ -37,13 +37,13 @@ proptest! {
 
     #[test]
     fn alarm_parser_takes_any_bytes_without_panicking(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-        let _ = alarm::parse("gate", &bytes, known, Utc::now());
+        let _ = alarm::parse("mqtt", "gate", &bytes, known, Utc::now());
     }
 
     #[test]
     fn alarm_parser_on_any_json_accepts_only_objects_with_valid_fields(value in json_value()) {
         let payload = serde_json::to_vec(&value).unwrap_or_default();
-        match alarm::parse("gate", &payload, known, Utc::now()) {
+        match alarm::parse("mqtt", "gate", &payload, known, Utc::now()) {
             Ok(a) => {
                 let obj = value.as_object();
                 prop_assert!(obj.is_some(), "accepted a non-object: {value}");
@@ -63,16 +63,20 @@ proptest! {
         let now = Utc::now();
         let time = now + TimeDelta::seconds(offset_s);
         let payload = serde_json::json!({"alarm_id": id, "time": time.to_rfc3339(), "source": source});
-        let a = alarm::parse("gate", payload.to_string().as_bytes(), known, now).expect("valid alarm");
+        let a = alarm::parse("mqtt", "gate", payload.to_string().as_bytes(), known, now).expect("valid alarm");
         prop_assert_eq!(a.alarm_id, id);
         prop_assert_eq!(a.time.timestamp(), time.timestamp());
-        prop_assert_eq!(a.source, source);
+        let expected = match source.as_deref() {
+            Some(s) if !s.is_empty() => format!("mqtt:{s}"),
+            _ => "mqtt".to_owned(),
+        };
+        prop_assert_eq!(a.source, expected);
     }
 
     #[test]
     fn oversized_payloads_are_rejected_by_size(extra in 1usize..4096) {
         let payload = vec![b' '; MAX_PAYLOAD_BYTES + extra];
-        prop_assert_eq!(alarm::parse("gate", &payload, known, Utc::now()).unwrap_err(), AlarmError::TooLarge(MAX_PAYLOAD_BYTES + extra));
+        prop_assert_eq!(alarm::parse("mqtt", "gate", &payload, known, Utc::now()).unwrap_err(), AlarmError::TooLarge(MAX_PAYLOAD_BYTES + extra));
     }
 
     #[test]

@@ -81,7 +81,12 @@ impl SmtpConfig {
     }
 
     pub fn resolve_password(&self) -> Result<Option<Secret>, ConfigError> {
-        resolve_secret(&self.password, &self.password_env, "smtp.password_env", "the SMTP password")
+        resolve_secret(
+            &self.password,
+            &self.password_env,
+            "smtp.password_env",
+            "the SMTP password",
+        )
     }
 }
 

@@ -23,8 +23,8 @@ pub use delivery::{EvidenceConfig, StoreConfig, VerdictConfig};
 pub use detector::{ChannelOrder, DetectorConfig, Layout, Optimization, Provider, ResizeMode};
 pub use intake::{HttpConfig, OnvifConfig, SmtpConfig};
 pub use mqtt::MqttConfig;
-pub use secret::{Secret, resolve_secret};
 pub use policy::{ClassRule, PolicyConfig, PolicyOverride, Zone};
+pub use secret::{Secret, resolve_secret};
 
 use camera::check_rtsp_url;
 use intake::check_onvif_url;

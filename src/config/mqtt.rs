@@ -31,10 +31,13 @@ pub struct MqttConfig {
 impl MqttConfig {
     /// The password from `password_env` or `password`, if any.
     pub fn resolve_password(&self) -> Result<Option<String>, ConfigError> {
-        Ok(
-            resolve_secret(&self.password, &self.password_env, "mqtt.password_env", "the MQTT password")?
-                .map(|s| s.expose().to_owned()),
-        )
+        Ok(resolve_secret(
+            &self.password,
+            &self.password_env,
+            "mqtt.password_env",
+            "the MQTT password",
+        )?
+        .map(|s| s.expose().to_owned()))
     }
 }
 

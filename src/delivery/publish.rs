@@ -16,6 +16,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use crate::analysis::verdict::{VerdictDocument, rfc3339};
 use crate::delivery::store::{OutboxItem, Store, StoreError};
 use crate::ingest::health::CameraHealth;
+use crate::intake::EventLink;
 use crate::mqtt::{Connection, LinkEvent, Topics};
 
 /// How long the broker has to acknowledge one publish before it is sent again.
@@ -39,6 +40,15 @@ pub struct ErrorReport<'a> {
     pub error: String,
     /// The original payload, as text where it is UTF-8 (cut to a few kilobytes).
     pub payload: String,
+}
+
+/// A camera's state message: its streams, and its event subscription when it has one.
+#[derive(Debug, Serialize)]
+pub struct CameraState<'a> {
+    #[serde(flatten)]
+    pub health: &'a CameraHealth,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub onvif: Option<&'a EventLink>,
 }
 
 /// Direct, best-effort publishing on the main connection.
@@ -67,11 +77,14 @@ impl Publisher {
             })
     }
 
-    pub async fn camera_state(&self, health: &CameraHealth) -> Result<(), PublishError> {
-        let body = serde_json::to_vec(health).unwrap_or_default();
-        self.send(self.topics.camera_state(&health.camera), true, body).await
+    pub async fn camera_state(&self, state: &CameraState<'_>) -> Result<(), PublishError> {
+        let body = serde_json::to_vec(state).unwrap_or_default();
+        self.send(self.topics.camera_state(&state.health.camera), true, body)
+            .await
     }
 
+    /// Reports input refused by an intake; `topic` is where it came from (an MQTT topic, or e.g.
+    /// `POST /api/alarms/gate`, `smtp from nvr@site`).
     pub async fn rejected(&self, topic: &str, error: &str, payload: &[u8]) -> Result<(), PublishError> {
         let cut = &payload[..payload.len().min(MAX_ECHOED_PAYLOAD)];
         let report = ErrorReport {

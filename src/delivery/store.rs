@@ -66,6 +66,13 @@ CREATE TABLE IF NOT EXISTS verdicts (
     delivered  TEXT,
     attempts   INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS joined_events (
+    alarm_id   TEXT NOT NULL,
+    received   TEXT NOT NULL,
+    source     TEXT NOT NULL,
+    payload    BLOB
+);
+CREATE INDEX IF NOT EXISTS joined_events_alarm ON joined_events (alarm_id);
 CREATE INDEX IF NOT EXISTS verdicts_undelivered ON verdicts (created) WHERE delivered IS NULL;
 CREATE INDEX IF NOT EXISTS alarms_received ON alarms (received);
 ";
@@ -91,6 +98,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
+        add_column_if_missing(&conn, "alarms", "snapshot", "BLOB").map_err(open_err)?;
         Ok(Self { conn: Mutex::new(conn) })
     }
 
@@ -98,21 +106,53 @@ impl Store {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records an alarm; false when its `alarm_id` is already known (a duplicate).
-    pub fn record_alarm(&self, alarm: &Alarm, payload: &[u8]) -> Result<bool, StoreError> {
+    /// Records an alarm with the message as received and the device's own picture, if any; false
+    /// when its `alarm_id` is already known (a duplicate).
+    pub fn record_alarm(&self, alarm: &Alarm, payload: &[u8], snapshot: Option<&[u8]>) -> Result<bool, StoreError> {
         let inserted = self.conn().execute(
-            "INSERT OR IGNORE INTO alarms (alarm_id, camera, alarm_time, received, source, payload)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT OR IGNORE INTO alarms (alarm_id, camera, alarm_time, received, source, payload, snapshot)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 alarm.alarm_id,
                 alarm.camera,
                 rfc3339(alarm.time),
                 rfc3339(alarm.received),
                 alarm.source,
-                payload
+                payload,
+                snapshot
             ],
         )?;
         Ok(inserted == 1)
+    }
+
+    /// Records a device event that joined alarm `into` instead of raising an alarm of its own.
+    pub fn record_joined_event(&self, into: &str, event: &Alarm, payload: &[u8]) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO joined_events (alarm_id, received, source, payload) VALUES (?1, ?2, ?3, ?4)",
+            params![into, rfc3339(event.received), event.source, payload],
+        )?;
+        Ok(())
+    }
+
+    /// The events that joined an alarm, oldest first: when each was received, and its source.
+    pub fn joined_events(&self, alarm_id: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT received, source FROM joined_events WHERE alarm_id = ?1 ORDER BY rowid")?;
+        let rows = stmt.query_map(params![alarm_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// The device's own picture kept with an alarm (an NVR mail's JPEG).
+    pub fn alarm_snapshot(&self, alarm_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT snapshot FROM alarms WHERE alarm_id = ?1",
+                params![alarm_id],
+                |r| r.get::<_, Option<Vec<u8>>>(0),
+            )
+            .optional()?
+            .flatten())
     }
 
     /// Stores a verdict for delivery. A second verdict for the same alarm is ignored.
@@ -231,8 +271,21 @@ impl Store {
             "DELETE FROM alarms WHERE received < ?1 AND alarm_id NOT IN (SELECT alarm_id FROM verdicts)",
             params![cutoff],
         )?;
+        conn.execute(
+            "DELETE FROM joined_events WHERE alarm_id NOT IN (SELECT alarm_id FROM alarms)",
+            [],
+        )?;
         Ok(verdicts)
     }
+}
+
+/// Stores made by an earlier version lack newer columns; they are added in place.
+fn add_column_if_missing(conn: &Connection, table: &str, column: &str, kind: &str) -> Result<(), rusqlite::Error> {
+    let mut stmt = conn.prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?;
+    if !stmt.exists(params![column])? {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -251,8 +304,8 @@ mod tests {
     fn alarms_are_deduplicated_by_id() {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(&dir.path().join("s.db")).expect("open");
-        assert!(store.record_alarm(&alarm("a1"), b"{}").expect("insert"));
-        assert!(!store.record_alarm(&alarm("a1"), b"{}").expect("insert"));
+        assert!(store.record_alarm(&alarm("a1"), b"{}", None).expect("insert"));
+        assert!(!store.record_alarm(&alarm("a1"), b"{}", None).expect("insert"));
     }
 
     #[test]
@@ -262,10 +315,10 @@ mod tests {
         {
             let store = Store::open(&path).expect("open");
             for id in ["a1", "a2"] {
-                store.record_alarm(&alarm(id), b"{}").expect("alarm");
+                store.record_alarm(&alarm(id), b"{}", None).expect("alarm");
                 store.record_verdict(&doc(id), Some(b"jpeg")).expect("verdict");
             }
-            store.record_alarm(&alarm("a3"), b"{}").expect("alarm");
+            store.record_alarm(&alarm("a3"), b"{}", None).expect("alarm");
         }
         let store = Store::open(&path).expect("reopen");
         assert_eq!(store.undelivered_count().expect("count"), 2);
@@ -291,7 +344,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(&dir.path().join("s.db")).expect("open");
         for id in ["old-delivered", "old-pending"] {
-            store.record_alarm(&alarm(id), b"{}").expect("alarm");
+            store.record_alarm(&alarm(id), b"{}", None).expect("alarm");
             store.record_verdict(&doc(id), None).expect("verdict");
         }
         store.mark_delivered("old-delivered").expect("mark");

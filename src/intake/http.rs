@@ -1,1 +1,84 @@
-//! HTTP webhooks: `POST /api/alarms/{camera}`.
+//! HTTP webhooks: `POST /api/alarms/{camera}` with the same JSON body as an MQTT alarm (every field
+//! optional; an empty body is an alarm now), for NVRs and VMSs that call a URL.
+//!
+//! 202 with `{"alarm_id": ...}` once the alarm is recorded; 404 unknown camera, 400 malformed body,
+//! 409 duplicate `alarm_id`, 413 too large, 503 while shutting down. Each refusal is also reported
+//! on `{prefix}/errors`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use chrono::Utc;
+
+use super::alarm::{self, AlarmError, MAX_PAYLOAD_BYTES};
+use super::{AlarmSink, Arrival, Refused};
+
+/// The webhook routes, for the service's HTTP server.
+pub fn routes(sink: Arc<dyn AlarmSink>) -> axum::Router {
+    Router::new()
+        .route("/api/alarms/{camera}", post(post_alarm))
+        .layer(DefaultBodyLimit::max(MAX_PAYLOAD_BYTES))
+        .with_state(sink)
+}
+
+async fn post_alarm(
+    State(sink): State<Arc<dyn AlarmSink>>,
+    Path(camera): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let origin = format!("POST /api/alarms/{camera}");
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let status = rejection.status();
+            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                format!("body over the limit of {MAX_PAYLOAD_BYTES} bytes")
+            } else {
+                format!("cannot read the body: {}", rejection.body_text())
+            };
+            sink.report(&origin, &message, b"");
+            return error(status, message);
+        }
+    };
+    let alarm = match alarm::parse("http", &camera, &body, |c| sink.knows_camera(c), Utc::now()) {
+        Ok(alarm) => alarm,
+        Err(e) => {
+            sink.report(&origin, &e.to_string(), &body);
+            return error(status_of(&e), e.to_string());
+        }
+    };
+    let arrival = Arrival {
+        alarm,
+        origin,
+        raw: body.to_vec(),
+        snapshot: None,
+    };
+    match sink.accept(arrival) {
+        Ok(accepted) => (
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({ "alarm_id": accepted.alarm_id })),
+        )
+            .into_response(),
+        Err(refused @ Refused::Duplicate(_)) => error(StatusCode::CONFLICT, refused.to_string()),
+        Err(refused @ Refused::ShuttingDown) => error(StatusCode::SERVICE_UNAVAILABLE, refused.to_string()),
+    }
+}
+
+/// A JSON error body, as every API error is sent.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+fn status_of(e: &AlarmError) -> StatusCode {
+    match e {
+        AlarmError::UnknownCamera(_) => StatusCode::NOT_FOUND,
+        AlarmError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        AlarmError::NotJson(_) | AlarmError::Field { .. } => StatusCode::BAD_REQUEST,
+    }
+}

@@ -452,7 +452,7 @@ fn site_toml(plan: &Plan, broker_port: u16, rtsp_port: u16, detect: bool, extra:
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let defaults = Config::offline_default();
     let mut text = format!(
-        "site = \"storm\"\n{extra}\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\n\n\
+        "site = \"storm\"\n{extra}\n\n[http]\nlisten = \"\"\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\n\n\
          [detector]\nmodel = {}\nonnxruntime = {}\n\n[store]\npath = {}\n",
         toml_string(&root.join(&defaults.detector.model).display().to_string()),
         toml_string(&root.join(&defaults.detector.onnxruntime).display().to_string()),

@@ -33,6 +33,10 @@ pub fn site_toml(broker_port: u16, cameras: &[(&str, String)], extra: &str, site
             .display(),
         site_dir.join("alarm-verifier.db").display(),
     );
+    // Tests run side by side: the HTTP server is off unless a test gives it a port of its own.
+    if !extra.contains("[http]") {
+        text.push_str("[http]\nlisten = \"\"\n");
+    }
     for (id, url) in cameras {
         text.push_str(&format!("[[camera]]\nid = \"{id}\"\nurl = \"{url}\"\n"));
     }
@@ -176,6 +180,16 @@ impl Site {
     /// As [`start`](Self::start), each camera with a main stream file and, optionally, a detect
     /// stream file (served as `{id}-detect` and configured as its `detect_url`).
     pub async fn start_streams(cameras: &[(&str, &str, Option<&str>)], extra: &str) -> Self {
+        Self::start_configured(cameras, extra, &[]).await
+    }
+
+    /// As [`start_streams`](Self::start_streams), with further keys for some cameras' `[[camera]]`
+    /// tables (`camera_keys` pairs a camera id with TOML lines, e.g. `email_match = "Camera 02"`).
+    pub async fn start_configured(
+        cameras: &[(&str, &str, Option<&str>)],
+        extra: &str,
+        camera_keys: &[(&str, &str)],
+    ) -> Self {
         let broker = alarm_verifier::tools::demo::Broker::start().expect("broker");
         let detect_files: Vec<(String, PathBuf)> = cameras
             .iter()
@@ -216,6 +230,13 @@ impl Site {
                     config = config.replace(&line, &format!("{line}detect_url = \"{detect_url}\"\n"));
                 }
             }
+        }
+        for (id, keys) in camera_keys {
+            let table = format!("[[camera]]\nid = \"{id}\"\n");
+            let Some(at) = config.find(&table) else { continue };
+            // At the end of this camera's table, so that sub-tables such as [camera.onvif] fit.
+            let end = config[at + 1..].find("[[camera]]").map_or(config.len(), |n| at + 1 + n);
+            config.insert_str(end, &format!("{}\n", keys.trim_end()));
         }
         let service = Service::start(&config, dir.path());
         let mut site = Self {

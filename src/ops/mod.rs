@@ -1,0 +1,3 @@
+//! Operations: the service's HTTP server (and, as it grows, the API, console, metrics).
+
+pub mod http;
