@@ -474,3 +474,167 @@ async fn the_double_refuses_credentials_created_off_its_clock() {
 fn is_capabilities_reply(reply: &str) -> bool {
     reply.contains("GetCapabilitiesResponse") && reply.contains("/onvif/events")
 }
+
+// ---------------------------------------------------------------------------------------------
+// The whole service
+
+/// The `[camera.onvif]` table for a camera watched through `camera`.
+fn onvif_table(camera: &OnvifCamera, password: &str) -> String {
+    format!(
+        "[camera.onvif]\nurl = \"{}\"\nusername = \"admin\"\npassword = \"{password}\"\n",
+        camera.url()
+    )
+}
+
+/// Waits for `camera`'s retained state message whose `onvif` part satisfies `wanted`.
+async fn onvif_state(
+    site: &mut common::Site,
+    camera: &str,
+    what: &str,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> (serde_json::Value, String) {
+    let topic = common::topics().camera_state(camera);
+    let matches =
+        |payload: &[u8]| serde_json::from_slice::<serde_json::Value>(payload).is_ok_and(|v| wanted(&v["onvif"]));
+    let msg = site
+        .probe
+        .next(|m| m.topic == topic && matches(&m.payload), Duration::from_secs(40))
+        .await
+        .unwrap_or_else(|| panic!("{camera}'s ONVIF link never {what}; log:\n{}", site.service.log()));
+    let text = String::from_utf8_lossy(&msg.payload).into_owned();
+    (serde_json::from_str(&text).expect("state JSON"), text)
+}
+
+fn since(link: &serde_json::Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    let text = link["since"].as_str()?;
+    chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.to_utc())
+}
+
+/// Waits for the next verdict on `camera`.
+async fn verdict_on(site: &mut common::Site, camera: &str) -> alarm_verifier::analysis::verdict::VerdictDocument {
+    let verdicts = format!("{}/verdicts/", common::PREFIX);
+    let wanted = format!("\"camera\":\"{camera}\"");
+    let msg = site
+        .probe
+        .next(
+            |m| m.topic.starts_with(&verdicts) && String::from_utf8_lossy(&m.payload).contains(&wanted),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|| panic!("no verdict for {camera}; log:\n{}", site.service.log()));
+    serde_json::from_slice(&msg.payload).expect("v1 verdict")
+}
+
+/// The service logged `alarm_id` as an alarm it created from an ONVIF event.
+fn created_from_onvif(site: &common::Site, alarm_id: &str) -> bool {
+    without_colours(&site.service.log()).lines().any(|line| {
+        line.contains("alarm received")
+            && line.contains(&format!("alarm_id={alarm_id}"))
+            && line.contains("source=onvif:tns1:RuleEngine/CellMotionDetector/Motion")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn camera_motion_gets_a_verdict_and_a_camera_that_vanishes_is_subscribed_again() {
+    let mut double = OnvifCamera::start(CameraOptions::default()).await;
+    let table = onvif_table(&double, &CameraOptions::default().password);
+    let mut site =
+        common::Site::start_configured(&[("entrance", "vtest.mp4", None)], "", &[("entrance", &table)]).await;
+    onvif_state(&mut site, "entrance", "subscribed", |o| o["state"] == "subscribed").await;
+    site.let_buffers_fill().await;
+
+    let emitted = std::time::Instant::now();
+    double.emit_motion(true);
+    let verdict = verdict_on(&mut site, "entrance").await;
+    let event_to_verdict = emitted.elapsed();
+    println!(
+        "ONVIF event → verdict: {} ms (verdict latency_ms {}, {:?})",
+        event_to_verdict.as_millis(),
+        verdict.latency_ms,
+        verdict.verdict
+    );
+    assert_eq!(
+        verdict.verdict,
+        alarm_verifier::analysis::verdict::VerdictKind::Verified,
+        "{verdict:?}"
+    );
+    assert!(
+        created_from_onvif(&site, &verdict.alarm_id),
+        "the verdict's alarm {} is not one the service created from the event; log:\n{}",
+        verdict.alarm_id,
+        site.service.log()
+    );
+    assert!(event_to_verdict < Duration::from_secs(15), "{event_to_verdict:?}");
+
+    // The camera goes away: the state says so, with the address; it comes back: subscribed again.
+    double.stop().await;
+    let (state, text) = onvif_state(&mut site, "entrance", "failed", |o| o["state"] == "failed").await;
+    assert!(text.contains(&format!("127.0.0.1:{}", double.port())), "{text}");
+    assert_eq!(state["state"], "online", "the video goes on: {text}");
+    // State messages repeat the link with every stream change: the one wanted is newer.
+    let failed_since = since(&state["onvif"]);
+    double.restart().await;
+    onvif_state(&mut site, "entrance", "subscribed again", |o| {
+        o["state"] == "subscribed" && since(o) > failed_since
+    })
+    .await;
+    assert_eq!(double.counters().subscriptions, 2);
+    double.emit_motion(false);
+    double.emit_motion(true);
+    let again = verdict_on(&mut site, "entrance").await;
+    assert_ne!(again.alarm_id, verdict.alarm_id);
+    assert!(created_from_onvif(&site, &again.alarm_id), "{again:?}");
+
+    // Shutdown lets the pull point go.
+    let status = site.service.terminate(Duration::from_secs(15));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}; log:\n{}",
+        site.service.log()
+    );
+    assert_eq!(double.counters().unsubscribes, 1, "log:\n{}", site.service.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_onvif_password_shows_in_the_camera_state_and_other_alarms_are_answered() {
+    let double = OnvifCamera::start(CameraOptions::default()).await;
+    let wrong = "Wrong-Onvif-Pass-0815";
+    let table = onvif_table(&double, wrong);
+    let mut site =
+        common::Site::start_configured(&[("entrance", "vtest.mp4", None)], "", &[("entrance", &table)]).await;
+    let (state, text) = onvif_state(&mut site, "entrance", "failed", |o| o["state"] == "failed").await;
+    let reason = state["onvif"]["error"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("ter:NotAuthorized") && reason.contains("camera.onvif.username and password"),
+        "{text}"
+    );
+    assert!(!text.contains(wrong), "the password is in the state: {text}");
+
+    site.let_buffers_fill().await;
+    site.raise("entrance", "while-onvif-fails").await;
+    let verdict = site.verdict("while-onvif-fails", Duration::from_secs(30)).await;
+    assert_eq!(
+        verdict.verdict,
+        alarm_verifier::analysis::verdict::VerdictKind::Verified,
+        "{verdict:?}"
+    );
+    assert!(!site.service.log().contains(wrong), "the password is in the log");
+}
+
+/// The log without its terminal colour codes (`ESC [ ... m`).
+fn without_colours(log: &str) -> String {
+    let mut plain = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}

@@ -66,6 +66,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Shutdown must not wait on a camera that does not answer.
 const UNSUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Empty PullMessages replies closer together than this are spaced out (a long poll is longer).
+const MIN_PULL_INTERVAL: Duration = Duration::from_secs(1);
 /// Renewing more often than this would only load the camera.
 const MIN_RENEW_INTERVAL: Duration = Duration::from_secs(1);
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
@@ -225,6 +227,7 @@ impl fmt::Display for Operation {
 // ---------------------------------------------------------------------------------------------
 // The subscription loop
 
+/// The camera's ONVIF user. The password leaves only inside digests, and is never shown.
 struct Credentials {
     username: String,
     password: Secret,
@@ -330,6 +333,10 @@ impl Watcher {
             let pulled = self.pull(subscription, timeout).await?;
             // The whole chain works: the next failure starts its backoff from the beginning.
             backoff.reset();
+            if pulled.is_empty() {
+                // Some cameras answer at once whatever the Timeout: do not poll them in a busy loop.
+                tokio::time::sleep_until(now + MIN_PULL_INTERVAL).await;
+            }
             for notification in pulled {
                 self.handle(notification, &mut events);
             }
@@ -353,10 +360,11 @@ impl Watcher {
         let camera_time = reply.and_then(|reply| parse_system_date_and_time(&reply.payload));
         match camera_time {
             Ok(camera_time) => {
-                // Our time when the camera read its clock: the middle of the round trip.
+                // Our time when the camera read its clock: the middle of the round trip. The camera
+                // tells whole seconds, so on average its clock was half a second further on.
                 let ours = sent + (received - sent) / 2;
                 let clock = CameraClock {
-                    offset: camera_time - ours,
+                    offset: camera_time + TimeDelta::milliseconds(500) - ours,
                 };
                 if clock.offset.abs() > TimeDelta::seconds(5) {
                     tracing::info!(
