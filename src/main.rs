@@ -98,6 +98,15 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Write the clips of alarms with operator feedback, and a labels.tsv, for `eval`.
+    ExportEval {
+        #[arg(long)]
+        config: PathBuf,
+        /// Only alarms received since this RFC 3339 time.
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        out_dir: PathBuf,
+    },
     /// Build the labelled development set from the footage and photographs scripts/setup.sh fetched.
     MakeDevset {
         #[arg(long, default_value = "testdata")]
@@ -191,6 +200,19 @@ fn execute(command: Command) -> Result<()> {
             evidence.as_deref(),
         ),
         Command::ServeRtsp { mounts, port } => serve_rtsp(&mounts, port),
+        Command::ExportEval { config, since, out_dir } => {
+            let config = Config::load(&config)?;
+            let store = alarm_verifier::delivery::store::Store::open(&config.store.path)?;
+            let exported = alarm_verifier::tools::export_eval::export(&store, since, &out_dir)?;
+            println!(
+                "{}: {} clips with operator feedback ({} alarms with feedback had no clip); run: alarm-verifier eval {}",
+                out_dir.display(),
+                exported.clips,
+                exported.without_clip,
+                out_dir.display()
+            );
+            Ok(())
+        }
         Command::Eval { dir, config } => {
             let config = config_or_default(config.as_deref())?;
             let cases = alarm_verifier::tools::eval::read_labels(&dir)?;

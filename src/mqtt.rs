@@ -51,6 +51,19 @@ impl Topics {
             .strip_prefix("/alarms/")
             .filter(|c| !c.contains('/'))
     }
+    pub fn feedback_filter(&self) -> String {
+        format!("{}/feedback/+", self.prefix)
+    }
+    pub fn feedback(&self, alarm_id: &str) -> String {
+        format!("{}/feedback/{alarm_id}", self.prefix)
+    }
+    /// The alarm a feedback topic is about, if it is one.
+    pub fn alarm_of_feedback<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        topic
+            .strip_prefix(&self.prefix)?
+            .strip_prefix("/feedback/")
+            .filter(|c| !c.contains('/'))
+    }
     pub fn verdict(&self, camera: &str) -> String {
         format!("{}/verdicts/{camera}", self.prefix)
     }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use chrono::TimeDelta;
+use chrono::{TimeDelta, Utc};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -20,19 +20,27 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::analysis::clip::Decoders;
+use crate::analysis::clip::{self as video, Flow, Frame, FrameSink};
 use crate::analysis::detect::{DetectError, Detector};
+use crate::analysis::evidence::{self, Annotations};
 use crate::analysis::live::LiveAnalyser;
 use crate::analysis::verify::{Finding, Verifier};
 use crate::analysis::workers::Workers;
 use crate::config::{Config, ConfigError};
+use crate::config::{EvidenceConfig, PolicyConfig};
+use crate::delivery::clips;
 use crate::delivery::publish::{CameraState, Outbox, Publisher};
+use crate::delivery::records::{Feedback, parse_feedback};
 use crate::delivery::store::{Store, StoreError};
 use crate::ingest::camera::Camera;
+use crate::ingest::camera::StreamKind;
 use crate::ingest::health::CameraHealth;
 use crate::intake::alarm::Alarm;
 use crate::intake::{self, Accepted, AlarmSink, Arrival, EventLink, EventLinkState, Refused};
+use crate::mqtt::Inbound;
 use crate::mqtt::{self, LinkEvent, MqttError, Session, Topics};
-use crate::ops;
+use crate::ops::metrics::Metrics;
+use crate::ops::{self, CameraInfo, Components, Ops, SiteView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -63,6 +71,8 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 /// How long shutdown waits for the HTTP and SMTP servers and the ONVIF subscriptions to close.
 const INTAKE_CLOSE: Duration = Duration::from_secs(3);
+/// After the alarm window ends, its last packets are waited for this long before the clip is made.
+const CLIP_SETTLE: Duration = Duration::from_millis(700);
 
 struct Shared {
     verifier: Arc<Verifier>,
@@ -85,6 +95,14 @@ struct Shared {
     links: Mutex<HashMap<String, EventLink>>,
     /// Cameras whose state message is to be published again.
     state_changed: mpsc::UnboundedSender<String>,
+    metrics: Arc<Metrics>,
+    mqtt_connected: AtomicBool,
+    /// Each camera's policy, for the zones drawn on snapshots.
+    policies: HashMap<String, PolicyConfig>,
+    evidence: EvidenceConfig,
+    /// Alarm clips together stay under this; 0: no clips.
+    max_clip_bytes: u64,
+    queue: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -120,7 +138,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             will: Some((topics.status(), b"offline".to_vec())),
             persistent: true,
             manual_acks: true,
-            ..Session::new(vec![topics.alarms_filter()])
+            ..Session::new(vec![topics.alarms_filter(), topics.feedback_filter()])
         },
     );
     let outbox = Outbox::new(store.clone());
@@ -161,12 +179,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         open: Mutex::new(HashMap::new()),
         links: Mutex::new(HashMap::new()),
         state_changed,
+        metrics: Arc::new(Metrics::new()),
+        mqtt_connected: AtomicBool::new(false),
+        policies: config
+            .cameras
+            .iter()
+            .map(|c| (c.id.clone(), config.camera_policy(c)))
+            .collect(),
+        evidence: config.evidence.clone(),
+        max_clip_bytes: config.store.max_clips_mb.saturating_mul(1024 * 1024),
+        queue: config.verdict.queue,
     });
     let state_task = tokio::spawn(publish_camera_states(shared.clone(), health_rx, state_rx));
     answer_interrupted_alarms(&shared);
     let sink: Arc<dyn AlarmSink> = Arc::new(ServiceSink(shared.clone()));
     let stop_intake = CancellationToken::new();
-    let intakes = start_intakes(&config, &sink, &stop_intake).await?;
+    let ops = Ops {
+        site_name: config.site.clone(),
+        store: store.clone(),
+        sink: sink.clone(),
+        metrics: shared.metrics.clone(),
+        site: Arc::new(ServiceSite(shared.clone())),
+    };
+    let intakes = start_intakes(&config, &sink, ops, &stop_intake).await?;
     let retention = TimeDelta::milliseconds((config.store.retention_days * 86_400_000.0) as i64);
     let purge_task = tokio::spawn(purge_periodically(store.clone(), retention));
 
@@ -177,8 +212,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::select! {
             _ = &mut shutdown => break,
             event = events.recv() => match event {
+                Some(LinkEvent::Message(msg)) if topics.alarm_of_feedback(&msg.topic).is_some() => {
+                    take_feedback(&shared, &topics, msg).await
+                }
                 Some(LinkEvent::Message(msg)) => intake::mqtt::take(sink.as_ref(), &topics, &shared.mqtt, msg).await,
-                Some(LinkEvent::Connected) => republish_camera_states(&shared),
+                Some(LinkEvent::Connected) => {
+                    shared.mqtt_connected.store(true, Ordering::SeqCst);
+                    republish_camera_states(&shared)
+                }
+                Some(LinkEvent::Disconnected(_)) => shared.mqtt_connected.store(false, Ordering::SeqCst),
                 Some(_) => {}
                 None => break,
             },
@@ -270,6 +312,7 @@ impl AlarmSink for ServiceSink {
         }
         drop(open);
         tracing::info!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, time = %alarm.time, source = %alarm.source, "alarm received");
+        shared.metrics.alarm(&alarm.source);
         let accepted = Accepted {
             alarm_id: alarm.alarm_id.clone(),
             joined: false,
@@ -324,6 +367,7 @@ fn close_device_alarm(shared: &Shared, alarm: &Alarm) {
 async fn start_intakes(
     config: &Config,
     sink: &Arc<dyn AlarmSink>,
+    ops: Ops,
     stop: &CancellationToken,
 ) -> Result<JoinSet<()>, ServiceError> {
     let mut intakes = JoinSet::new();
@@ -334,7 +378,9 @@ async fn start_intakes(
     })? {
         let token = config.http.resolve_token()?;
         let listener = bind("http.listen", address).await?;
-        let routes = intake::http::routes(sink.clone());
+        let routes = intake::http::routes(sink.clone())
+            .merge(ops::api::routes(ops.clone()))
+            .merge(ops::console::routes(ops));
         intakes.spawn(ops::http::serve(listener, token, routes, stop.clone()));
     }
     if let Some(address) = config.smtp.address().map_err(|expected| ConfigError::Invalid {
@@ -395,6 +441,172 @@ async fn handle_alarm(shared: Arc<Shared>, alarm: Alarm, _in_flight: OwnedSemaph
     };
     close_device_alarm(&shared, &alarm);
     deliver(&shared, &alarm, finding).await;
+    if shared.max_clip_bytes > 0 {
+        shared.tasks.spawn(keep_clip(shared.clone(), alarm));
+    }
+}
+
+/// Once the alarm window's video is in, its packets are remuxed into an MP4 kept with the record.
+async fn keep_clip(shared: Arc<Shared>, alarm: Alarm) {
+    let Some(camera) = shared.cameras.get(&alarm.camera) else {
+        return;
+    };
+    let window = shared.verifier.window(&alarm);
+    // The ring holds the window until clip.buffer_s after its start; wait for its end only.
+    let wait = (window.to - Utc::now()).to_std().unwrap_or_default() + CLIP_SETTLE;
+    tokio::time::sleep(wait).await;
+    let slice = match camera.slice(StreamKind::Main, window.from, window.to) {
+        Ok(slice) => slice,
+        Err(e) => {
+            tracing::info!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "no clip kept");
+            return;
+        }
+    };
+    let start = slice.units.first().map_or(window.from, |u| u.wall);
+    let file = format!("{}.mp4", uuid::Uuid::new_v4().simple());
+    let path = shared.store.clips_dir().join(&file);
+    let written = tokio::task::spawn_blocking(move || clips::remux_to_mp4(&slice, &path)).await;
+    let bytes = match written {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            tracing::warn!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "clip not kept");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "clip not kept");
+            return;
+        }
+    };
+    if let Err(e) = shared.store.record_clip(&alarm.alarm_id, &file, bytes, start) {
+        tracing::warn!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "clip not recorded");
+        let _ = std::fs::remove_file(shared.store.clips_dir().join(&file));
+        return;
+    }
+    match shared.store.bound_clips(shared.max_clip_bytes) {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            deleted = n,
+            max_mb = shared.max_clip_bytes / (1024 * 1024),
+            "store.max_clips_mb reached: the oldest clips were deleted"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot bound the clips' disk use"),
+    }
+}
+
+/// Operator feedback on `{prefix}/feedback/{alarm_id}`: stored, or reported on `errors`.
+async fn take_feedback(shared: &Arc<Shared>, topics: &Topics, msg: Inbound) {
+    if let Some(alarm_id) = topics.alarm_of_feedback(&msg.topic) {
+        let stored = parse_feedback(&msg.payload).map_err(|e| e.to_string()).and_then(|f| {
+            match shared.store.record_feedback(alarm_id, &f) {
+                Ok(true) => Ok(f),
+                Ok(false) => Err(format!("unknown alarm {alarm_id:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        match stored {
+            Ok(feedback) => ServiceSite(shared.clone()).feedback_stored(alarm_id, &feedback),
+            Err(error) => ServiceSink(shared.clone()).report(&msg.topic, &error, &msg.payload),
+        }
+    }
+    if let Err(e) = shared.mqtt.ack(&msg.packet).await {
+        tracing::warn!(topic = %msg.topic, error = %e, "cannot acknowledge feedback message");
+    }
+}
+
+/// The running service as ops sees it.
+struct ServiceSite(Arc<Shared>);
+
+impl SiteView for ServiceSite {
+    fn cameras(&self) -> Vec<CameraInfo> {
+        let links = lock(&self.0.links).clone();
+        let mut cameras: Vec<CameraInfo> = self
+            .0
+            .cameras
+            .values()
+            .map(|c| CameraInfo {
+                health: c.health(),
+                onvif: links.get(c.id()).cloned(),
+                zones: self
+                    .0
+                    .policies
+                    .get(c.id())
+                    .map_or_else(Vec::new, |p| p.zones.iter().map(|z| z.name.clone()).collect()),
+            })
+            .collect();
+        cameras.sort_by(|a, b| a.health.camera.cmp(&b.health.camera));
+        cameras
+    }
+
+    fn snapshot(&self, camera: &str) -> Result<Vec<u8>, String> {
+        let cam = self
+            .0
+            .cameras
+            .get(camera)
+            .ok_or_else(|| format!("unknown camera {camera:?}"))?;
+        let newest = cam
+            .newest(StreamKind::Main)
+            .ok_or_else(|| format!("no video from {camera} yet"))?;
+        let key = cam
+            .keyframe_near(StreamKind::Main, newest)
+            .ok_or_else(|| format!("no keyframe from {camera} yet"))?;
+        let slice = cam.slice(StreamKind::Main, key, key).map_err(|e| e.to_string())?;
+        let mut first = FirstFrame(None);
+        video::decode_slice(&slice, self.0.verifier.decoders(), &mut first).map_err(|e| e.to_string())?;
+        let frame = first
+            .0
+            .ok_or_else(|| format!("the newest keyframe of {camera} did not decode"))?;
+        let scaled = evidence::fit(frame.image, self.0.evidence.max_size).map_err(|e| e.to_string())?;
+        let policy = self.0.policies.get(camera);
+        let notes = Annotations {
+            detections: &[],
+            regions: &[],
+            zones: policy.map_or(&[], |p| p.zones.as_slice()),
+            masks: policy.map_or(&[], |p| p.masks.as_slice()),
+            header: format!("{camera}  {}", frame.time.format("%Y-%m-%d %H:%M:%S UTC")),
+            footer: "snapshot: zones and masks outlined".into(),
+        };
+        evidence::render(&scaled, &notes, &self.0.evidence).map_err(|e| e.to_string())
+    }
+
+    fn components(&self) -> Components {
+        let shared = &self.0;
+        Components {
+            mqtt_connected: shared.mqtt_connected.load(Ordering::SeqCst),
+            model: shared.verifier.model_name().to_owned(),
+            cameras: shared.cameras.len(),
+            cameras_online: shared
+                .cameras
+                .values()
+                .filter(|c| c.stream_online(StreamKind::Main))
+                .count(),
+            queue_depth: shared.queue - shared.in_flight.available_permits(),
+            outbox_pending: shared.outbox.pending(),
+            outbox_oldest_s: shared
+                .store
+                .oldest_undelivered()
+                .ok()
+                .flatten()
+                .map(|t| (Utc::now() - t).as_seconds_f64().max(0.0)),
+            inference_totals: shared.verifier.detector().inference_totals(),
+        }
+    }
+
+    fn feedback_stored(&self, alarm_id: &str, feedback: &Feedback) {
+        tracing::info!(alarm_id, outcome = feedback.outcome.as_str(), operator = %feedback.operator, "operator feedback");
+    }
+}
+
+/// Takes the first decoded frame.
+struct FirstFrame(Option<Frame>);
+
+impl FrameSink for FirstFrame {
+    fn wants(&mut self, _time: chrono::DateTime<Utc>) -> bool {
+        self.0.is_none()
+    }
+    fn frame(&mut self, frame: Frame) -> Result<Flow, String> {
+        self.0 = Some(frame);
+        Ok(Flow::Stop)
+    }
 }
 
 async fn verify_alarm(shared: &Arc<Shared>, alarm: &Alarm, deadline: Instant) -> Finding {
@@ -410,6 +622,13 @@ async fn deliver(shared: &Shared, alarm: &Alarm, mut finding: Finding) {
         finding.doc.evidence_topic = Some(shared.publisher.topics().evidence(&alarm.alarm_id));
     }
     finding.doc.latency_ms = alarm.received_at.elapsed().as_millis() as u64;
+    let verdict = serde_json::to_value(finding.doc.verdict)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    shared
+        .metrics
+        .verdict(&alarm.camera, &verdict, alarm.received_at.elapsed().as_secs_f64());
     tracing::info!(
         camera = %alarm.camera,
         alarm_id = %alarm.alarm_id,

@@ -72,6 +72,10 @@ impl Verifier {
         }
     }
 
+    pub fn detector(&self) -> &Detector {
+        &self.detector
+    }
+
     pub fn model_name(&self) -> &str {
         self.detector.model_name()
     }

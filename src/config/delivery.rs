@@ -59,6 +59,8 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// Delivered verdicts and their alarms are deleted after this many days.
     pub retention_days: f64,
+    /// Alarm clips together may take this many megabytes; the oldest go first. 0: no clips.
+    pub max_clips_mb: u64,
 }
 
 impl Default for StoreConfig {
@@ -66,6 +68,7 @@ impl Default for StoreConfig {
         Self {
             path: "data/alarm-verifier.db".into(),
             retention_days: 30.0,
+            max_clips_mb: 2048,
         }
     }
 }

@@ -470,7 +470,10 @@ url = "rtsp://user:pass@10.0.0.5:554/stream1"
     #[test]
     fn intakes_default_to_http_on_loopback_and_no_smtp() {
         let c = Config::parse(MINIMAL, "site.toml").expect("valid");
-        assert_eq!(c.http.address().ok().flatten().map(|a| a.to_string()).as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(
+            c.http.address().ok().flatten().map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:8080")
+        );
         assert_eq!(c.smtp.address().ok().flatten(), None);
         assert!(c.cameras[0].onvif.is_none() && c.cameras[0].email_match.is_none());
     }
@@ -483,7 +486,10 @@ url = "rtsp://user:pass@10.0.0.5:554/stream1"
         let with_token = format!("[http]\nlisten = \"0.0.0.0:8080\"\ntoken_env = \"AV_TOKEN\"\n{MINIMAL}");
         assert!(Config::parse(&with_token, "site.toml").is_ok());
         let off = format!("[http]\nlisten = \"\"\n{MINIMAL}");
-        assert_eq!(Config::parse(&off, "site.toml").expect("valid").http.address(), Ok(None));
+        assert_eq!(
+            Config::parse(&off, "site.toml").expect("valid").http.address(),
+            Ok(None)
+        );
         let bad = format!("[http]\nlisten = \"localhost\"\n{MINIMAL}");
         let err = Config::parse(&bad, "site.toml").unwrap_err().to_string();
         assert!(err.contains("http.listen") && err.contains("address and port"), "{err}");
@@ -523,7 +529,15 @@ url = "rtsp://user:pass@10.0.0.5:554/stream1"
         );
         let c = Config::parse(&good, "site.toml").expect("valid");
         let onvif = c.cameras[0].onvif.as_ref().expect("onvif");
-        assert_eq!(onvif.resolve_password("camera[0]").ok().flatten().map(|s| s.expose().to_owned()).as_deref(), Some("secret"));
+        assert_eq!(
+            onvif
+                .resolve_password("camera[0]")
+                .ok()
+                .flatten()
+                .map(|s| s.expose().to_owned())
+                .as_deref(),
+            Some("secret")
+        );
         assert!(!format!("{c:?}").contains("secret"));
     }
 

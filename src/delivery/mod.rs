@@ -1,5 +1,7 @@
 //! Delivery: the durable record of alarms and verdicts, and sending verdicts, camera state, errors
 //! and status to the monitoring centre.
 
+pub mod clips;
 pub mod publish;
+pub mod records;
 pub mod store;

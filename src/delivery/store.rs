@@ -45,6 +45,8 @@ pub struct Unanswered {
 
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Where alarm clips are kept: `clips/` beside the database file.
+    clips_dir: PathBuf,
 }
 
 const SCHEMA: &str = "
@@ -73,6 +75,13 @@ CREATE TABLE IF NOT EXISTS joined_events (
     payload    BLOB
 );
 CREATE INDEX IF NOT EXISTS joined_events_alarm ON joined_events (alarm_id);
+CREATE TABLE IF NOT EXISTS feedback (
+    alarm_id   TEXT PRIMARY KEY,
+    outcome    TEXT NOT NULL,
+    operator   TEXT NOT NULL,
+    note       TEXT NOT NULL,
+    time       TEXT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS verdicts_undelivered ON verdicts (created) WHERE delivered IS NULL;
 CREATE INDEX IF NOT EXISTS alarms_received ON alarms (received);
 ";
@@ -98,11 +107,22 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
-        add_column_if_missing(&conn, "alarms", "snapshot", "BLOB").map_err(open_err)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        for (column, kind) in [
+            ("snapshot", "BLOB"),
+            ("clip_file", "TEXT"),
+            ("clip_bytes", "INTEGER"),
+            ("clip_start", "TEXT"),
+        ] {
+            add_column_if_missing(&conn, "alarms", column, kind).map_err(open_err)?;
+        }
+        let clips_dir = path.parent().unwrap_or(Path::new(".")).join("clips");
+        Ok(Self {
+            conn: Mutex::new(conn),
+            clips_dir,
+        })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    pub(super) fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -258,11 +278,25 @@ impl Store {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
-    /// Deletes delivered verdicts and their alarms received before `now - retention`.
-    /// Undelivered verdicts are kept whatever their age.
+    pub fn clips_dir(&self) -> &Path {
+        &self.clips_dir
+    }
+
+    /// Deletes delivered verdicts and their alarms received before `now - retention`, with their
+    /// clips and feedback. Undelivered verdicts are kept whatever their age.
     pub fn purge(&self, retention: TimeDelta) -> Result<usize, StoreError> {
         let cutoff = rfc3339(Utc::now() - retention);
         let conn = self.conn();
+        let clips: Vec<String> = conn
+            .prepare(
+                "SELECT a.clip_file FROM alarms a JOIN verdicts v ON v.alarm_id = a.alarm_id
+                 WHERE v.delivered IS NOT NULL AND v.created < ?1 AND a.clip_file IS NOT NULL",
+            )?
+            .query_map(params![cutoff], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for file in clips {
+            let _ = std::fs::remove_file(self.clips_dir.join(file));
+        }
         let verdicts = conn.execute(
             "DELETE FROM verdicts WHERE delivered IS NOT NULL AND created < ?1",
             params![cutoff],
@@ -273,6 +307,10 @@ impl Store {
         )?;
         conn.execute(
             "DELETE FROM joined_events WHERE alarm_id NOT IN (SELECT alarm_id FROM alarms)",
+            [],
+        )?;
+        conn.execute(
+            "DELETE FROM feedback WHERE alarm_id NOT IN (SELECT alarm_id FROM alarms)",
             [],
         )?;
         Ok(verdicts)
@@ -315,7 +353,10 @@ mod tests {
         }
         let store = Store::open(&path).expect("reopen");
         assert!(store.record_alarm(&alarm("m1"), b"{}", Some(b"jpeg")).expect("insert"));
-        assert_eq!(store.alarm_snapshot("m1").expect("read").as_deref(), Some(b"jpeg".as_slice()));
+        assert_eq!(
+            store.alarm_snapshot("m1").expect("read").as_deref(),
+            Some(b"jpeg".as_slice())
+        );
         let mut later = alarm("m2");
         later.source = "onvif:tns1:VideoSource/MotionAlarm".into();
         store.record_joined_event("m1", &later, b"<event/>").expect("join");

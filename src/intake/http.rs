@@ -22,7 +22,7 @@ use super::{AlarmSink, Arrival, Refused};
 /// The webhook routes, for the service's HTTP server.
 pub fn routes(sink: Arc<dyn AlarmSink>) -> axum::Router {
     Router::new()
-        .route("/api/alarms/{camera}", post(post_alarm))
+        .route("/api/alarms/{id}", post(post_alarm))
         .layer(DefaultBodyLimit::max(MAX_PAYLOAD_BYTES))
         .with_state(sink)
 }

@@ -1,5 +1,5 @@
-//! The service's one HTTP server: the token check in front of every path but `/healthz`, and the
-//! routes the stages contribute (alarm webhooks from `intake::http`).
+//! The service's one HTTP server: the token check in front of every path but `/healthz`, a JSON
+//! 404, and the routes given to it (the alarm webhooks of `intake::http`, the API and the console).
 //!
 //! The token is accepted as `Authorization: Bearer <token>` or as the password of HTTP Basic (any
 //! user name), so that both a webhook and a browser can present it. It is compared in constant
@@ -12,8 +12,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::response::Response;
 use base64::Engine;
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
@@ -26,7 +25,7 @@ use crate::intake::http::error;
 /// The one path open without the token: for load balancers and watchdogs.
 pub const HEALTH_PATH: &str = "/healthz";
 
-/// Serves `routes` (and `/healthz`) on `listener` until `stop` is cancelled.
+/// Serves `routes` on `listener` until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, token: Option<Secret>, routes: Router, stop: CancellationToken) {
     let app = app(token, routes);
     let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
@@ -37,16 +36,11 @@ pub async fn serve(listener: TcpListener, token: Option<Secret>, routes: Router,
     }
 }
 
-/// The whole application: routes, `/healthz`, the fallback and the token check.
+/// The whole application: routes, the fallback and the token check.
 pub fn app(token: Option<Secret>, routes: Router) -> Router {
     routes
-        .route(HEALTH_PATH, get(healthz))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(Arc::new(token), require_token))
-}
-
-async fn healthz() -> Response {
-    axum::Json(serde_json::json!({ "status": "ok" })).into_response()
 }
 
 async fn not_found(request: Request) -> Response {

@@ -5,4 +5,5 @@ pub mod bench;
 pub mod demo;
 pub mod devset;
 pub mod eval;
+pub mod export_eval;
 pub mod storm;

@@ -132,6 +132,9 @@ pub struct Detector {
     score_threshold: f32,
     nms_iou: f32,
     model_name: String,
+    /// Inferences run and their total time in microseconds, for the metrics.
+    inferences: std::sync::atomic::AtomicU64,
+    inference_us: std::sync::atomic::AtomicU64,
 }
 
 impl Detector {
@@ -206,11 +209,22 @@ impl Detector {
             score_threshold: config.score_threshold,
             nms_iou: config.nms_iou,
             model_name,
+            inferences: Default::default(),
+            inference_us: Default::default(),
         })
     }
 
     pub fn model_name(&self) -> &str {
         &self.model_name
+    }
+
+    /// Inferences run since start, and the seconds they took together.
+    pub fn inference_totals(&self) -> (u64, f64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.inferences.load(Relaxed),
+            self.inference_us.load(Relaxed) as f64 / 1e6,
+        )
     }
 
     /// The model input: width, height.
@@ -259,6 +273,9 @@ impl Detector {
         let infer_err = |e: ort::Error| DetectError::Inference(e.to_string());
         let outputs = run_input(session, &self.input, scratch).map_err(infer_err)?;
         times.inference = started.elapsed();
+        self.inferences.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inference_us
+            .fetch_add(times.inference.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
 
         let started = Instant::now();
         let tensor = |i: usize| -> Result<&[f32], DetectError> {

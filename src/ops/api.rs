@@ -1,0 +1,267 @@
+//! The API: `/healthz`, `/metrics`, the alarm records (`/api/alarms…`, with CSV export, evidence,
+//! clip and feedback) and the cameras (`/api/cameras`, `…/snapshot.jpg`).
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use super::Ops;
+use super::http::HEALTH_PATH;
+use crate::delivery::records::{AlarmFilter, AlarmSummary, parse_feedback};
+use crate::intake::http::error;
+
+const MAX_FEEDBACK_BYTES: usize = 16 * 1024;
+
+/// The API's routes.
+pub fn routes(ops: Ops) -> Router {
+    Router::new()
+        .route(HEALTH_PATH, get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/alarms", get(list_alarms))
+        .route("/api/alarms/{id}", get(alarm))
+        .route("/api/alarms/{id}/evidence.jpg", get(evidence))
+        .route("/api/alarms/{id}/snapshot.jpg", get(device_snapshot))
+        .route("/api/alarms/{id}/clip.mp4", get(clip))
+        .route(
+            "/api/alarms/{id}/feedback",
+            post(feedback).layer(DefaultBodyLimit::max(MAX_FEEDBACK_BYTES)),
+        )
+        .route("/api/cameras", get(cameras))
+        .route("/api/cameras/{camera}/snapshot.jpg", get(camera_snapshot))
+        .with_state(ops)
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "API request failed");
+    error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+fn unknown_alarm(alarm_id: &str) -> Response {
+    error(StatusCode::NOT_FOUND, format!("unknown alarm {alarm_id:?}"))
+}
+
+fn jpeg(bytes: Vec<u8>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "image/jpeg"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
+async fn healthz(State(ops): State<Ops>) -> Response {
+    let components = ops.site.components();
+    let problems = components.problems();
+    let status = if problems.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if problems.is_empty() { "ok" } else { "unavailable" },
+        "problems": problems,
+        "mqtt": { "connected": components.mqtt_connected },
+        "detector": { "model": components.model },
+        "cameras": { "total": components.cameras, "online": components.cameras_online },
+        "outbox": { "pending": components.outbox_pending, "oldest_age_s": components.outbox_oldest_s },
+        "queue_depth": components.queue_depth,
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(ops): State<Ops>) -> Response {
+    let agreement = match ops.store.agreement() {
+        Ok(a) => a,
+        Err(e) => return internal(e),
+    };
+    let text = ops.metrics.render(&ops.site.components(), &agreement);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn list_alarms(State(ops): State<Ops>, filter: Result<Query<AlarmFilter>, QueryRejection>) -> Response {
+    let Query(filter) = match filter {
+        Ok(f) => f,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{} (expected camera, verdict, since and until as RFC 3339 times, limit, format=csv)",
+                    e.body_text()
+                ),
+            );
+        }
+    };
+    let csv = match filter.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("field `format`: expected json or csv, got {other:?}"),
+            );
+        }
+    };
+    let store = ops.store.clone();
+    let listed = tokio::task::spawn_blocking(move || store.list_alarms(&filter)).await;
+    let alarms = match listed {
+        Ok(Ok(alarms)) => alarms,
+        Ok(Err(e)) => return internal(e),
+        Err(e) => return internal(e),
+    };
+    if csv {
+        return (
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (header::CONTENT_DISPOSITION, "attachment; filename=\"alarms.csv\""),
+            ],
+            to_csv(&alarms),
+        )
+            .into_response();
+    }
+    axum::Json(serde_json::json!({ "alarms": alarms })).into_response()
+}
+
+/// RFC 4180 CSV: every field quoted, quotes doubled.
+fn to_csv(alarms: &[AlarmSummary]) -> String {
+    let mut out =
+        String::from("alarm_id,camera,alarm_time,received,source,verdict,reason,latency_ms,delivered,feedback\r\n");
+    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    for a in alarms {
+        let fields = [
+            quote(&a.alarm_id),
+            quote(&a.camera),
+            quote(&a.alarm_time),
+            quote(&a.received),
+            quote(a.source.as_deref().unwrap_or_default()),
+            quote(a.verdict.as_deref().unwrap_or_default()),
+            quote(a.reason.as_deref().unwrap_or_default()),
+            quote(&a.latency_ms.map(|l| l.to_string()).unwrap_or_default()),
+            quote(a.delivered.as_deref().unwrap_or_default()),
+            quote(a.feedback.as_deref().unwrap_or_default()),
+        ];
+        out.push_str(&fields.join(","));
+        out.push_str("\r\n");
+    }
+    out
+}
+
+async fn alarm(State(ops): State<Ops>, Path(alarm_id): Path<String>) -> Response {
+    match ops.store.alarm_detail(&alarm_id) {
+        Ok(Some(detail)) => axum::Json(detail).into_response(),
+        Ok(None) => unknown_alarm(&alarm_id),
+        Err(e) => internal(e),
+    }
+}
+
+async fn evidence(State(ops): State<Ops>, Path(alarm_id): Path<String>) -> Response {
+    match ops.store.evidence(&alarm_id) {
+        Ok(Some(bytes)) => jpeg(bytes),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("no evidence image for alarm {alarm_id:?}"),
+        ),
+        Err(e) => internal(e),
+    }
+}
+
+async fn device_snapshot(State(ops): State<Ops>, Path(alarm_id): Path<String>) -> Response {
+    match ops.store.alarm_snapshot(&alarm_id) {
+        Ok(Some(bytes)) => jpeg(bytes),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("no device picture for alarm {alarm_id:?}"),
+        ),
+        Err(e) => internal(e),
+    }
+}
+
+async fn clip(State(ops): State<Ops>, Path(alarm_id): Path<String>) -> Response {
+    let clip = match ops.store.clip(&alarm_id) {
+        Ok(Some(clip)) => clip,
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no clip for alarm {alarm_id:?}")),
+        Err(e) => return internal(e),
+    };
+    match tokio::fs::read(&clip.path).await {
+        Ok(bytes) => (
+            [
+                (header::CONTENT_TYPE, "video/mp4".to_owned()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("inline; filename=\"{}.mp4\"", sanitize(&alarm_id)),
+                ),
+            ],
+            Body::from(bytes),
+        )
+            .into_response(),
+        Err(e) => internal(format!("{}: {e}", clip.path.display())),
+    }
+}
+
+/// A file name made of the id's safe characters.
+fn sanitize(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+async fn feedback(
+    State(ops): State<Ops>,
+    Path(alarm_id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return error(e.status(), e.body_text()),
+    };
+    let feedback = match parse_feedback(&body) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match ops.store.record_feedback(&alarm_id, &feedback) {
+        Ok(true) => {
+            ops.site.feedback_stored(&alarm_id, &feedback);
+            (
+                StatusCode::OK,
+                axum::Json(serde_json::json!({ "alarm_id": alarm_id, "outcome": feedback.outcome })),
+            )
+                .into_response()
+        }
+        Ok(false) => unknown_alarm(&alarm_id),
+        Err(e) => internal(e),
+    }
+}
+
+async fn cameras(State(ops): State<Ops>) -> Response {
+    axum::Json(serde_json::json!({ "cameras": ops.site.cameras() })).into_response()
+}
+
+async fn camera_snapshot(State(ops): State<Ops>, Path(camera): Path<String>) -> Response {
+    if !ops.sink.knows_camera(&camera) {
+        return error(StatusCode::NOT_FOUND, format!("unknown camera {camera:?}"));
+    }
+    let site = ops.site.clone();
+    match tokio::task::spawn_blocking(move || site.snapshot(&camera)).await {
+        Ok(Ok(bytes)) => jpeg(bytes),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => internal(e),
+    }
+}
