@@ -423,4 +423,32 @@ mod tests {
             Some("old-pending")
         );
     }
+
+    #[test]
+    fn purged_records_take_their_clips_and_feedback_with_them_and_clips_are_bounded() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(&dir.path().join("s.db")).expect("open");
+        std::fs::create_dir_all(store.clips_dir()).expect("clips dir");
+        for (id, bytes) in [("a1", 300), ("a2", 300), ("a3", 300)] {
+            store.record_alarm(&alarm(id), b"{}", None).expect("alarm");
+            store.record_verdict(&doc(id), Some(b"jpeg")).expect("verdict");
+            std::fs::write(store.clips_dir().join(format!("{id}.mp4")), vec![0u8; bytes]).expect("clip");
+            store.record_clip(id, &format!("{id}.mp4"), bytes as u64, Utc::now()).expect("record clip");
+        }
+        // Over a 700-byte bound the oldest clip goes, and its record stays.
+        assert_eq!(store.bound_clips(700).expect("bound"), 1);
+        assert!(store.clip("a1").expect("clip").is_none());
+        assert!(!store.clips_dir().join("a1.mp4").exists());
+        assert!(store.alarm_detail("a1").expect("detail").is_some());
+        let feedback = crate::delivery::records::parse_feedback(br#"{"outcome":"real"}"#).expect("feedback");
+        assert!(store.record_feedback("a2", &feedback).expect("feedback"));
+        assert!(!store.record_feedback("nope", &feedback).expect("unknown"));
+        for id in ["a1", "a2", "a3"] {
+            store.mark_delivered(id).expect("mark");
+        }
+        assert_eq!(store.purge(TimeDelta::seconds(-60)).expect("purge"), 3);
+        assert!(store.alarm_detail("a2").expect("detail").is_none());
+        assert!(!store.clips_dir().join("a2.mp4").exists() && !store.clips_dir().join("a3.mp4").exists());
+        assert!(store.agreement().expect("agreement").is_empty(), "feedback purged with its alarm");
+    }
 }
