@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -169,7 +170,11 @@ fn execute(command: Command) -> Result<()> {
     match command {
         Command::Run { config } => {
             let config = Config::load(&config)?;
-            runtime()?.block_on(service::run(config, shutdown_signal()))?;
+            let runtime = runtime()?;
+            let result = runtime.block_on(service::run(config, shutdown_signal()));
+            // Work still on a blocking thread (a decode, a stuck pipeline) must not hold up the exit.
+            runtime.shutdown_timeout(Duration::from_millis(500));
+            result?;
             Ok(())
         }
         Command::CheckConfig { file } => {

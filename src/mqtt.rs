@@ -7,6 +7,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::{ConfigError, MqttConfig};
+use crate::ingest::health::{OutageLog, OutageNote};
 
 /// Incoming packets allowed. Alarm payloads over the alarm parser's own limit are rejected with a
 /// message on `errors`, which needs them to arrive rather than break the connection.
@@ -188,10 +189,16 @@ pub fn connect(mut options: MqttOptions, session: Session) -> Connection {
     let task_client = client.clone();
     let task = tokio::spawn(async move {
         let mut backoff = session.reconnect_first;
+        let mut outage = OutageLog::default();
         loop {
             let event = match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    tracing::info!(broker = %endpoint, "connected to MQTT broker");
+                    match outage.recovered() {
+                        Some((down_for_s, attempts)) => {
+                            tracing::info!(broker = %endpoint, down_for_s, attempts, "reconnected to MQTT broker")
+                        }
+                        None => tracing::info!(broker = %endpoint, "connected to MQTT broker"),
+                    }
                     backoff = session.reconnect_first;
                     // try_* never waits on this very event loop, which would deadlock.
                     for filter in &session.subscriptions {
@@ -212,7 +219,16 @@ pub fn connect(mut options: MqttOptions, session: Session) -> Connection {
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
                 Ok(_) => continue,
                 Err(e) => {
-                    tracing::warn!(broker = %endpoint, error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost");
+                    tracing::debug!(broker = %endpoint, error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection attempt failed");
+                    match outage.failed() {
+                        OutageNote::Down => {
+                            tracing::warn!(broker = %endpoint, error = %e, "MQTT connection lost; reconnecting")
+                        }
+                        OutageNote::StillDown { attempts, down_for_s } => {
+                            tracing::warn!(broker = %endpoint, error = %e, attempts, down_for_s, "MQTT broker still unreachable")
+                        }
+                        OutageNote::Quiet => {}
+                    }
                     let _ = tx.send(LinkEvent::Disconnected(e.to_string())).await;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(session.reconnect_max);

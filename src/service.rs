@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +34,7 @@ use crate::delivery::records::{Feedback, parse_feedback};
 use crate::delivery::store::{Store, StoreError};
 use crate::ingest::camera::Camera;
 use crate::ingest::camera::StreamKind;
-use crate::ingest::health::CameraHealth;
+use crate::ingest::health::StateBoard;
 use crate::intake::alarm::Alarm;
 use crate::intake::{self, Accepted, AlarmSink, Arrival, EventLink, EventLinkState, Refused};
 use crate::mqtt::Inbound;
@@ -66,8 +66,10 @@ pub enum ServiceError {
 
 /// After a reconnect, the outbox waits this long so that subscribers can resubscribe first.
 const OUTBOX_SETTLE: Duration = Duration::from_secs(2);
-/// How long shutdown waits for the outbox to empty.
-const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+/// Of the shutdown bound, what is kept for answering the alarms still in verification and
+/// flushing the outbox, and what is kept after the flush for the last messages and the cameras.
+const SHUTDOWN_RESERVE: Duration = Duration::from_secs(3);
+const SHUTDOWN_LAST: Duration = Duration::from_secs(1);
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 /// How long shutdown waits for the HTTP and SMTP servers and the ONVIF subscriptions to close.
 const INTAKE_CLOSE: Duration = Duration::from_secs(3);
@@ -94,7 +96,9 @@ struct Shared {
     /// Per camera, its ONVIF event subscription's state.
     links: Mutex<HashMap<String, EventLink>>,
     /// Cameras whose state message is to be published again.
-    state_changed: mpsc::UnboundedSender<String>,
+    board: Arc<StateBoard>,
+    /// Cancelled when shutdown can wait no longer: alarms still in verification are answered.
+    stop_alarms: CancellationToken,
     metrics: Arc<Metrics>,
     mqtt_connected: AtomicBool,
     /// Each camera's policy, for the zones drawn on snapshots.
@@ -111,6 +115,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Runs the service until `shutdown` completes, then answers or finishes what is in flight.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
+    let shutdown_timeout_s = config.shutdown_timeout_s;
     gstreamer::init().map_err(|e| ServiceError::Gstreamer(e.to_string()))?;
     let decoders = Decoders::choose(&config.clip.decoder).map_err(|e| ServiceError::Decoder(e.to_string()))?;
     let detector_config = config.detector.clone();
@@ -151,15 +156,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     ));
     let publisher = Publisher::new(main.client.clone(), topics.clone());
 
-    let (health_tx, health_rx) = mpsc::unbounded_channel();
+    let board = Arc::new(StateBoard::default());
     let buffer = Duration::from_secs_f64(config.clip.buffer_s);
     let cameras = config
         .cameras
         .iter()
-        .map(|c| (c.id.clone(), Camera::start(c, buffer, health_tx.clone())))
+        .map(|c| (c.id.clone(), Camera::start(c, buffer, board.clone())))
         .collect::<HashMap<_, _>>();
-    drop(health_tx);
-    let (state_changed, state_rx) = mpsc::unbounded_channel();
 
     let verifier = Arc::new(Verifier::new(Arc::new(detector), &config, decoders));
     let workers = Workers::new(config.verdict.worker_count());
@@ -178,7 +181,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         accepting: AtomicBool::new(true),
         open: Mutex::new(HashMap::new()),
         links: Mutex::new(HashMap::new()),
-        state_changed,
+        board,
+        stop_alarms: CancellationToken::new(),
         metrics: Arc::new(Metrics::new()),
         mqtt_connected: AtomicBool::new(false),
         policies: config
@@ -190,7 +194,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         max_clip_bytes: config.store.max_clips_mb.saturating_mul(1024 * 1024),
         queue: config.verdict.queue,
     });
-    let state_task = tokio::spawn(publish_camera_states(shared.clone(), health_rx, state_rx));
+    let state_task = tokio::spawn(publish_camera_states(shared.clone()));
     answer_interrupted_alarms(&shared);
     let sink: Arc<dyn AlarmSink> = Arc::new(ServiceSink(shared.clone()));
     let stop_intake = CancellationToken::new();
@@ -227,37 +231,72 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     }
 
-    shared.accepting.store(false, Ordering::SeqCst);
-    stop_intake.cancel();
-    close_intakes(intakes).await;
+    let bound = Instant::now() + Duration::from_secs_f64(shutdown_timeout_s);
     tracing::info!(
         in_flight = shared.tasks.len(),
+        bound_s = shutdown_timeout_s,
         "shutting down: no new alarms; answering those in flight"
     );
-    shared.tasks.close();
-    if tokio::time::timeout(shared.deadline + Duration::from_secs(1), shared.tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::error!(
-            left = shared.tasks.len(),
-            "alarms still in flight at shutdown; they are answered after the restart"
-        );
-    }
+    shared.accepting.store(false, Ordering::SeqCst);
+    stop_intake.cancel();
+    close_intakes(intakes, bound.checked_sub(SHUTDOWN_RESERVE).unwrap_or(bound)).await;
+    answer_in_flight(&shared, bound).await;
     let _ = stop_outbox.send(true);
-    if tokio::time::timeout(SHUTDOWN_FLUSH, outbox_task).await.is_err() {
+    let flush_until = bound.checked_sub(SHUTDOWN_LAST).unwrap_or(bound);
+    if tokio::time::timeout_at(flush_until, outbox_task).await.is_err() {
         tracing::warn!(
             pending = shared.outbox.pending(),
             "outbox not empty at shutdown; delivery resumes after the restart"
         );
     }
-    let _ = publisher.status(false).await;
-    let _ = main.client.disconnect().await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), main.task).await;
+    // Never waits on the client's queue: with the broker away, its Last Will says offline.
+    let _ = publisher.status(false);
+    let _ = main.client.try_disconnect();
+    let _ = tokio::time::timeout(SHUTDOWN_LAST / 2, main.task).await;
     state_task.abort();
     purge_task.abort();
+    stop_cameras(&shared, bound).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Lets the alarms in verification finish while the shutdown bound allows, then answers the rest
+/// `unverifiable`, so that each still gets its verdict into the outbox.
+async fn answer_in_flight(shared: &Shared, bound: Instant) {
+    shared.tasks.close();
+    let give_up = bound.checked_sub(SHUTDOWN_RESERVE).unwrap_or(bound);
+    if tokio::time::timeout_at(give_up, shared.tasks.wait()).await.is_ok() {
+        return;
+    }
+    tracing::warn!(
+        left = shared.tasks.len(),
+        "shutdown bound: alarms still in verification are answered unverifiable"
+    );
+    shared.stop_alarms.cancel();
+    let answered_by = bound.checked_sub(SHUTDOWN_LAST).unwrap_or(bound);
+    if tokio::time::timeout_at(answered_by, shared.tasks.wait()).await.is_err() {
+        tracing::error!(
+            left = shared.tasks.len(),
+            "alarms still in flight at shutdown; they are answered after the restart"
+        );
+    }
+}
+
+/// Stops every camera pipeline; those that do not stop by the bound are left to the process's end.
+async fn stop_cameras(shared: &Shared, bound: Instant) {
+    for camera in shared.cameras.values() {
+        camera.stop();
+    }
+    while Instant::now() < bound && !shared.cameras.values().all(Camera::stopped) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let running = shared.cameras.values().filter(|c| !c.stopped()).count();
+    if running > 0 {
+        tracing::warn!(
+            running,
+            "camera pipelines still stopping at the shutdown bound; left behind"
+        );
+    }
 }
 
 /// The service as the intakes see it: the one place where an alarm is accepted.
@@ -337,19 +376,15 @@ impl AlarmSink for ServiceSink {
 
     fn report(&self, origin: &str, error: &str, payload: &[u8]) {
         tracing::warn!(origin, %error, "alarm rejected");
-        let publisher = self.0.publisher.clone();
-        let (origin, error, payload) = (origin.to_owned(), error.to_owned(), payload.to_vec());
-        tokio::spawn(async move {
-            if let Err(e) = publisher.rejected(&origin, &error, &payload).await {
-                tracing::error!(error = %e, "cannot report rejected alarm");
-            }
-        });
+        if let Err(e) = self.0.publisher.rejected(origin, error, payload) {
+            tracing::warn!(error = %e, "cannot report rejected alarm");
+        }
     }
 
     fn event_link(&self, camera: &str, link: EventLink) {
         tracing::info!(camera, state = ?link.state, error = ?link.error, "camera event subscription");
         lock(&self.0.links).insert(camera.to_owned(), link);
-        let _ = self.0.state_changed.send(camera.to_owned());
+        self.0.board.mark(camera);
     }
 }
 
@@ -419,8 +454,9 @@ async fn bind(key: &'static str, address: SocketAddr) -> Result<tokio::net::TcpL
     Ok(listener)
 }
 
-async fn close_intakes(mut intakes: JoinSet<()>) {
-    let closed = tokio::time::timeout(INTAKE_CLOSE, async { while intakes.join_next().await.is_some() {} }).await;
+async fn close_intakes(mut intakes: JoinSet<()>, by: Instant) {
+    let by = by.min(Instant::now() + INTAKE_CLOSE);
+    let closed = tokio::time::timeout_at(by, async { while intakes.join_next().await.is_some() {} }).await;
     if closed.is_err() {
         tracing::warn!(left = intakes.len(), "intakes did not close in time; stopped");
         intakes.abort_all();
@@ -429,9 +465,16 @@ async fn close_intakes(mut intakes: JoinSet<()>) {
 
 async fn handle_alarm(shared: Arc<Shared>, alarm: Alarm, _in_flight: OwnedSemaphorePermit) {
     let deadline = alarm.received_at + shared.deadline;
-    let finding = match tokio::time::timeout_at(deadline, verify_alarm(&shared, &alarm, deadline)).await {
-        Ok(finding) => finding,
-        Err(_) => shared.verifier.unverifiable(
+    let verified = tokio::select! {
+        verified = tokio::time::timeout_at(deadline, verify_alarm(&shared, &alarm, deadline)) => verified.ok(),
+        _ = shared.stop_alarms.cancelled() => Some(shared.verifier.unverifiable(
+            &alarm,
+            "the service was stopped before this alarm was verified",
+        )),
+    };
+    let finding = match verified {
+        Some(finding) => finding,
+        None => shared.verifier.unverifiable(
             &alarm,
             &format!(
                 "overloaded: not verified within the {} s deadline",
@@ -454,7 +497,11 @@ async fn keep_clip(shared: Arc<Shared>, alarm: Alarm) {
     let window = shared.verifier.window(&alarm);
     // The ring holds the window until clip.buffer_s after its start; wait for its end only.
     let wait = (window.to - Utc::now()).to_std().unwrap_or_default() + CLIP_SETTLE;
-    tokio::time::sleep(wait).await;
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => {}
+        // At shutdown the window's end may not come; what is buffered is kept instead.
+        _ = shared.stop_alarms.cancelled() => {}
+    }
     let slice = match camera.slice(StreamKind::Main, window.from, window.to) {
         Ok(slice) => slice,
         Err(e) => {
@@ -673,35 +720,31 @@ fn answer_interrupted_alarms(shared: &Shared) {
 /// Retained state may have been lost with a broker restart; it is sent again on every connect.
 fn republish_camera_states(shared: &Shared) {
     for camera in shared.cameras.keys() {
-        let _ = shared.state_changed.send(camera.clone());
+        shared.board.mark(camera);
     }
 }
 
-/// Publishes a camera's state message whenever its streams or its event subscription change.
-async fn publish_camera_states(
-    shared: Arc<Shared>,
-    mut health: mpsc::UnboundedReceiver<CameraHealth>,
-    mut changed: mpsc::UnboundedReceiver<String>,
-) {
+/// Publishes the state message of each camera marked on the board: its newest state, read when it
+/// is published. While the broker is away nothing is queued; a reconnect marks every camera.
+async fn publish_camera_states(shared: Arc<Shared>) {
     loop {
-        let (camera, stream_health) = tokio::select! {
-            Some(h) = health.recv() => {
-                tracing::info!(camera = %h.camera, state = ?h.main.state, error = ?h.main.last_error, detect_stream = ?h.detect.as_ref().map(|d| d.state), "camera state");
-                (h.camera.clone(), Some(h))
-            }
-            Some(camera) = changed.recv() => (camera, None),
-            else => return,
-        };
-        let Some(health) = stream_health.or_else(|| shared.cameras.get(&camera).map(Camera::health)) else {
+        shared.board.changed().await;
+        if !shared.mqtt_connected.load(Ordering::SeqCst) {
             continue;
-        };
-        let link = lock(&shared.links).get(&camera).cloned();
-        let state = CameraState {
-            health: &health,
-            onvif: link.as_ref(),
-        };
-        if let Err(e) = shared.publisher.camera_state(&state).await {
-            tracing::warn!(camera = %camera, error = %e, "camera state not published");
+        }
+        for camera in shared.board.take() {
+            let Some(health) = shared.cameras.get(&camera).map(Camera::health) else {
+                continue;
+            };
+            let link = lock(&shared.links).get(&camera).cloned();
+            let state = CameraState {
+                health: &health,
+                onvif: link.as_ref(),
+            };
+            if let Err(e) = shared.publisher.camera_state(&state) {
+                tracing::debug!(camera = %camera, error = %e, "camera state not published; kept for the reconnect");
+                shared.board.set_dirty(&camera);
+            }
         }
     }
 }

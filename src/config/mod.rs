@@ -49,6 +49,9 @@ pub struct Config {
     /// Name of the site, copied into every verdict.
     #[serde(default = "default_site")]
     pub site: String,
+    /// SIGTERM ends the service within this many seconds, whatever the broker and cameras do.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_s: f64,
     #[serde(default)]
     pub mqtt: MqttConfig,
     #[serde(default)]
@@ -75,6 +78,10 @@ fn default_site() -> String {
     "site".into()
 }
 
+fn default_shutdown_timeout() -> f64 {
+    10.0
+}
+
 impl Config {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -99,6 +106,7 @@ impl Config {
     pub fn offline_default() -> Self {
         Self {
             site: default_site(),
+            shutdown_timeout_s: default_shutdown_timeout(),
             mqtt: MqttConfig::default(),
             detector: DetectorConfig::default(),
             clip: ClipConfig::default(),
@@ -128,6 +136,15 @@ impl Config {
             expected,
         };
         check_topic_level(&self.site).map_err(|e| invalid("site", e))?;
+        if !(self.shutdown_timeout_s.is_finite() && self.shutdown_timeout_s >= 4.0) {
+            return Err(invalid(
+                "shutdown_timeout_s",
+                format!(
+                    "expected at least 4 seconds (3 are kept for answering and flushing), got {}",
+                    self.shutdown_timeout_s
+                ),
+            ));
+        }
         if self.mqtt.host.trim().is_empty() {
             return Err(invalid("mqtt.host", "expected a host name or address".into()));
         }

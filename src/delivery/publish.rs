@@ -77,15 +77,27 @@ impl Publisher {
             })
     }
 
-    pub async fn camera_state(&self, state: &CameraState<'_>) -> Result<(), PublishError> {
+    /// Queues a publish without waiting: when the client's queue is full (the broker has been away
+    /// a while), it fails at once instead of blocking the caller.
+    fn try_send(&self, topic: String, retain: bool, payload: Vec<u8>) -> Result<(), PublishError> {
+        self.client
+            .try_publish(topic.clone(), QoS::AtLeastOnce, retain, payload)
+            .map_err(|e| PublishError {
+                topic,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Never waits: the caller keeps the state to send again after the next reconnect.
+    pub fn camera_state(&self, state: &CameraState<'_>) -> Result<(), PublishError> {
         let body = serde_json::to_vec(state).unwrap_or_default();
-        self.send(self.topics.camera_state(&state.health.camera), true, body)
-            .await
+        self.try_send(self.topics.camera_state(&state.health.camera), true, body)
     }
 
     /// Reports input refused by an intake; `topic` is where it came from (an MQTT topic, or e.g.
     /// `POST /api/alarms/gate`, `smtp from nvr@site`).
-    pub async fn rejected(&self, topic: &str, error: &str, payload: &[u8]) -> Result<(), PublishError> {
+    /// Never waits; a report that finds the queue full is lost (reports are not stored).
+    pub fn rejected(&self, topic: &str, error: &str, payload: &[u8]) -> Result<(), PublishError> {
         let cut = &payload[..payload.len().min(MAX_ECHOED_PAYLOAD)];
         let report = ErrorReport {
             time: rfc3339(Utc::now()),
@@ -94,12 +106,13 @@ impl Publisher {
             payload: String::from_utf8_lossy(cut).into_owned(),
         };
         let body = serde_json::to_vec(&report).unwrap_or_default();
-        self.send(self.topics.errors(), false, body).await
+        self.try_send(self.topics.errors(), false, body)
     }
 
-    pub async fn status(&self, online: bool) -> Result<(), PublishError> {
+    /// Never waits: at shutdown with the broker away, the Last Will says `offline` instead.
+    pub fn status(&self, online: bool) -> Result<(), PublishError> {
         let body = if online { "online" } else { "offline" };
-        self.send(self.topics.status(), true, body.into()).await
+        self.try_send(self.topics.status(), true, body.into())
     }
 
     /// Publishes a verdict without the outbox: only for when the store itself has failed, so that
@@ -156,13 +169,20 @@ impl Outbox {
         let mut connected = false;
         loop {
             if !connected {
-                match events.recv().await {
-                    Some(LinkEvent::Connected) => {
-                        tokio::time::sleep(settle).await;
-                        connected = true;
-                    }
-                    Some(_) => {}
-                    None => return,
+                // Stopping without a broker: what is stored goes out after the next start.
+                if *stop.borrow() {
+                    return;
+                }
+                tokio::select! {
+                    ev = events.recv() => match ev {
+                        Some(LinkEvent::Connected) => {
+                            tokio::time::sleep(settle).await;
+                            connected = true;
+                        }
+                        Some(_) => {}
+                        None => return,
+                    },
+                    changed = stop.changed() => if changed.is_err() { return },
                 }
                 continue;
             }

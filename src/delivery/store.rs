@@ -433,7 +433,9 @@ mod tests {
             store.record_alarm(&alarm(id), b"{}", None).expect("alarm");
             store.record_verdict(&doc(id), Some(b"jpeg")).expect("verdict");
             std::fs::write(store.clips_dir().join(format!("{id}.mp4")), vec![0u8; bytes]).expect("clip");
-            store.record_clip(id, &format!("{id}.mp4"), bytes as u64, Utc::now()).expect("record clip");
+            store
+                .record_clip(id, &format!("{id}.mp4"), bytes as u64, Utc::now())
+                .expect("record clip");
         }
         // Over a 700-byte bound the oldest clip goes, and its record stays.
         assert_eq!(store.bound_clips(700).expect("bound"), 1);
@@ -449,6 +451,9 @@ mod tests {
         assert_eq!(store.purge(TimeDelta::seconds(-60)).expect("purge"), 3);
         assert!(store.alarm_detail("a2").expect("detail").is_none());
         assert!(!store.clips_dir().join("a2.mp4").exists() && !store.clips_dir().join("a3.mp4").exists());
-        assert!(store.agreement().expect("agreement").is_empty(), "feedback purged with its alarm");
+        assert!(
+            store.agreement().expect("agreement").is_empty(),
+            "feedback purged with its alarm"
+        );
     }
 }

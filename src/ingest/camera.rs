@@ -5,15 +5,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use gstreamer as gst;
-use gstreamer::prelude::*;
-use tokio::sync::mpsc;
-
-use super::health::{CameraHealth, LinkState, RateMeter, StreamHealth};
+use super::health::{CameraHealth, LinkState, OutageLog, OutageNote, RateMeter, StateBoard, StreamHealth};
 use super::pipeline::{self, describe_bus_message};
 use super::ring::{AccessUnit, Cursor, EncodedSlice, ReadError, Ring};
 use crate::config::{CameraConfig, RtspTransport, redact_url};
+use chrono::{DateTime, Utc};
+use gstreamer as gst;
+use gstreamer::prelude::*;
 
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(10);
@@ -63,7 +61,7 @@ struct Shared {
     main: StreamShared,
     detect: Option<StreamShared>,
     stop: AtomicBool,
-    health_tx: mpsc::UnboundedSender<CameraHealth>,
+    board: Arc<StateBoard>,
 }
 
 impl Shared {
@@ -83,7 +81,7 @@ impl Shared {
     }
 
     fn report(&self) {
-        let _ = self.health_tx.send(self.health());
+        self.board.mark(&self.id);
     }
 }
 
@@ -100,8 +98,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Camera {
-    /// Starts ingesting `config`'s streams; health changes are sent on `health_tx`.
-    pub fn start(config: &CameraConfig, buffer: Duration, health_tx: mpsc::UnboundedSender<CameraHealth>) -> Self {
+    /// Starts ingesting `config`'s streams; health changes are marked on `board`.
+    pub fn start(config: &CameraConfig, buffer: Duration, board: Arc<StateBoard>) -> Self {
         let stream = |url: &str| StreamShared {
             ring: Mutex::new(Ring::new(buffer)),
             health: Mutex::new(StreamHealth::connecting(redact_url(url))),
@@ -111,7 +109,7 @@ impl Camera {
             main: stream(&config.url),
             detect: config.detect_url.as_deref().map(stream),
             stop: AtomicBool::new(false),
-            health_tx,
+            board,
         });
         let mut streams = vec![(StreamKind::Main, config.url.clone())];
         if let Some(url) = &config.detect_url {
@@ -212,10 +210,30 @@ impl Camera {
     }
 }
 
+impl Camera {
+    /// Asks the camera's threads to stop their pipelines; they finish on their own.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether every thread of the camera has finished.
+    pub fn stopped(&self) -> bool {
+        self.threads.iter().all(|t| t.is_finished())
+    }
+}
+
+/// Threads whose pipeline does not stop in this time are left to the end of the process: a
+/// pipeline stuck connecting to a dead camera must not hold up a shutdown.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
 impl Drop for Camera {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        for t in self.threads.drain(..) {
+        self.stop();
+        let deadline = std::time::Instant::now() + STOP_WAIT;
+        while !self.stopped() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for t in self.threads.drain(..).filter(|t| t.is_finished()) {
             let _ = t.join();
         }
     }
@@ -238,6 +256,7 @@ enum SessionEnd {
 impl Ingest {
     fn supervise(self) {
         let mut backoff = RETRY_FIRST;
+        let mut outage = OutageLog::default();
         while !self.stopping() {
             let started = std::time::Instant::now();
             let end = match self.build_pipeline() {
@@ -251,7 +270,11 @@ impl Ingest {
             match end {
                 SessionEnd::Stopped => break,
                 SessionEnd::Failed(reason) => {
-                    tracing::warn!(camera = %self.shared.id, stream = self.kind.name(), url = %redact_url(&self.url), %reason, "camera stream lost; reconnecting");
+                    if self.delivered_video() {
+                        // It had come back (logged when its video arrived): this is a new outage.
+                        outage.recovered();
+                    }
+                    self.log_failure(&mut outage, &reason);
                     self.set_offline(&reason);
                 }
             }
@@ -262,6 +285,27 @@ impl Ingest {
             backoff = (backoff * 2).min(RETRY_MAX);
         }
         self.set_offline("stopped");
+    }
+
+    /// Whether the ring holds video, that is the session that just ended had delivered some.
+    fn delivered_video(&self) -> bool {
+        !lock(&self.stream().ring).is_empty()
+    }
+
+    /// A stream that goes down is logged once with the short reason; while it stays down, a
+    /// reminder every few minutes, and each attempt (with GStreamer's whole text) at debug level.
+    fn log_failure(&self, outage: &mut OutageLog, reason: &str) {
+        let (camera, stream) = (&self.shared.id, self.kind.name());
+        tracing::debug!(camera = %camera, stream, %reason, "camera stream attempt failed");
+        match outage.failed() {
+            OutageNote::Down => {
+                tracing::warn!(camera = %camera, stream, url = %redact_url(&self.url), reason = short_reason(reason), "camera stream offline; reconnecting")
+            }
+            OutageNote::StillDown { attempts, down_for_s } => {
+                tracing::warn!(camera = %camera, stream, attempts, down_for_s, reason = short_reason(reason), "camera stream still offline")
+            }
+            OutageNote::Quiet => {}
+        }
     }
 
     /// How long the camera may go without delivering video before its pipeline is restarted.
@@ -317,7 +361,13 @@ impl Ingest {
             };
             lock(&stream.ring).push(unit, sample.caps());
             let fps = rate.tick(now);
-            if update_online(&mut lock(&stream.health), sample.caps(), fps, now) {
+            let mut health = lock(&stream.health);
+            if health.state != LinkState::Online {
+                tracing::info!(camera = %shared.id, stream = kind.name(), "camera stream online");
+            }
+            let changed = update_online(&mut health, sample.caps(), fps, now);
+            drop(health);
+            if changed {
                 shared.report();
             }
         })
@@ -367,6 +417,12 @@ impl Ingest {
             self.shared.report();
         }
     }
+}
+
+/// GStreamer's error without its debug text: "Could not open resource for reading and writing."
+/// rather than the element path and source line that follow in parentheses.
+fn short_reason(reason: &str) -> &str {
+    reason.split_once(" (").map_or(reason, |(head, _)| head)
 }
 
 /// Marks a stream online with what its caps say; true when that is news worth reporting.
