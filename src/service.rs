@@ -34,7 +34,7 @@ use crate::delivery::records::{Feedback, parse_feedback};
 use crate::delivery::store::{Store, StoreError};
 use crate::ingest::camera::Camera;
 use crate::ingest::camera::StreamKind;
-use crate::ingest::health::StateBoard;
+use crate::ingest::health::{LOG_REMINDER, StateBoard};
 use crate::intake::alarm::Alarm;
 use crate::intake::{self, Accepted, AlarmSink, Arrival, EventLink, EventLinkState, Refused};
 use crate::mqtt::Inbound;
@@ -107,7 +107,13 @@ struct Shared {
     /// Alarm clips together stay under this; 0: no clips.
     max_clip_bytes: u64,
     queue: usize,
+    /// Recent camera snapshots: a console refreshed by several people decodes each camera once
+    /// per `SNAPSHOT_FRESH`, not once per viewer.
+    snapshots: Mutex<HashMap<String, (std::time::Instant, Vec<u8>)>>,
 }
+
+/// How long a decoded camera snapshot is served again.
+const SNAPSHOT_FRESH: Duration = Duration::from_secs(10);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -193,6 +199,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         evidence: config.evidence.clone(),
         max_clip_bytes: config.store.max_clips_mb.saturating_mul(1024 * 1024),
         queue: config.verdict.queue,
+        snapshots: Mutex::new(HashMap::new()),
     });
     let state_task = tokio::spawn(publish_camera_states(shared.clone()));
     answer_interrupted_alarms(&shared);
@@ -208,6 +215,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let intakes = start_intakes(&config, &sink, ops, &stop_intake).await?;
     let retention = TimeDelta::milliseconds((config.store.retention_days * 86_400_000.0) as i64);
     let purge_task = tokio::spawn(purge_periodically(store.clone(), retention));
+    let reminder_task = tokio::spawn(remind_offline_cameras(shared.clone()));
 
     tracing::info!(cameras = shared.cameras.len(), "alarm-verifier running");
     let mut events = main.events;
@@ -255,6 +263,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = tokio::time::timeout(SHUTDOWN_LAST / 2, main.task).await;
     state_task.abort();
     purge_task.abort();
+    reminder_task.abort();
     stop_cameras(&shared, bound).await;
     tracing::info!("stopped");
     Ok(())
@@ -585,6 +594,47 @@ impl SiteView for ServiceSite {
     }
 
     fn snapshot(&self, camera: &str) -> Result<Vec<u8>, String> {
+        if let Some((made, jpeg)) = lock(&self.0.snapshots).get(camera)
+            && made.elapsed() < SNAPSHOT_FRESH
+        {
+            return Ok(jpeg.clone());
+        }
+        let jpeg = self.decode_snapshot(camera)?;
+        lock(&self.0.snapshots).insert(camera.to_owned(), (std::time::Instant::now(), jpeg.clone()));
+        Ok(jpeg)
+    }
+
+    fn components(&self) -> Components {
+        let shared = &self.0;
+        Components {
+            mqtt_connected: shared.mqtt_connected.load(Ordering::SeqCst),
+            model: shared.verifier.model_name().to_owned(),
+            cameras: shared.cameras.len(),
+            cameras_online: shared
+                .cameras
+                .values()
+                .filter(|c| c.stream_online(StreamKind::Main))
+                .count(),
+            queue_depth: shared.queue - shared.in_flight.available_permits(),
+            outbox_pending: shared.outbox.pending(),
+            outbox_oldest_s: shared
+                .store
+                .oldest_undelivered()
+                .ok()
+                .flatten()
+                .map(|t| (Utc::now() - t).as_seconds_f64().max(0.0)),
+            inference_totals: shared.verifier.detector().inference_totals(),
+        }
+    }
+
+    fn feedback_stored(&self, alarm_id: &str, feedback: &Feedback) {
+        tracing::info!(alarm_id, outcome = feedback.outcome.as_str(), operator = %feedback.operator, "operator feedback");
+    }
+}
+
+impl ServiceSite {
+    /// The newest keyframe of `camera`'s main stream, decoded, outlined and encoded now.
+    fn decode_snapshot(&self, camera: &str) -> Result<Vec<u8>, String> {
         let cam = self
             .0
             .cameras
@@ -613,33 +663,6 @@ impl SiteView for ServiceSite {
             footer: "snapshot: zones and masks outlined".into(),
         };
         evidence::render(&scaled, &notes, &self.0.evidence).map_err(|e| e.to_string())
-    }
-
-    fn components(&self) -> Components {
-        let shared = &self.0;
-        Components {
-            mqtt_connected: shared.mqtt_connected.load(Ordering::SeqCst),
-            model: shared.verifier.model_name().to_owned(),
-            cameras: shared.cameras.len(),
-            cameras_online: shared
-                .cameras
-                .values()
-                .filter(|c| c.stream_online(StreamKind::Main))
-                .count(),
-            queue_depth: shared.queue - shared.in_flight.available_permits(),
-            outbox_pending: shared.outbox.pending(),
-            outbox_oldest_s: shared
-                .store
-                .oldest_undelivered()
-                .ok()
-                .flatten()
-                .map(|t| (Utc::now() - t).as_seconds_f64().max(0.0)),
-            inference_totals: shared.verifier.detector().inference_totals(),
-        }
-    }
-
-    fn feedback_stored(&self, alarm_id: &str, feedback: &Feedback) {
-        tracing::info!(alarm_id, outcome = feedback.outcome.as_str(), operator = %feedback.operator, "operator feedback");
     }
 }
 
@@ -749,6 +772,39 @@ async fn publish_camera_states(shared: Arc<Shared>) {
     }
 }
 
+/// Every few minutes, one line naming the cameras still offline (instead of a line per camera per
+/// attempt): a site that lost a switch stays readable.
+async fn remind_offline_cameras(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(LOG_REMINDER).await;
+        let mut offline: Vec<&str> = shared
+            .cameras
+            .values()
+            .filter(|c| c.offline().is_some())
+            .map(Camera::id)
+            .collect();
+        if offline.is_empty() {
+            continue;
+        }
+        offline.sort_unstable();
+        tracing::warn!(
+            count = offline.len(),
+            of = shared.cameras.len(),
+            cameras = %name_some(&offline, 10),
+            "cameras still offline"
+        );
+    }
+}
+
+/// `a, b, c (+7 more)`: the first `max` names and how many more.
+fn name_some(names: &[&str], max: usize) -> String {
+    let shown = names.iter().take(max).copied().collect::<Vec<_>>().join(", ");
+    match names.len().saturating_sub(max) {
+        0 => shown,
+        more => format!("{shown} (+{more} more)"),
+    }
+}
+
 async fn purge_periodically(store: Arc<Store>, retention: TimeDelta) {
     loop {
         match store.purge(retention) {
@@ -757,5 +813,18 @@ async fn purge_periodically(store: Arc<Store>, retention: TimeDelta) {
             Err(e) => tracing::warn!(error = %e, "cannot purge old records"),
         }
         tokio::time::sleep(PURGE_EVERY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_list_of_names_is_cut_with_a_count() {
+        assert_eq!(name_some(&["a", "b"], 10), "a, b");
+        let many: Vec<String> = (0..100).map(|i| format!("cam{i:03}")).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(name_some(&refs, 3), "cam000, cam001, cam002 (+97 more)");
     }
 }

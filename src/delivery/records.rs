@@ -156,6 +156,21 @@ pub struct StoredClip {
 
 pub const MAX_LIST: u32 = 10_000;
 
+/// A file name made of an alarm id's safe characters (for downloads and exported clips; stored
+/// clips are named by UUID).
+pub fn file_safe(alarm_id: &str) -> String {
+    alarm_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 const SUMMARY_COLUMNS: &str = "a.alarm_id, a.camera, a.alarm_time, a.received, a.source, v.verdict, v.document,
      v.delivered, v.evidence IS NOT NULL, a.clip_file IS NOT NULL, f.outcome";
 const SUMMARY_FROM: &str = "FROM alarms a LEFT JOIN verdicts v ON v.alarm_id = a.alarm_id

@@ -292,8 +292,8 @@ impl Ingest {
         !lock(&self.stream().ring).is_empty()
     }
 
-    /// A stream that goes down is logged once with the short reason; while it stays down, a
-    /// reminder every few minutes, and each attempt (with GStreamer's whole text) at debug level.
+    /// A stream that goes down is logged once with the short reason, and each attempt (with
+    /// GStreamer's whole text) at debug level.
     fn log_failure(&self, outage: &mut OutageLog, reason: &str) {
         let (camera, stream) = (&self.shared.id, self.kind.name());
         tracing::debug!(camera = %camera, stream, %reason, "camera stream attempt failed");
@@ -301,10 +301,8 @@ impl Ingest {
             OutageNote::Down => {
                 tracing::warn!(camera = %camera, stream, url = %redact_url(&self.url), reason = short_reason(reason), "camera stream offline; reconnecting")
             }
-            OutageNote::StillDown { attempts, down_for_s } => {
-                tracing::warn!(camera = %camera, stream, attempts, down_for_s, reason = short_reason(reason), "camera stream still offline")
-            }
-            OutageNote::Quiet => {}
+            // The service reminds of all offline cameras in one line (a site may lose a hundred).
+            OutageNote::StillDown { .. } | OutageNote::Quiet => {}
         }
     }
 

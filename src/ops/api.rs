@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 
 use super::Ops;
 use super::http::HEALTH_PATH;
-use crate::delivery::records::{AlarmFilter, AlarmSummary, parse_feedback};
+use crate::delivery::records::{AlarmFilter, AlarmSummary, file_safe, parse_feedback};
 use crate::intake::http::error;
 
 const MAX_FEEDBACK_BYTES: usize = 16 * 1024;
@@ -200,7 +200,7 @@ async fn clip(State(ops): State<Ops>, Path(alarm_id): Path<String>) -> Response 
                 (header::CONTENT_TYPE, "video/mp4".to_owned()),
                 (
                     header::CONTENT_DISPOSITION,
-                    format!("inline; filename=\"{}.mp4\"", sanitize(&alarm_id)),
+                    format!("inline; filename=\"{}.mp4\"", file_safe(&alarm_id)),
                 ),
             ],
             Body::from(bytes),
@@ -208,19 +208,6 @@ async fn clip(State(ops): State<Ops>, Path(alarm_id): Path<String>) -> Response 
             .into_response(),
         Err(e) => internal(format!("{}: {e}", clip.path.display())),
     }
-}
-
-/// A file name made of the id's safe characters.
-fn sanitize(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 async fn feedback(

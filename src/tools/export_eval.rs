@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
-use crate::delivery::records::AlarmFilter;
+use crate::delivery::records::{AlarmFilter, file_safe};
 use crate::delivery::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -76,16 +76,4 @@ pub fn export(store: &Store, since: Option<DateTime<Utc>>, out: &Path) -> Result
     let path = out.join("labels.tsv");
     std::fs::write(&path, labels).map_err(|e| write_err(&path, e))?;
     Ok(exported)
-}
-
-fn file_safe(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
