@@ -14,7 +14,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 MQTT=$(free_port); RTSP=$(free_port); HTTP=$(free_port); TOKEN=records-bench
-printf 'listener %s 127.0.0.1\n' "$MQTT" > "$WORK/mosquitto.conf"
+printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$MQTT" > "$WORK/mosquitto.conf"
 /usr/sbin/mosquitto -c "$WORK/mosquitto.conf" >/dev/null 2>&1 & PIDS+=($!)
 $BIN serve-rtsp --port "$RTSP" cam1080=testdata/storm/people-1080.mp4 cam360=testdata/storm/people-360.mp4 \
   >"$WORK/rtsp.log" 2>&1 & PIDS+=($!)
