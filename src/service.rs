@@ -692,13 +692,11 @@ async fn deliver(shared: &Shared, alarm: &Alarm, mut finding: Finding) {
         finding.doc.evidence_topic = Some(shared.publisher.topics().evidence(&alarm.alarm_id));
     }
     finding.doc.latency_ms = alarm.received_at.elapsed().as_millis() as u64;
-    let verdict = serde_json::to_value(finding.doc.verdict)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
-    shared
-        .metrics
-        .verdict(&alarm.camera, &verdict, alarm.received_at.elapsed().as_secs_f64());
+    shared.metrics.verdict(
+        &alarm.camera,
+        finding.doc.verdict.as_str(),
+        alarm.received_at.elapsed().as_secs_f64(),
+    );
     tracing::info!(
         camera = %alarm.camera,
         alarm_id = %alarm.alarm_id,

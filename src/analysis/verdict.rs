@@ -17,6 +17,17 @@ pub enum VerdictKind {
     Unverifiable,
 }
 
+impl VerdictKind {
+    /// The name in the verdict document (`verified`, `false_alarm`, `unverifiable`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Verified => "verified",
+            Self::FalseAlarm => "false_alarm",
+            Self::Unverifiable => "unverifiable",
+        }
+    }
+}
+
 impl From<Outcome> for VerdictKind {
     fn from(o: Outcome) -> Self {
         match o {
@@ -129,5 +140,21 @@ fn report(d: &Detection, time: DateTime<Utc>, (w, h): (u32, u32)) -> ReportedDet
             round(d.bbox.h / h),
         ],
         frame_time: rfc3339(time),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_names_match_the_document() {
+        for kind in [
+            VerdictKind::Verified,
+            VerdictKind::FalseAlarm,
+            VerdictKind::Unverifiable,
+        ] {
+            assert_eq!(serde_json::to_value(kind).ok(), Some(serde_json::json!(kind.as_str())));
+        }
     }
 }

@@ -178,17 +178,13 @@ impl Store {
 
     /// Stores a verdict for delivery. A second verdict for the same alarm is ignored.
     pub fn record_verdict(&self, doc: &VerdictDocument, evidence: Option<&[u8]>) -> Result<(), StoreError> {
-        let verdict = serde_json::to_value(doc.verdict)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
         self.conn().execute(
             "INSERT OR IGNORE INTO verdicts (alarm_id, camera, verdict, document, evidence, created)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 doc.alarm_id,
                 doc.camera,
-                verdict,
+                doc.verdict.as_str(),
                 doc.to_json(),
                 evidence,
                 rfc3339(Utc::now())
