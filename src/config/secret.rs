@@ -20,6 +20,15 @@ impl Secret {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Whether `given` is this secret, compared in constant time; hashing both first makes the
+    /// time independent of the lengths too.
+    pub fn matches(&self, given: &str) -> bool {
+        use sha1::{Digest, Sha1};
+        use subtle::ConstantTimeEq;
+        let (a, b) = (Sha1::digest(given.as_bytes()), Sha1::digest(self.0.as_bytes()));
+        a.as_slice().ct_eq(b.as_slice()).into()
+    }
 }
 
 impl std::fmt::Debug for Secret {
@@ -41,4 +50,18 @@ pub fn resolve_secret(value: &Secret, env: &str, env_key: &str, what: &str) -> R
             });
     }
     Ok((!value.is_empty()).then(|| value.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_match_needs_the_whole_secret() {
+        let token = Secret::new("s3cret");
+        assert!(token.matches("s3cret"));
+        assert!(!token.matches("s3cre"));
+        assert!(!token.matches("s3cret "));
+        assert!(!token.matches(""));
+    }
 }

@@ -15,8 +15,6 @@ use std::time::Duration;
 use chrono::Utc;
 use mail_parser::{MessageParser, MimeHeaders};
 use mailin::{Action, AuthMechanism, Handler, Response, SessionBuilder};
-use sha1::{Digest, Sha1};
-use subtle::ConstantTimeEq;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -248,12 +246,7 @@ impl Mail {
         let Some((user, secret)) = &self.inner.login else {
             return mailin::response::INVALID_CREDENTIALS;
         };
-        let digest = |s: &str| Sha1::digest(s.as_bytes());
-        let password_ok: bool = digest(password)
-            .as_slice()
-            .ct_eq(digest(secret.expose()).as_slice())
-            .into();
-        if username == user && password_ok {
+        if username == user && secret.matches(password) {
             mailin::response::AUTH_OK
         } else {
             tracing::warn!(peer = %self.peer, username, "SMTP login refused");
