@@ -28,6 +28,7 @@ pub use secret::{Secret, resolve_secret};
 
 use camera::check_rtsp_url;
 use intake::check_onvif_url;
+use secret::check_one_source;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -243,12 +244,8 @@ impl Config {
                 "expected a CA file: client certificates need TLS".into(),
             ));
         }
-        if !self.mqtt.password.is_empty() && !self.mqtt.password_env.is_empty() {
-            return Err(invalid(
-                "mqtt.password",
-                "expected either mqtt.password or mqtt.password_env, not both".into(),
-            ));
-        }
+        check_one_source(&self.mqtt.password, &self.mqtt.password_env, "mqtt.password")
+            .map_err(|e| invalid("mqtt.password", e))?;
         if self.evidence.max_size < 64 {
             return Err(invalid(
                 "evidence.max_size",
@@ -271,12 +268,8 @@ impl Config {
             }
             if let Some(onvif) = &camera.onvif {
                 check_onvif_url(&onvif.url).map_err(|e| invalid(&format!("camera[{i}].onvif.url"), e))?;
-                if !onvif.password.is_empty() && !onvif.password_env.is_empty() {
-                    return Err(invalid(
-                        &format!("camera[{i}].onvif.password"),
-                        "expected either onvif.password or onvif.password_env, not both".into(),
-                    ));
-                }
+                let key = format!("camera[{i}].onvif.password");
+                check_one_source(&onvif.password, &onvif.password_env, &key).map_err(|e| invalid(&key, e))?;
             }
             if camera.email_match.as_deref().is_some_and(|m| m.trim().is_empty()) {
                 return Err(invalid(
@@ -313,19 +306,10 @@ impl Config {
                 ),
             ));
         }
-        if !self.http.token.is_empty() && !self.http.token_env.is_empty() {
-            return Err(invalid(
-                "http.token",
-                "expected either http.token or http.token_env, not both".into(),
-            ));
-        }
+        check_one_source(&self.http.token, &self.http.token_env, "http.token").map_err(|e| invalid("http.token", e))?;
         self.smtp.address().map_err(|e| invalid("smtp.listen", e))?;
-        if !self.smtp.password.is_empty() && !self.smtp.password_env.is_empty() {
-            return Err(invalid(
-                "smtp.password",
-                "expected either smtp.password or smtp.password_env, not both".into(),
-            ));
-        }
+        check_one_source(&self.smtp.password, &self.smtp.password_env, "smtp.password")
+            .map_err(|e| invalid("smtp.password", e))?;
         if self.smtp.username.is_empty() && !(self.smtp.password.is_empty() && self.smtp.password_env.is_empty()) {
             return Err(invalid(
                 "smtp.username",

@@ -37,6 +37,14 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// A secret comes from the file (`key`) or from the environment (`{key}_env`), never both.
+pub(super) fn check_one_source(value: &Secret, env: &str, key: &str) -> Result<(), String> {
+    if !value.is_empty() && !env.is_empty() {
+        return Err(format!("expected either {key} or {key}_env, not both"));
+    }
+    Ok(())
+}
+
 /// The secret named by `env` (an environment variable) when set, else `value` when not empty.
 /// `env_key` is the config key holding `env`, named in the error when the variable is missing.
 pub fn resolve_secret(value: &Secret, env: &str, env_key: &str, what: &str) -> Result<Option<Secret>, ConfigError> {
