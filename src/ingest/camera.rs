@@ -222,17 +222,12 @@ impl Camera {
     }
 }
 
-/// Threads whose pipeline does not stop in this time are left to the end of the process: a
-/// pipeline stuck connecting to a dead camera must not hold up a shutdown.
-const STOP_WAIT: Duration = Duration::from_secs(2);
-
+/// Dropping a camera asks its threads to stop and does not wait: the service waits for all its
+/// cameras together, within its shutdown bound (a wait here would add up camera by camera), and
+/// a pipeline stuck connecting to a dead camera is left to the end of the process.
 impl Drop for Camera {
     fn drop(&mut self) {
         self.stop();
-        let deadline = std::time::Instant::now() + STOP_WAIT;
-        while !self.stopped() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
         for t in self.threads.drain(..).filter(|t| t.is_finished()) {
             let _ = t.join();
         }
