@@ -521,15 +521,13 @@ async fn keep_clip(shared: Arc<Shared>, alarm: Alarm) {
     let start = slice.units.first().map_or(window.from, |u| u.wall);
     let file = format!("{}.mp4", uuid::Uuid::new_v4().simple());
     let path = shared.store.clips_dir().join(&file);
-    let written = tokio::task::spawn_blocking(move || clips::remux_to_mp4(&slice, &path)).await;
+    let written = tokio::task::spawn_blocking(move || clips::remux_to_mp4(&slice, &path).map_err(|e| e.to_string()))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
     let bytes = match written {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(e)) => {
-            tracing::warn!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "clip not kept");
-            return;
-        }
-        Err(e) => {
-            tracing::warn!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "clip not kept");
+        Ok(bytes) => bytes,
+        Err(error) => {
+            tracing::warn!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, %error, "clip not kept");
             return;
         }
     };

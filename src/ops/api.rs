@@ -12,6 +12,7 @@ use axum::routing::{get, post};
 use super::Ops;
 use super::http::HEALTH_PATH;
 use crate::delivery::records::{AlarmFilter, AlarmSummary, file_safe, parse_feedback};
+use crate::delivery::store::StoreError;
 use crate::intake::http::error;
 
 const MAX_FEEDBACK_BYTES: usize = 16 * 1024;
@@ -167,23 +168,18 @@ async fn alarm(State(ops): State<Ops>, Path(alarm_id): Path<String>) -> Response
 }
 
 async fn evidence(State(ops): State<Ops>, Path(alarm_id): Path<String>) -> Response {
-    match ops.store.evidence(&alarm_id) {
-        Ok(Some(bytes)) => jpeg(bytes),
-        Ok(None) => error(
-            StatusCode::NOT_FOUND,
-            format!("no evidence image for alarm {alarm_id:?}"),
-        ),
-        Err(e) => internal(e),
-    }
+    stored_jpeg(ops.store.evidence(&alarm_id), "evidence image", &alarm_id)
 }
 
 async fn device_snapshot(State(ops): State<Ops>, Path(alarm_id): Path<String>) -> Response {
-    match ops.store.alarm_snapshot(&alarm_id) {
+    stored_jpeg(ops.store.alarm_snapshot(&alarm_id), "device picture", &alarm_id)
+}
+
+/// A JPEG kept with an alarm's record, or 404 naming what is missing.
+fn stored_jpeg(found: Result<Option<Vec<u8>>, StoreError>, what: &str, alarm_id: &str) -> Response {
+    match found {
         Ok(Some(bytes)) => jpeg(bytes),
-        Ok(None) => error(
-            StatusCode::NOT_FOUND,
-            format!("no device picture for alarm {alarm_id:?}"),
-        ),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no {what} for alarm {alarm_id:?}")),
         Err(e) => internal(e),
     }
 }
