@@ -5,7 +5,7 @@
 //! task of its own under the verdict deadline. Every path ends in a verdict in the outbox:
 //! verified, false alarm, or unverifiable with the reason (camera offline, overloaded, restarted).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +29,7 @@ use crate::analysis::workers::Workers;
 use crate::config::{Config, ConfigError};
 use crate::config::{EvidenceConfig, PolicyConfig};
 use crate::delivery::clips;
+use crate::delivery::in_flight::{self, InFlightBoard};
 use crate::delivery::publish::{CameraState, Outbox, Publisher};
 use crate::delivery::records::{Feedback, parse_feedback};
 use crate::delivery::store::{Store, StoreError};
@@ -36,6 +37,7 @@ use crate::ingest::camera::Camera;
 use crate::ingest::camera::StreamKind;
 use crate::ingest::health::{LOG_REMINDER, StateBoard};
 use crate::intake::alarm::Alarm;
+use crate::intake::peers::{BoxStatus, Peers};
 use crate::intake::{self, Accepted, AlarmSink, Arrival, EventLink, EventLinkState, Refused};
 use crate::mqtt::Inbound;
 use crate::mqtt::{self, LinkEvent, MqttError, Session, Topics};
@@ -71,6 +73,12 @@ const OUTBOX_SETTLE: Duration = Duration::from_secs(2);
 const SHUTDOWN_RESERVE: Duration = Duration::from_secs(3);
 const SHUTDOWN_LAST: Duration = Duration::from_secs(1);
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
+/// At shutdown in a share group, alarms the broker handed over just before the unsubscribe are
+/// taken this long, so that none is left unacknowledged on a session about to end.
+const SHARE_DRAIN: Duration = Duration::from_millis(300);
+/// After a restart in a share group, how long the box waits to hear which of its unanswered alarms
+/// a survivor took over, before answering the rest itself.
+const TAKEN_WAIT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for the HTTP and SMTP servers and the ONVIF subscriptions to close.
 const INTAKE_CLOSE: Duration = Duration::from_secs(3);
 /// After the alarm window ends, its last packets are waited for this long before the clip is made.
@@ -80,8 +88,11 @@ struct Shared {
     verifier: Arc<Verifier>,
     live: LiveAnalyser,
     cameras: HashMap<String, Camera>,
-    mqtt: rumqttc::AsyncClient,
     publisher: Publisher,
+    /// The other boxes on the broker.
+    peers: Arc<Peers>,
+    /// In a share group: this box's alarms in flight, announced for a survivor.
+    in_flight_board: Option<Arc<InFlightBoard>>,
     outbox: Outbox,
     store: Arc<Store>,
     deadline: Duration,
@@ -133,15 +144,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let store = Arc::new(Store::open(&config.store.path)?);
 
     let topics = Topics::new(&config.mqtt.topic_prefix);
-    let client_id = if config.mqtt.client_id.is_empty() {
-        format!("alarm-verifier-{}", config.site)
-    } else {
-        config.mqtt.client_id.clone()
+    let box_id = config.mqtt.box_id(&config.site);
+    let group = Some(config.mqtt.share_group.clone()).filter(|g| !g.is_empty());
+    let camera_ids: Vec<String> = config.cameras.iter().map(|c| c.id.clone()).collect();
+    let main_options = mqtt::options(&config.mqtt, &box_id)?;
+    let outbox_options = mqtt::options(&config.mqtt, &format!("{box_id}-outbox"))?;
+    let watch_options = mqtt::options(&config.mqtt, &format!("{box_id}-watch"))?;
+    let share_options = match &group {
+        Some(_) => Some(mqtt::options_v5(&config.mqtt, &format!("{box_id}-alarms"))?),
+        None => None,
     };
-    let main_options = mqtt::options(&config.mqtt, &client_id)?;
-    let outbox_options = mqtt::options(&config.mqtt, &format!("{client_id}-outbox"))?;
     // The alarm session is persistent with manual acks: an alarm is acknowledged only once stored,
-    // and the broker keeps alarms that arrive while the service restarts.
+    // and the broker keeps alarms that arrive while the service restarts. It subscribes to this
+    // box's own cameras only, so that the cameras of a site can be split between boxes; in a share
+    // group the alarms come over the shared subscription instead.
+    let mut subscriptions: Vec<String> = match &group {
+        None => camera_ids.iter().map(|c| topics.alarm(c)).collect(),
+        Some(_) => Vec::new(),
+    };
+    subscriptions.push(topics.feedback_filter());
+    let mut stale = vec![topics.alarms_filter()];
+    if group.is_some() {
+        stale.extend(camera_ids.iter().map(|c| topics.alarm(c)));
+    }
     let main = mqtt::connect(
         main_options,
         Session {
@@ -149,9 +174,47 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             will: Some((topics.status(), b"offline".to_vec())),
             persistent: true,
             manual_acks: true,
-            ..Session::new(vec![topics.alarms_filter(), topics.feedback_filter()])
+            stale,
+            ..Session::new(subscriptions)
         },
     );
+    let peers = Arc::new(Peers::new(
+        box_id.clone(),
+        group.clone(),
+        camera_ids.clone(),
+        topics.clone(),
+        Duration::from_secs_f64(config.mqtt.keep_alive_s.max(5) as f64 * 1.5 + 2.0),
+    ));
+    let mut watch_subscriptions = vec![topics.alarms_filter(), topics.boxes_filter()];
+    if group.is_some() {
+        watch_subscriptions.push(topics.verdicts_filter());
+    }
+    let watch = mqtt::connect(
+        watch_options,
+        Session {
+            birth: Some((topics.box_roster(&box_id), peers.roster(BoxStatus::Online))),
+            will: Some((topics.box_roster(&box_id), peers.roster(BoxStatus::Offline))),
+            ..Session::new(watch_subscriptions)
+        },
+    );
+    let share = match (&group, share_options) {
+        (Some(group), Some(options)) => Some(mqtt::connect_v5(
+            options,
+            Session {
+                manual_acks: true,
+                ..Session::new(camera_ids.iter().map(|c| topics.shared_alarm(group, c)).collect())
+            },
+        )),
+        _ => None,
+    };
+    let in_flight_board = share.as_ref().map(|share| {
+        Arc::new(InFlightBoard::new(
+            share.client.clone(),
+            topics.box_in_flight(&box_id),
+            peers.instance().to_owned(),
+        ))
+    });
+    tracing::info!(box_id = %box_id, share_group = ?group, "MQTT identity");
     let outbox = Outbox::new(store.clone());
     let (stop_outbox, outbox_stop_rx) = watch::channel(false);
     let outbox_task = tokio::spawn(outbox.clone().deliver(
@@ -177,8 +240,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         live: LiveAnalyser::new(verifier.clone(), workers),
         verifier,
         cameras,
-        mqtt: main.client.clone(),
         publisher: publisher.clone(),
+        peers: peers.clone(),
+        in_flight_board: in_flight_board.clone(),
         outbox,
         store: store.clone(),
         deadline: Duration::from_secs_f64(config.verdict.deadline_s),
@@ -202,9 +266,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         snapshots: Mutex::new(HashMap::new()),
     });
     let state_task = tokio::spawn(publish_camera_states(shared.clone()));
-    answer_interrupted_alarms(&shared);
     let sink: Arc<dyn AlarmSink> = Arc::new(ServiceSink(shared.clone()));
     let stop_intake = CancellationToken::new();
+    let peers_task = tokio::spawn(peers.clone().run(
+        sink.clone(),
+        watch.client.clone(),
+        watch.events,
+        stop_intake.clone(),
+    ));
+    if group.is_some() {
+        tokio::spawn(answer_interrupted_alarms_in_group(shared.clone()));
+    } else {
+        answer_interrupted_alarms(&shared, &HashSet::new());
+    }
+    let board_task = in_flight_board
+        .clone()
+        .map(|board| tokio::spawn(in_flight::withdraw_delivered_periodically(board, store.clone())));
+    let (share_client, mut share_events) = match share {
+        Some(share) => (Some(share.client), Some(share.events)),
+        None => (None, None),
+    };
     let ops = Ops {
         site_name: config.site.clone(),
         store: store.clone(),
@@ -227,7 +308,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 Some(LinkEvent::Message(msg)) if topics.alarm_of_feedback(&msg.topic).is_some() => {
                     take_feedback(&shared, &topics, msg).await
                 }
-                Some(LinkEvent::Message(msg)) => intake::mqtt::take(sink.as_ref(), &topics, &shared.mqtt, msg).await,
+                // Alarms of cameras this box left behind, still in its persistent session: the
+                // watch reports alarms that no box serves.
+                Some(LinkEvent::Message(msg)) if topics.camera_of_alarm(&msg.topic).is_some_and(|c| !sink.knows_camera(c)) => {
+                    let _ = msg.ack().await;
+                }
+                Some(LinkEvent::Message(msg)) => intake::mqtt::take(sink.as_ref(), &topics, msg).await,
                 Some(LinkEvent::Connected) => {
                     shared.mqtt_connected.store(true, Ordering::SeqCst);
                     republish_camera_states(&shared)
@@ -236,7 +322,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 Some(_) => {}
                 None => break,
             },
+            Some(event) = next_shared(&mut share_events) => match event {
+                LinkEvent::Message(msg) => intake::mqtt::take(sink.as_ref(), &topics, msg).await,
+                LinkEvent::Connected => tracing::info!(share_group = ?group, "joined the shared alarm subscriptions"),
+                _ => {}
+            },
         }
+    }
+    if let (Some(client), Some(group)) = (&share_client, &group) {
+        leave_share_group(client, &mut share_events, group, &camera_ids, sink.as_ref(), &topics).await;
     }
 
     let bound = Instant::now() + Duration::from_secs_f64(shutdown_timeout_s);
@@ -260,6 +354,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // Never waits on the client's queue: with the broker away, its Last Will says offline.
     let _ = publisher.status(false);
     let _ = main.client.try_disconnect();
+    if let Some(board) = &in_flight_board {
+        board.withdraw_delivered(&store);
+    }
+    // A clean disconnect sends no Last Will: the roster says offline itself, and a survivor of
+    // the group answers what is still in flight.
+    let _ = watch.client.try_publish(
+        topics.box_roster(&box_id),
+        rumqttc::QoS::AtLeastOnce,
+        true,
+        peers.roster(BoxStatus::Offline),
+    );
+    let _ = watch.client.try_disconnect();
+    if let Some(client) = &share_client {
+        let _ = client.try_disconnect();
+    }
+    let _ = tokio::time::timeout(SHUTDOWN_LAST / 2, watch.task).await;
+    peers_task.abort();
+    if let Some(task) = board_task {
+        task.abort();
+    }
     let _ = tokio::time::timeout(SHUTDOWN_LAST / 2, main.task).await;
     state_task.abort();
     purge_task.abort();
@@ -316,6 +430,10 @@ impl AlarmSink for ServiceSink {
         self.0.cameras.contains_key(camera)
     }
 
+    fn knows_alarm(&self, alarm_id: &str) -> bool {
+        self.0.store.knows_alarm(alarm_id).unwrap_or(false)
+    }
+
     fn accept(&self, arrival: Arrival) -> Result<Accepted, Refused> {
         let shared = &self.0;
         if !shared.accepting.load(Ordering::SeqCst) {
@@ -359,6 +477,9 @@ impl AlarmSink for ServiceSink {
             open.insert(alarm.camera.clone(), alarm.alarm_id.clone());
         }
         drop(open);
+        if let Some(board) = &shared.in_flight_board {
+            board.accepted(&alarm);
+        }
         tracing::info!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, time = %alarm.time, source = %alarm.source, "alarm received");
         shared.metrics.alarm(&alarm.source);
         let accepted = Accepted {
@@ -559,10 +680,14 @@ async fn take_feedback(shared: &Arc<Shared>, topics: &Topics, msg: Inbound) {
         });
         match stored {
             Ok(feedback) => ServiceSite(shared.clone()).feedback_stored(alarm_id, &feedback),
+            // Another box on the broker may have verified it; feedback goes to every box.
+            Err(error) if error.starts_with("unknown alarm") && shared.peers.others_online() > 0 => {
+                tracing::debug!(alarm_id, "feedback for an alarm of another box")
+            }
             Err(error) => ServiceSink(shared.clone()).report(&msg.topic, &error, &msg.payload),
         }
     }
-    if let Err(e) = shared.mqtt.ack(&msg.packet).await {
+    if let Err(e) = msg.ack().await {
         tracing::warn!(topic = %msg.topic, error = %e, "cannot acknowledge feedback message");
     }
 }
@@ -712,8 +837,9 @@ async fn deliver(shared: &Shared, alarm: &Alarm, mut finding: Finding) {
 }
 
 /// Alarms recorded by an earlier run that never got a verdict: their video is gone, so they are
-/// answered `unverifiable` rather than left without an answer.
-fn answer_interrupted_alarms(shared: &Shared) {
+/// answered `unverifiable` rather than left without an answer, except those that another box of
+/// the share group says it took over (`taken`), which are recorded as handed over.
+fn answer_interrupted_alarms(shared: &Shared, taken: &HashSet<String>) {
     let unanswered = match shared.store.unanswered() {
         Ok(list) => list,
         Err(e) => {
@@ -726,12 +852,80 @@ fn answer_interrupted_alarms(shared: &Shared) {
             received: u.received,
             ..Alarm::new(u.alarm_id, &u.camera, u.time, "restart".into())
         };
+        if taken.contains(&alarm.alarm_id) {
+            record_handed_over(shared, &alarm);
+            continue;
+        }
         tracing::warn!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, "alarm interrupted by a restart");
         let finding = shared
             .verifier
             .unverifiable(&alarm, "the service restarted before this alarm was verified");
         if let Err(e) = shared.outbox.submit(&finding.doc, None) {
             tracing::error!(alarm_id = %alarm.alarm_id, error = %e, "cannot store verdict for interrupted alarm");
+        }
+    }
+}
+
+/// In a share group, a survivor may have answered this box's interrupted alarms while it was
+/// away: it waits a few seconds to hear which, so that the monitoring centre does not get an
+/// `unverifiable` after the survivor's real verdict.
+async fn answer_interrupted_alarms_in_group(shared: Arc<Shared>) {
+    let ids: Vec<String> = match shared.store.unanswered() {
+        Ok(list) => list.into_iter().map(|u| u.alarm_id).collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot look for alarms interrupted by a restart");
+            return;
+        }
+    };
+    if ids.is_empty() {
+        return;
+    }
+    let taken = shared.peers.taken_from_me(&ids, TAKEN_WAIT).await;
+    answer_interrupted_alarms(&shared, &taken);
+}
+
+/// The record of an alarm that another box answered: a verdict that is kept, not published.
+fn record_handed_over(shared: &Shared, alarm: &Alarm) {
+    tracing::info!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, "interrupted alarm was answered by another box of the group");
+    let finding = shared.verifier.unverifiable(
+        alarm,
+        "taken over by another box of the share group while this box was down; its verdict is in that box's records",
+    );
+    let kept = shared
+        .store
+        .record_verdict(&finding.doc, None)
+        .and_then(|()| shared.store.mark_delivered(&alarm.alarm_id));
+    if let Err(e) = kept {
+        tracing::error!(alarm_id = %alarm.alarm_id, error = %e, "cannot record an alarm handed over");
+    }
+}
+
+/// The next event of the shared alarm connection, or never when there is none.
+async fn next_shared(events: &mut Option<tokio::sync::mpsc::Receiver<LinkEvent>>) -> Option<LinkEvent> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Leaves the share group before the box stops taking alarms: the broker stops handing this box
+/// alarms, and those already on their way are still recorded and acknowledged, since a clean
+/// session's unacknowledged messages end with it.
+async fn leave_share_group(
+    client: &rumqttc::v5::AsyncClient,
+    events: &mut Option<tokio::sync::mpsc::Receiver<LinkEvent>>,
+    group: &str,
+    cameras: &[String],
+    sink: &dyn AlarmSink,
+    topics: &Topics,
+) {
+    for camera in cameras {
+        let _ = client.try_unsubscribe(topics.shared_alarm(group, camera));
+    }
+    let until = Instant::now() + SHARE_DRAIN;
+    while let Ok(Some(event)) = tokio::time::timeout_at(until, next_shared(events)).await {
+        if let LinkEvent::Message(msg) = event {
+            intake::mqtt::take(sink, topics, msg).await;
         }
     }
 }

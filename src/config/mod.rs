@@ -159,6 +159,14 @@ impl Config {
                 format!("expected a topic prefix without wildcards or leading/trailing '/', got {prefix:?}"),
             ));
         }
+        for (key, value) in [
+            ("mqtt.share_group", &self.mqtt.share_group),
+            ("mqtt.client_id", &self.mqtt.client_id),
+        ] {
+            if !value.is_empty() {
+                check_topic_level(value).map_err(|e| invalid(key, e))?;
+            }
+        }
         if self.detector.threads == 0 {
             return Err(invalid("detector.threads", "expected at least 1".into()));
         }

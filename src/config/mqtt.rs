@@ -13,8 +13,13 @@ pub struct MqttConfig {
     pub host: String,
     pub port: u16,
     pub topic_prefix: String,
-    /// MQTT client id; empty means `alarm-verifier-{site}`.
+    /// MQTT client id, also this box's name among the boxes on the broker; empty means
+    /// `alarm-verifier-{site}`, or `alarm-verifier-{site}-{hostname}` with a `share_group`.
     pub client_id: String,
+    /// When set, the box takes its cameras' alarms through the MQTT v5 shared subscription
+    /// `$share/{share_group}/{prefix}/alarms/{camera}`: boxes in the same group verify each alarm
+    /// once, and a survivor answers what a box that died had accepted.
+    pub share_group: String,
     pub keep_alive_s: u64,
     pub username: String,
     /// The password itself; prefer `password_env` so it stays out of the file.
@@ -29,6 +34,16 @@ pub struct MqttConfig {
 }
 
 impl MqttConfig {
+    /// This box's client id (and name among the boxes on the broker).
+    pub fn box_id(&self, site: &str) -> String {
+        match (self.client_id.is_empty(), self.share_group.is_empty()) {
+            (false, _) => self.client_id.clone(),
+            (true, true) => format!("alarm-verifier-{site}"),
+            // Two boxes of a pair share a site name; the host tells them apart.
+            (true, false) => format!("alarm-verifier-{site}-{}", hostname()),
+        }
+    }
+
     /// The password from `password_env` or `password`, if any.
     pub fn resolve_password(&self) -> Result<Option<String>, ConfigError> {
         Ok(resolve_secret(
@@ -48,6 +63,7 @@ impl Default for MqttConfig {
             port: 1883,
             topic_prefix: "alarm-verifier".into(),
             client_id: String::new(),
+            share_group: String::new(),
             keep_alive_s: 10,
             username: String::new(),
             password: Secret::default(),
@@ -57,4 +73,13 @@ impl Default for MqttConfig {
             client_key: None,
         }
     }
+}
+
+/// The machine's host name, or `host` when it cannot be read.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into())
 }

@@ -2,6 +2,7 @@
 //! and status to the monitoring centre.
 
 pub mod clips;
+pub mod in_flight;
 pub mod publish;
 pub mod records;
 pub mod store;

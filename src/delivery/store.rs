@@ -275,6 +275,32 @@ impl Store {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
+    /// Whether an alarm with this id is recorded (whatever its record key after a reuse).
+    pub fn knows_alarm(&self, alarm_id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT 1 FROM alarms WHERE alarm_id = ?1",
+                params![alarm_id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Of these alarms, those whose verdict the broker has acknowledged.
+    pub fn delivered_of(&self, alarm_ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT 1 FROM verdicts WHERE alarm_id = ?1 AND delivered IS NOT NULL")?;
+        let mut delivered = Vec::new();
+        for id in alarm_ids {
+            if stmt.exists(params![id])? {
+                delivered.push(id.clone());
+            }
+        }
+        Ok(delivered)
+    }
+
     pub fn clips_dir(&self) -> &Path {
         &self.clips_dir
     }

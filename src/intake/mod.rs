@@ -9,6 +9,7 @@ pub mod alarm;
 pub mod http;
 pub mod mqtt;
 pub mod onvif;
+pub mod peers;
 pub mod smtp;
 
 use alarm::Alarm;
@@ -46,6 +47,10 @@ pub enum Refused {
 /// The service as the intakes see it.
 pub trait AlarmSink: Send + Sync + 'static {
     fn knows_camera(&self, camera: &str) -> bool;
+    /// An alarm with this id is already recorded here.
+    fn knows_alarm(&self, _alarm_id: &str) -> bool {
+        false
+    }
     /// Records the alarm (before this returns), then verifies and answers it in the background.
     fn accept(&self, arrival: Arrival) -> Result<Accepted, Refused>;
     /// Input refused before it became an alarm (unknown camera, malformed body, unmatched mail):

@@ -2,13 +2,12 @@
 //! only then acknowledged to the broker, so an alarm is never lost between the two.
 
 use chrono::Utc;
-use rumqttc::AsyncClient;
 
 use super::{AlarmSink, Arrival, Refused, alarm};
 use crate::mqtt::{Inbound, Topics};
 
 /// Takes one message from the alarm subscription.
-pub async fn take(sink: &dyn AlarmSink, topics: &Topics, client: &AsyncClient, msg: Inbound) {
+pub async fn take(sink: &dyn AlarmSink, topics: &Topics, msg: Inbound) {
     if let Some(camera) = topics.camera_of_alarm(&msg.topic) {
         match alarm::parse("mqtt", camera, &msg.payload, |c| sink.knows_camera(c), Utc::now()) {
             Ok(alarm) => {
@@ -26,7 +25,7 @@ pub async fn take(sink: &dyn AlarmSink, topics: &Topics, client: &AsyncClient, m
             Err(e) => sink.report(&msg.topic, &e.to_string(), &msg.payload),
         }
     }
-    if let Err(e) = client.ack(&msg.packet).await {
+    if let Err(e) = msg.ack().await {
         tracing::warn!(topic = %msg.topic, error = %e, "cannot acknowledge alarm message");
     }
 }

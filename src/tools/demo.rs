@@ -290,6 +290,22 @@ impl Probe {
             .map_err(|e| DemoError::Mqtt(e.to_string()))
     }
 
+    /// Receives for `duration`, keeping every message in the backlog.
+    pub async fn pump(&mut self, duration: Duration) {
+        let deadline = Instant::now() + duration;
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
+            if let LinkEvent::Message(msg) = event {
+                self.backlog.push_back(msg);
+            }
+        }
+    }
+
+    /// Takes the oldest message of the backlog that satisfies `wanted`, without waiting.
+    pub fn backlog_take(&mut self, wanted: impl Fn(&Inbound) -> bool) -> Option<Inbound> {
+        let i = self.backlog.iter().position(wanted)?;
+        self.backlog.remove(i)
+    }
+
     /// The oldest message that satisfies `wanted`, or None after `timeout`.
     /// Other messages stay in the backlog for later calls.
     pub async fn next(&mut self, wanted: impl Fn(&Inbound) -> bool, timeout: Duration) -> Option<Inbound> {
