@@ -179,15 +179,19 @@ fn execute(command: Command) -> Result<()> {
         }
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
-            // The decoder element can only be checked against what this machine has installed.
+            // The files and the decoder element can only be checked on the machine that runs it.
+            config.check_files(&file.display().to_string())?;
             let decoders = Decoders::choose(&config.clip.decoder).with_context(|| file.display().to_string())?;
             println!(
-                "{}: ok ({} cameras; decoders {} and {}; alarms from {})",
+                "{}: ok ({} cameras; decoders {} and {}; alarms from {}; model {}; ONNX Runtime {}; store {})",
                 file.display(),
                 config.cameras.len(),
                 decoders.h264,
                 decoders.h265,
-                intakes(&config)
+                intakes(&config),
+                config.detector.model.display(),
+                config.detector.onnxruntime.display(),
+                config.store.path.display()
             );
             Ok(())
         }
@@ -295,7 +299,8 @@ fn execute(command: Command) -> Result<()> {
     }
 }
 
-/// The config file given with `--config`, or the defaults (the model in `models/`, person and vehicle).
+/// The config file given with `--config`, or the defaults (the installed or checkout's model, person and
+/// vehicle).
 fn config_or_default(path: Option<&Path>) -> Result<Config> {
     Ok(match path {
         Some(path) => Config::load(path)?,

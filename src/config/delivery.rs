@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::paths::Install;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VerdictConfig {
@@ -55,7 +57,8 @@ impl Default for EvidenceConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// The SQLite file holding the alarm log and the verdict outbox.
+    /// The SQLite file holding the alarm log and the verdict outbox; default: `/var/lib/alarm-verifier/`
+    /// when installed, the checkout's `data/` otherwise (`paths::Install`).
     pub path: PathBuf,
     /// Delivered verdicts and their alarms are deleted after this many days.
     pub retention_days: f64,
@@ -66,7 +69,7 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
-            path: "data/alarm-verifier.db".into(),
+            path: Install::current().store(),
             retention_days: 30.0,
             max_clips_mb: 2048,
         }

@@ -4,11 +4,14 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::paths::Install;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectorConfig {
+    /// The ONNX model; default: the installed or checkout's YOLOX-Nano (`paths::Install`).
     pub model: PathBuf,
-    /// The ONNX Runtime shared library, loaded at start-up.
+    /// The ONNX Runtime shared library, loaded at start-up; default as for `model`.
     pub onnxruntime: PathBuf,
     /// Intra-op threads for inference; one leaves a core for GStreamer's decoding.
     pub threads: usize,
@@ -39,8 +42,8 @@ pub struct DetectorConfig {
 impl Default for DetectorConfig {
     fn default() -> Self {
         Self {
-            model: "models/yolox_nano.onnx".into(),
-            onnxruntime: "third_party/onnxruntime/libonnxruntime.so.1.31.1".into(),
+            model: Install::current().model(),
+            onnxruntime: Install::current().onnxruntime(),
             threads: 1,
             provider: Provider::Cpu,
             optimization: Optimization::All,

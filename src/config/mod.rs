@@ -1,7 +1,8 @@
 //! Site configuration: TOML read into typed structs, then checked as a whole.
 //!
 //! Every key has a default (documented in the README) except the camera list itself.
-//! Unknown keys are errors, so a typo never silently falls back to a default.
+//! Unknown keys are errors, so a typo never silently falls back to a default. Default file paths
+//! follow the executable (`paths`); relative paths in a file are taken from the file's folder.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ mod delivery;
 mod detector;
 mod intake;
 mod mqtt;
+pub mod paths;
 mod policy;
 mod secret;
 
@@ -23,6 +25,7 @@ pub use delivery::{EvidenceConfig, StoreConfig, VerdictConfig};
 pub use detector::{ChannelOrder, DetectorConfig, Layout, Optimization, Provider, ResizeMode};
 pub use intake::{HttpConfig, OnvifConfig, SmtpConfig};
 pub use mqtt::MqttConfig;
+pub use paths::Install;
 pub use policy::{ClassRule, PolicyConfig, PolicyOverride, Zone};
 pub use secret::{Secret, resolve_secret};
 
@@ -84,16 +87,20 @@ fn default_shutdown_timeout() -> f64 {
 }
 
 impl Config {
-    /// Reads and checks a config file.
+    /// Reads and checks a config file. Relative paths in it are taken from the file's folder, so
+    /// the file means the same from any working directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        let mut config = Self::parse(&text, &path.display().to_string())?;
+        config.resolve_paths(path.parent().unwrap_or(Path::new("")));
+        Ok(config)
     }
 
-    /// Parses and checks config text; `origin` names it in errors.
+    /// Parses and checks config text; `origin` names it in errors. Relative paths stay relative
+    /// (to the working directory); defaults are where `paths::Install` puts them.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_owned(),
@@ -119,6 +126,46 @@ impl Config {
             smtp: SmtpConfig::default(),
             cameras: Vec::new(),
         }
+    }
+
+    /// Every file path of the config, relative ones taken from `base` (the config file's folder).
+    /// Defaults are absolute already, except without a working directory.
+    fn resolve_paths(&mut self, base: &Path) {
+        let detector = &mut self.detector;
+        let mqtt = &mut self.mqtt;
+        let paths = [&mut detector.model, &mut detector.onnxruntime, &mut self.store.path]
+            .into_iter()
+            .chain(detector.labels.as_mut())
+            .chain(mqtt.ca_file.as_mut())
+            .chain(mqtt.client_cert.as_mut())
+            .chain(mqtt.client_key.as_mut());
+        for path in paths {
+            paths::resolve_relative(base, path);
+        }
+    }
+
+    /// That the detector's files exist, for check-config (the service's start reads them anyway);
+    /// `origin` names the config in errors.
+    pub fn check_files(&self, origin: &str) -> Result<(), ConfigError> {
+        let files = [
+            ("detector.model", Some(&self.detector.model), "the ONNX model"),
+            (
+                "detector.onnxruntime",
+                Some(&self.detector.onnxruntime),
+                "the ONNX Runtime library",
+            ),
+            ("detector.labels", self.detector.labels.as_ref(), "the labels file"),
+        ];
+        for (key, path, what) in files {
+            if let Some(path) = path.filter(|p| !p.is_file()) {
+                return Err(ConfigError::Invalid {
+                    path: origin.to_owned(),
+                    key: key.to_owned(),
+                    expected: format!("expected {what}, but {} is not a file", path.display()),
+                });
+            }
+        }
+        Ok(())
     }
 
     pub fn camera(&self, id: &str) -> Option<&CameraConfig> {
@@ -548,6 +595,51 @@ url = "rtsp://user:pass@10.0.0.5:554/stream1"
             Some("secret")
         );
         assert!(!format!("{c:?}").contains("secret"));
+    }
+
+    #[test]
+    fn load_takes_relative_paths_from_the_config_folder_and_defaults_from_the_install() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("site.toml");
+        let text = "[detector]\nmodel = \"models/custom.onnx\"\nlabels = \"/srv/labels.txt\"\n\
+                    [mqtt]\nca_file = \"ca.pem\"\n[store]\npath = \"db/site.db\"\n";
+        std::fs::write(&file, text).expect("write");
+        let c = Config::load(&file).expect("valid");
+        assert_eq!(c.detector.model, dir.path().join("models/custom.onnx"));
+        assert_eq!(c.detector.labels.as_deref(), Some(Path::new("/srv/labels.txt")));
+        assert_eq!(c.mqtt.ca_file.as_deref(), Some(dir.path().join("ca.pem").as_path()));
+        assert_eq!(c.store.path, dir.path().join("db/site.db"));
+        // Not in the file: where this binary's layout puts it, whatever the config's folder.
+        assert_eq!(c.detector.onnxruntime, Install::current().onnxruntime());
+        assert!(
+            c.detector.onnxruntime.is_absolute(),
+            "{}",
+            c.detector.onnxruntime.display()
+        );
+        // parse() has no folder: the path stays as written.
+        let parsed = Config::parse(text, "site.toml").expect("valid");
+        assert_eq!(parsed.detector.model, Path::new("models/custom.onnx"));
+    }
+
+    #[test]
+    fn check_files_names_the_key_and_the_missing_file() {
+        let mut c = Config::offline_default();
+        c.detector.model = "/nonexistent/model.onnx".into();
+        let err = c.check_files("site.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("site.toml") && err.contains("detector.model") && err.contains("/nonexistent/model.onnx"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        for name in ["model.onnx", "libonnxruntime.so"] {
+            std::fs::write(dir.path().join(name), b"").expect("write");
+        }
+        c.detector.model = dir.path().join("model.onnx");
+        c.detector.onnxruntime = dir.path().join("libonnxruntime.so");
+        assert!(c.check_files("site.toml").is_ok());
+        c.detector.labels = Some("/nonexistent/labels.txt".into());
+        let err = c.check_files("site.toml").unwrap_err().to_string();
+        assert!(err.contains("detector.labels"), "{err}");
     }
 
     #[test]
