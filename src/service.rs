@@ -24,15 +24,16 @@ use crate::analysis::clip::{self as video, Flow, Frame, FrameSink};
 use crate::analysis::detect::{DetectError, Detector};
 use crate::analysis::evidence::{self, Annotations};
 use crate::analysis::live::LiveAnalyser;
+use crate::analysis::verdict::rfc3339;
 use crate::analysis::verify::{Finding, Verifier};
 use crate::analysis::workers::Workers;
 use crate::config::{Config, ConfigError};
 use crate::config::{EvidenceConfig, PolicyConfig};
 use crate::delivery::clips;
 use crate::delivery::in_flight::{self, InFlightBoard};
-use crate::delivery::publish::{CameraState, Outbox, Publisher};
+use crate::delivery::publish::{CameraState, ErrorReport, Outbox, Publisher};
 use crate::delivery::records::{Feedback, parse_feedback};
-use crate::delivery::store::{Store, StoreError};
+use crate::delivery::store::{DUPLICATE_WINDOW, EarlierAlarm, Recorded, Store, StoreError};
 use crate::ingest::camera::Camera;
 use crate::ingest::camera::StreamKind;
 use crate::ingest::health::{LOG_REMINDER, StateBoard};
@@ -440,7 +441,7 @@ impl AlarmSink for ServiceSink {
             return Err(Refused::ShuttingDown);
         }
         let Arrival {
-            alarm,
+            mut alarm,
             origin,
             raw,
             snapshot,
@@ -461,13 +462,13 @@ impl AlarmSink for ServiceSink {
             });
         }
         match shared.store.record_alarm(&alarm, &raw, snapshot.as_deref()) {
-            Ok(true) => {}
-            Ok(false) => {
-                let refused = Refused::Duplicate(alarm.alarm_id.clone());
-                tracing::info!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, "duplicate alarm ignored");
-                self.report(&origin, &refused.to_string(), &raw);
-                return Err(refused);
+            Ok(Recorded::New { record_id, reuses }) => {
+                alarm.record_id = record_id;
+                if let Some(earlier) = reuses {
+                    self.report_reused_id(&origin, &alarm, &earlier, &raw);
+                }
             }
+            Ok(Recorded::Duplicate(earlier)) => return Err(self.refuse_duplicate(&origin, &alarm, &earlier, &raw)),
             // Still verified and answered: an answer matters more than the audit record.
             Err(e) => {
                 tracing::error!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "alarm not recorded")
@@ -480,7 +481,7 @@ impl AlarmSink for ServiceSink {
         if let Some(board) = &shared.in_flight_board {
             board.accepted(&alarm);
         }
-        tracing::info!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, time = %alarm.time, source = %alarm.source, "alarm received");
+        tracing::info!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, record_id = %alarm.record_id, time = %alarm.time, source = %alarm.source, "alarm received");
         shared.metrics.alarm(&alarm.source);
         let accepted = Accepted {
             alarm_id: alarm.alarm_id.clone(),
@@ -506,15 +507,58 @@ impl AlarmSink for ServiceSink {
 
     fn report(&self, origin: &str, error: &str, payload: &[u8]) {
         tracing::warn!(origin, %error, "alarm rejected");
-        if let Err(e) = self.0.publisher.rejected(origin, error, payload) {
-            tracing::warn!(error = %e, "cannot report rejected alarm");
-        }
+        self.send_report(ErrorReport::new(origin, error, payload));
     }
 
     fn event_link(&self, camera: &str, link: EventLink) {
         tracing::info!(camera, state = ?link.state, error = ?link.error, "camera event subscription");
         lock(&self.0.links).insert(camera.to_owned(), link);
         self.0.board.mark(camera);
+    }
+}
+
+impl ServiceSink {
+    /// Stores a report for `errors` in the outbox; if the store fails, publishes it directly.
+    fn send_report(&self, report: ErrorReport<'_>) {
+        if let Err(e) = self.0.outbox.submit_error(&report) {
+            tracing::error!(error = %e, "error report not stored; publishing directly");
+            if let Err(e) = self.0.publisher.error_unstored(&report) {
+                tracing::warn!(error = %e, "error report not published");
+            }
+        }
+    }
+
+    /// The same alarm sent again (a redelivery, a device's retry): refused, and reported with the
+    /// record that answers it.
+    fn refuse_duplicate(&self, origin: &str, alarm: &Alarm, earlier: &EarlierAlarm, payload: &[u8]) -> Refused {
+        let refused = Refused::Duplicate(alarm.alarm_id.clone());
+        tracing::info!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, record_id = %earlier.record_id, "duplicate alarm ignored");
+        let error = format!(
+            "{refused} (same camera, alarm time within {} s of the alarm at {}, answered as record {})",
+            DUPLICATE_WINDOW.num_seconds(),
+            rfc3339(earlier.time),
+            earlier.record_id
+        );
+        self.send_report(ErrorReport::new(origin, &error, payload).about(&alarm.alarm_id, &earlier.record_id));
+        refused
+    }
+
+    /// A new alarm with an id the sender used before: it is verified and answered, and the sender
+    /// hears of the reuse (a device that restarted its counter may be confusing its alarms).
+    fn report_reused_id(&self, origin: &str, alarm: &Alarm, earlier: &EarlierAlarm, payload: &[u8]) {
+        tracing::warn!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, record_id = %alarm.record_id, earlier_record = %earlier.record_id, earlier_time = %earlier.time, "alarm_id reused: a new alarm");
+        let error = format!(
+            "alarm_id {:?} reused: an earlier alarm with this id on {} at {} (record {}); this one on {} at {} \
+             is a new alarm, verified and answered as record {}",
+            alarm.alarm_id,
+            earlier.camera,
+            rfc3339(earlier.time),
+            earlier.record_id,
+            alarm.camera,
+            rfc3339(alarm.time),
+            alarm.record_id
+        );
+        self.send_report(ErrorReport::new(origin, &error, payload).about(&alarm.alarm_id, &alarm.record_id));
     }
 }
 
@@ -652,7 +696,7 @@ async fn keep_clip(shared: Arc<Shared>, alarm: Alarm) {
             return;
         }
     };
-    if let Err(e) = shared.store.record_clip(&alarm.alarm_id, &file, bytes, start) {
+    if let Err(e) = shared.store.record_clip(&alarm.record_id, &file, bytes, start) {
         tracing::warn!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "clip not recorded");
         let _ = std::fs::remove_file(shared.store.clips_dir().join(&file));
         return;
@@ -811,8 +855,10 @@ async fn verify_alarm(shared: &Arc<Shared>, alarm: &Alarm, deadline: Instant) ->
 
 /// Hands a verdict to the outbox; if the store fails, publishes it directly so the alarm is answered.
 async fn deliver(shared: &Shared, alarm: &Alarm, mut finding: Finding) {
+    // A shared analysis hands over the lead alarm's document: the record is this alarm's own.
+    finding.doc.record_id = alarm.record_id.clone();
     if finding.evidence.is_some() {
-        finding.doc.evidence_topic = Some(shared.publisher.topics().evidence(&alarm.alarm_id));
+        finding.doc.evidence_topic = Some(shared.publisher.topics().evidence(&alarm.record_id));
     }
     finding.doc.latency_ms = alarm.received_at.elapsed().as_millis() as u64;
     shared.metrics.verdict(
@@ -850,6 +896,7 @@ fn answer_interrupted_alarms(shared: &Shared, taken: &HashSet<String>) {
     for u in unanswered {
         let alarm = Alarm {
             received: u.received,
+            record_id: u.record_id,
             ..Alarm::new(u.alarm_id, &u.camera, u.time, "restart".into())
         };
         if taken.contains(&alarm.alarm_id) {
@@ -894,7 +941,7 @@ fn record_handed_over(shared: &Shared, alarm: &Alarm) {
     let kept = shared
         .store
         .record_verdict(&finding.doc, None)
-        .and_then(|()| shared.store.mark_delivered(&alarm.alarm_id));
+        .and_then(|()| shared.store.mark_delivered(&alarm.record_id));
     if let Err(e) = kept {
         tracing::error!(alarm_id = %alarm.alarm_id, error = %e, "cannot record an alarm handed over");
     }

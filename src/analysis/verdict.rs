@@ -50,7 +50,13 @@ pub struct ReportedDetection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VerdictDocument {
     pub schema: String,
+    /// The id as the sender sent it (or as generated here when it sent none).
     pub alarm_id: String,
+    /// This alarm's own key: `alarm_id`, or `{alarm_id}~{n}` when the sender used the id before for
+    /// another alarm. It names the record (API, feedback topic) and the evidence topic. Documents
+    /// stored before the field existed read as empty; the store fills it in.
+    #[serde(default)]
+    pub record_id: String,
     pub camera: String,
     pub site: String,
     pub alarm_time: String,
@@ -106,6 +112,7 @@ impl VerdictDocument {
         Self {
             schema: SCHEMA.into(),
             alarm_id: alarm.alarm_id.clone(),
+            record_id: alarm.record_id.clone(),
             camera: alarm.camera.clone(),
             site: site.into(),
             alarm_time: rfc3339(alarm.time),

@@ -25,6 +25,7 @@ pub struct InFlightBoard {
     client: AsyncClient,
     topic: String,
     instance: String,
+    /// By record key (the store's key of the verdict).
     alarms: Mutex<BTreeMap<String, InFlightAlarm>>,
 }
 
@@ -45,7 +46,8 @@ impl InFlightBoard {
     /// Announces an alarm just recorded; call before acknowledging it.
     pub fn accepted(&self, alarm: &Alarm) {
         let mut alarms = self.lock();
-        alarms.insert(alarm.alarm_id.clone(), InFlightAlarm::of(alarm));
+        // Keyed by record: a reused id is a second alarm, delivered on its own.
+        alarms.insert(alarm.record_id.clone(), InFlightAlarm::of(alarm));
         self.announce(&alarms);
     }
 

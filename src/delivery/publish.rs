@@ -1,9 +1,9 @@
 //! Outbound messages to the monitoring centre.
 //!
-//! Verdicts and evidence go through the durable [`Outbox`]: stored first, published on a connection
-//! of their own one message at a time, and marked delivered only on the broker's PUBACK. Camera
-//! state, errors and status go out directly on the main connection ([`Publisher`]); state and
-//! status are retained and republished after every reconnect.
+//! Verdicts, evidence and error reports go through the durable [`Outbox`]: stored first, published
+//! on a connection of their own one message at a time, and marked delivered only on the broker's
+//! PUBACK. Camera state and status go out directly on the main connection ([`Publisher`]), retained
+//! and republished after every reconnect.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::analysis::verdict::{VerdictDocument, rfc3339};
-use crate::delivery::store::{OutboxItem, Store, StoreError};
+use crate::delivery::store::{OutboxItem, PendingVerdict, Store, StoreError};
 use crate::ingest::health::CameraHealth;
 use crate::intake::EventLink;
 use crate::mqtt::{Connection, LinkEvent, Topics};
@@ -32,7 +32,8 @@ pub struct PublishError {
     reason: String,
 }
 
-/// Rejected input, as sent on `{prefix}/errors`.
+/// Rejected input, or an alarm the sender should know about (a reused `alarm_id`), as sent on
+/// `{prefix}/errors`.
 #[derive(Debug, Serialize)]
 pub struct ErrorReport<'a> {
     pub time: String,
@@ -40,6 +41,42 @@ pub struct ErrorReport<'a> {
     pub error: String,
     /// The original payload, as text where it is UTF-8 (cut to a few kilobytes).
     pub payload: String,
+    /// For a duplicate or a reused id: the `alarm_id` as sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alarm_id: Option<String>,
+    /// For a duplicate: the record that answered it; for a reused id: the new alarm's record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record_id: Option<String>,
+}
+
+impl<'a> ErrorReport<'a> {
+    /// A report made now about `payload`, which came from `topic` (an MQTT topic, or e.g.
+    /// `POST /api/alarms/gate`, `smtp from nvr@site`).
+    pub fn new(topic: &'a str, error: &str, payload: &[u8]) -> Self {
+        let cut = &payload[..payload.len().min(MAX_ECHOED_PAYLOAD)];
+        Self {
+            time: rfc3339(Utc::now()),
+            topic,
+            error: error.to_owned(),
+            payload: String::from_utf8_lossy(cut).into_owned(),
+            alarm_id: None,
+            record_id: None,
+        }
+    }
+
+    /// The same report, naming the alarm it is about.
+    pub fn about(self, alarm_id: &str, record_id: &str) -> Self {
+        Self {
+            alarm_id: Some(alarm_id.to_owned()),
+            record_id: Some(record_id.to_owned()),
+            ..self
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serialising plain strings cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
 }
 
 /// A camera's state message: its streams, and its event subscription when it has one.
@@ -94,19 +131,10 @@ impl Publisher {
         self.try_send(self.topics.camera_state(&state.health.camera), true, body)
     }
 
-    /// Reports input refused by an intake; `topic` is where it came from (an MQTT topic, or e.g.
-    /// `POST /api/alarms/gate`, `smtp from nvr@site`).
-    /// Never waits; a report that finds the queue full is lost (reports are not stored).
-    pub fn rejected(&self, topic: &str, error: &str, payload: &[u8]) -> Result<(), PublishError> {
-        let cut = &payload[..payload.len().min(MAX_ECHOED_PAYLOAD)];
-        let report = ErrorReport {
-            time: rfc3339(Utc::now()),
-            topic,
-            error: error.to_owned(),
-            payload: String::from_utf8_lossy(cut).into_owned(),
-        };
-        let body = serde_json::to_vec(&report).unwrap_or_default();
-        self.try_send(self.topics.errors(), false, body)
+    /// Publishes an error report without the outbox: only for when the store itself has failed.
+    /// Never waits; a report that finds the queue full is lost.
+    pub fn error_unstored(&self, report: &ErrorReport<'_>) -> Result<(), PublishError> {
+        self.try_send(self.topics.errors(), false, report.to_json().into_bytes())
     }
 
     /// Never waits: at shutdown with the broker away, the Last Will says `offline` instead.
@@ -119,14 +147,15 @@ impl Publisher {
     /// the alarm is still answered.
     pub async fn verdict_unstored(&self, doc: &VerdictDocument, evidence: Option<Vec<u8>>) -> Result<(), PublishError> {
         if let Some(jpeg) = evidence {
-            self.send(self.topics.evidence(&doc.alarm_id), false, jpeg).await?;
+            self.send(self.topics.evidence(&doc.record_id), false, jpeg).await?;
         }
         self.send(self.topics.verdict(&doc.camera), false, doc.to_json().into_bytes())
             .await
     }
 }
 
-/// The durable outbox: verdicts are stored here and delivered by [`Outbox::deliver`].
+/// The durable outbox: verdicts and error reports are stored here and delivered by
+/// [`Outbox::deliver`], in the order they were stored.
 #[derive(Clone)]
 pub struct Outbox {
     store: Arc<Store>,
@@ -155,9 +184,24 @@ impl Outbox {
         Ok(())
     }
 
-    /// Delivers stored verdicts over `connection` until `stop` turns true and nothing is left
-    /// (or the connection's owner goes away). After each (re)connect it waits `settle`, so that
-    /// subscribers who lost their session with the broker have resubscribed before the backlog goes.
+    /// Stores a report for `{prefix}/errors` for delivery and wakes the delivery task.
+    pub fn submit_error(&self, report: &ErrorReport<'_>) -> Result<(), StoreError> {
+        let dropped = self.store.record_error(&report.to_json())?;
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                kept = crate::delivery::store::MAX_ERROR_REPORTS,
+                "too many error reports stored; the oldest undelivered were dropped"
+            );
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Delivers stored verdicts and error reports over `connection` until `stop` turns true and
+    /// nothing is left (or the connection's owner goes away). After each (re)connect it waits
+    /// `settle`, so that subscribers who lost their session with the broker have resubscribed
+    /// before the backlog goes.
     pub async fn deliver(
         self,
         topics: Topics,
@@ -210,17 +254,29 @@ impl Outbox {
                 }
                 continue;
             };
-            let _ = self.store.count_attempt(&item.alarm_id);
-            match send_item(&client, &mut events, &topics, &item).await {
+            let _ = self.store.count_attempt(&item);
+            let sent = match &item {
+                OutboxItem::Verdict(verdict) => send_verdict(&client, &mut events, &topics, verdict).await,
+                OutboxItem::Error(report) => {
+                    send_acked(
+                        &client,
+                        &mut events,
+                        topics.errors(),
+                        report.document.clone().into_bytes(),
+                    )
+                    .await
+                }
+            };
+            match sent {
                 Ok(()) => {
-                    tracing::info!(alarm_id = %item.alarm_id, camera = %item.doc.camera, attempts = item.attempts + 1, "verdict delivered");
-                    if let Err(e) = self.store.mark_delivered(&item.alarm_id) {
-                        tracing::error!(alarm_id = %item.alarm_id, error = %e, "outbox: delivered but not marked; it will be sent again");
+                    log_delivered(&item);
+                    if let Err(e) = self.store.mark_sent(&item) {
+                        tracing::error!(item = %describe(&item), error = %e, "outbox: delivered but not marked; it will be sent again");
                     }
                 }
                 Err(Interrupted::Disconnected) => connected = false,
                 Err(Interrupted::NoAck) => {
-                    tracing::warn!(alarm_id = %item.alarm_id, "outbox: no PUBACK in time; sending again");
+                    tracing::warn!(item = %describe(&item), "outbox: no PUBACK in time; sending again");
                 }
                 Err(Interrupted::Closed) => return,
             }
@@ -232,29 +288,51 @@ impl Outbox {
     }
 }
 
+/// What a log line says an outbox message is: the verdict's record, or `errors report N`.
+fn describe(item: &OutboxItem) -> String {
+    match item {
+        OutboxItem::Verdict(v) => v.record_id.clone(),
+        OutboxItem::Error(e) => format!("errors report {}", e.id),
+    }
+}
+
+fn log_delivered(item: &OutboxItem) {
+    match item {
+        OutboxItem::Verdict(v) => {
+            tracing::info!(alarm_id = %v.doc.alarm_id, record_id = %v.record_id, camera = %v.doc.camera, attempts = v.attempts + 1, "verdict delivered")
+        }
+        OutboxItem::Error(e) => tracing::debug!(report = e.id, attempts = e.attempts + 1, "error report delivered"),
+    }
+}
+
 /// Publishes the evidence (if any) and then the verdict, each acknowledged before the next.
-async fn send_item(
+async fn send_verdict(
     client: &AsyncClient,
     events: &mut mpsc::Receiver<LinkEvent>,
     topics: &Topics,
-    item: &OutboxItem,
+    item: &PendingVerdict,
 ) -> Result<(), Interrupted> {
     let mut doc = item.doc.clone();
     // Latency runs to the moment of publishing, including any wait for the broker.
     doc.latency_ms = (Utc::now() - item.received).num_milliseconds().max(0) as u64;
-    let mut messages = Vec::with_capacity(2);
     if let Some(jpeg) = &item.evidence {
-        messages.push((topics.evidence(&doc.alarm_id), jpeg.clone()));
+        send_acked(client, events, topics.evidence(&doc.record_id), jpeg.clone()).await?;
     }
-    messages.push((topics.verdict(&doc.camera), doc.to_json().into_bytes()));
-    for (topic, payload) in messages {
-        client
-            .publish(topic, QoS::AtLeastOnce, false, payload)
-            .await
-            .map_err(|_| Interrupted::Closed)?;
-        wait_for_ack(events).await?;
-    }
-    Ok(())
+    send_acked(client, events, topics.verdict(&doc.camera), doc.to_json().into_bytes()).await
+}
+
+/// Publishes one message (QoS 1) and waits for the broker's PUBACK of it.
+async fn send_acked(
+    client: &AsyncClient,
+    events: &mut mpsc::Receiver<LinkEvent>,
+    topic: String,
+    payload: Vec<u8>,
+) -> Result<(), Interrupted> {
+    client
+        .publish(topic, QoS::AtLeastOnce, false, payload)
+        .await
+        .map_err(|_| Interrupted::Closed)?;
+    wait_for_ack(events).await
 }
 
 /// Waits for the packet id of the publish just queued, then for the broker's PUBACK of that id.

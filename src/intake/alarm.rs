@@ -13,7 +13,11 @@ pub const MAX_CLOCK_SKEW: TimeDelta = TimeDelta::hours(1);
 
 #[derive(Debug, Clone)]
 pub struct Alarm {
+    /// The sender's id (or one generated here when it sent none).
     pub alarm_id: String,
+    /// The key of this alarm's record: its `alarm_id`, or `{alarm_id}~{n}` when the store already
+    /// holds another alarm with that id (a device that restarted its counter). Set when recorded.
+    pub record_id: String,
     pub camera: String,
     /// When the alarm happened, as the sender says.
     pub time: DateTime<Utc>,
@@ -32,6 +36,7 @@ impl Alarm {
     /// An alarm received now, with the sender's id.
     pub fn new(alarm_id: String, camera: &str, time: DateTime<Utc>, source: String) -> Self {
         Self {
+            record_id: alarm_id.clone(),
             alarm_id,
             camera: camera.to_owned(),
             time,
