@@ -348,6 +348,7 @@ impl Peers {
         let Some((candidates, answered)) = self.unanswered_of(sink.as_ref(), &dead, &instance, announced) else {
             return;
         };
+        let already_answered = answered.len();
         let mut taken = answered;
         for a in candidates {
             let alarm = Alarm::new(a.alarm_id.clone(), &a.camera, a.time, format!("takeover:{dead}"));
@@ -365,7 +366,8 @@ impl Peers {
         }
         tracing::warn!(
             box_id = %dead,
-            answered_here_or_before = taken.len(),
+            taken_over = taken.len() - already_answered,
+            already_answered,
             after_ms = since.elapsed().as_millis() as u64,
             "a box of the share group went away; its unanswered alarms are taken over"
         );
