@@ -55,6 +55,25 @@ fn alarms_in(store: &Path) -> BTreeMap<String, String> {
         .expect("alarms")
 }
 
+/// The alarms a box's store records as answered by another box of its group, and those it
+/// answered itself.
+fn verdicts_in(store: &Path) -> (Vec<String>, Vec<String>) {
+    let conn = rusqlite::Connection::open(store).expect("open store");
+    let mut stmt = conn.prepare("SELECT alarm_id, document FROM verdicts").expect("query");
+    let rows: Vec<(String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("verdicts");
+    let (handed_over, own): (Vec<_>, Vec<_>) = rows
+        .into_iter()
+        .partition(|(_, document)| document.contains("taken over by another box"));
+    (
+        handed_over.into_iter().map(|(id, _)| id).collect(),
+        own.into_iter().map(|(id, _)| id).collect(),
+    )
+}
+
 /// Waits until both boxes' rosters say online and their cameras' state is online.
 async fn wait_boxes_online(probe: &mut Probe, boxes: &[(&str, &Box)]) {
     for (id, b) in boxes {
@@ -233,6 +252,29 @@ async fn a_pair_verifies_each_alarm_once_and_the_survivor_answers_what_the_kille
         .filter(|(_, docs)| docs.len() > 1)
         .map(|(id, _)| id)
         .collect();
+    // Box A comes back on its store: what B answered for it is recorded as handed over, not
+    // answered a second time.
+    let restarted = Service::start(
+        &std::fs::read_to_string(a.dir.path().join("site.toml")).expect("config"),
+        a.dir.path(),
+    );
+    probe.pump(Duration::from_secs(10)).await;
+    let mut late = Vec::new();
+    while let Some(m) = probe.backlog_take(|m| m.topic.starts_with(&format!("{PREFIX}/verdicts/"))) {
+        late.push(verdict_of(&m.payload).alarm_id);
+    }
+    let (handed_over, own) = verdicts_in(&a.store());
+    // A verdict A had made and not delivered when it died goes out now: allowed (at least once).
+    assert!(
+        late.iter().all(|id| own.contains(id))
+            && held_by_a
+                .iter()
+                .all(|id| handed_over.contains(*id) || own.contains(*id)),
+        "after its restart box A published {late:?}; recorded as handed over: {handed_over:?}, its own verdicts: \
+         {own:?} (held at the kill: {held_by_a:?})\nits log:\n{}",
+        restarted.log()
+    );
+    drop(restarted);
     let takeover_line = b
         .service
         .log()

@@ -194,3 +194,44 @@ async fn detect_state(site: &mut Site, camera: &str, state: &str) -> serde_json:
         });
     serde_json::from_slice(&msg.payload).expect("state JSON")
 }
+
+/// A PIR that keeps firing: an alarm every 700 ms on one empty camera for about 20 s. Shared
+/// analyses must not stretch past their first alarm's deadline, so every alarm gets a real
+/// `false_alarm` in time, not `overloaded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_stream_of_alarms_on_one_camera_is_answered_in_time() {
+    let mut site = Site::start(&[("yard", "tree.mp4")], "").await;
+    site.let_buffers_fill().await;
+    let n = 28;
+    for i in 0..n {
+        site.raise("yard", &format!("pir-{i:02}")).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let verdicts = collect_verdicts(&mut site, n, Duration::from_secs(40)).await;
+    let mut per_alarm: HashMap<&str, usize> = HashMap::new();
+    for v in &verdicts {
+        *per_alarm.entry(v.alarm_id.as_str()).or_default() += 1;
+        assert_eq!(
+            v.verdict,
+            VerdictKind::FalseAlarm,
+            "{}: {} (after {} ms)",
+            v.alarm_id,
+            v.reason,
+            v.latency_ms
+        );
+        assert!(
+            v.latency_ms <= 15_000,
+            "{} answered after {} ms",
+            v.alarm_id,
+            v.latency_ms
+        );
+    }
+    assert_eq!(per_alarm.len(), n, "one verdict per alarm: {per_alarm:?}");
+    assert!(per_alarm.values().all(|&c| c == 1), "duplicates: {per_alarm:?}");
+    let shared = verdicts
+        .iter()
+        .filter(|v| v.reason.contains("analysed with alarm"))
+        .count();
+    let max_ms = verdicts.iter().map(|v| v.latency_ms).max().unwrap_or_default();
+    eprintln!("steady stream: {n} alarms, {shared} answered by a shared analysis, latency max {max_ms} ms");
+}

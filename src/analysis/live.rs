@@ -26,6 +26,12 @@ use crate::intake::alarm::Alarm;
 const POLL: Duration = Duration::from_millis(40);
 /// After the window's end, how long to wait for its last video before concluding without it.
 const LATE_VIDEO: Duration = Duration::from_secs(3);
+/// An alarm joins a running analysis only if that analysis can still see the end of its window
+/// this long before the analysis's own alarm must be answered; otherwise it starts its own.
+const JOIN_MARGIN: Duration = Duration::from_secs(2);
+/// How far joined alarms may stretch an analysis past its own alarm's window (the default
+/// `clip.post_s`): the first alarm's answer waits for the stretched window.
+const MAX_STRETCH: Duration = Duration::from_secs(4);
 
 /// The shared analysis of one camera window: its reach (joined alarms extend it) and its result.
 struct Job {
@@ -33,6 +39,9 @@ struct Job {
     /// None while the analysis runs (alarms may join it), then its verdict.
     result: watch::Sender<Option<Finding>>,
     lead: String,
+    /// How far joined alarms may stretch the window: short of the lead alarm's deadline, and at
+    /// most `MAX_STRETCH` past its own window.
+    reach_limit: DateTime<Utc>,
 }
 
 impl Job {
@@ -78,15 +87,25 @@ impl LiveAnalyser {
         if let Some(joined) = self.join(alarm, window) {
             return self.joined_verdict(alarm, joined).await;
         }
+        let left = deadline.saturating_duration_since(Instant::now());
         let job = Arc::new(Job {
             window: Mutex::new(window),
             result: watch::channel(None).0,
             lead: alarm.alarm_id.clone(),
+            reach_limit: (Utc::now() + TimeDelta::from_std(left.saturating_sub(JOIN_MARGIN)).unwrap_or_default())
+                .min(window.to + TimeDelta::from_std(MAX_STRETCH).unwrap_or_default()),
         });
         lock(&self.jobs)
             .entry(alarm.camera.clone())
             .or_default()
             .push(job.clone());
+        let _close = CloseOnDrop {
+            job: &job,
+            fallback: Some(
+                self.verifier
+                    .unverifiable(alarm, "overloaded: the analysis was stopped before its window was seen"),
+            ),
+        };
         let finding = self.run(camera, alarm, &job, deadline).await;
         job.result.send_replace(Some(finding.clone()));
         finding
@@ -100,7 +119,10 @@ impl LiveAnalyser {
         for job in jobs.get(&alarm.camera)? {
             let mut reach = lock(&job.window);
             let overlaps = window.from <= reach.to && reach.from <= window.to;
-            if job.is_open() && overlaps {
+            // A steady stream of alarms on one camera must not stretch one analysis past its
+            // lead's deadline: then none of them would be answered in time.
+            let in_time = window.to <= job.reach_limit;
+            if job.is_open() && overlaps && in_time {
                 reach.to = reach.to.max(window.to);
                 return Some(Joined::Running(job.result.subscribe(), job.lead.clone()));
             }
@@ -343,6 +365,24 @@ impl LiveAnalyser {
             if list.is_empty() {
                 jobs.remove(camera);
             }
+        }
+    }
+}
+
+/// Closes a job whose analysis ended without a verdict (its alarm's deadline passed, or the
+/// service stopped): the alarms that joined it get the fallback instead of waiting on it, and no
+/// later alarm joins it.
+struct CloseOnDrop<'a> {
+    job: &'a Job,
+    fallback: Option<Finding>,
+}
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.job.is_open()
+            && let Some(fallback) = self.fallback.take()
+        {
+            self.job.result.send_replace(Some(fallback));
         }
     }
 }

@@ -401,7 +401,8 @@ impl Peers {
             .chain([self.me.as_str()])
             .min()
             .is_some_and(|first| first == self.me);
-        if !survivor {
+        // Another survivor (or this box before a restart) has done it already.
+        if !survivor || state.taken.get(dead).is_some_and(|t| t.instance == instance) {
             return None;
         }
         let mut alarms = state
