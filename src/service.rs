@@ -33,7 +33,7 @@ use crate::delivery::clips;
 use crate::delivery::in_flight::{self, InFlightBoard};
 use crate::delivery::publish::{CameraState, ErrorReport, Outbox, Publisher};
 use crate::delivery::records::{Feedback, parse_feedback};
-use crate::delivery::store::{DUPLICATE_WINDOW, EarlierAlarm, Recorded, Store, StoreError};
+use crate::delivery::store::{DUPLICATE_WINDOW, EarlierAlarm, Recorded, Store, StoreError, Unanswered};
 use crate::ingest::camera::Camera;
 use crate::ingest::camera::StreamKind;
 use crate::ingest::health::{LOG_REMINDER, StateBoard};
@@ -198,16 +198,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             ..Session::new(watch_subscriptions)
         },
     );
-    let share = match (&group, share_options) {
-        (Some(group), Some(options)) => Some(mqtt::connect_v5(
+    let share = group.as_ref().zip(share_options).map(|(group, options)| {
+        mqtt::connect_v5(
             options,
             Session {
                 manual_acks: true,
                 ..Session::new(camera_ids.iter().map(|c| topics.shared_alarm(group, c)).collect())
             },
-        )),
-        _ => None,
-    };
+        )
+    });
     let in_flight_board = share.as_ref().map(|share| {
         Arc::new(InFlightBoard::new(
             share.client.clone(),
@@ -275,10 +274,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         watch.events,
         stop_intake.clone(),
     ));
+    let interrupted = interrupted_alarms(&store);
     if group.is_some() {
-        tokio::spawn(answer_interrupted_alarms_in_group(shared.clone()));
+        tokio::spawn(answer_interrupted_alarms_in_group(shared.clone(), interrupted));
     } else {
-        answer_interrupted_alarms(&shared, &HashSet::new());
+        answer_interrupted_alarms(&shared, interrupted, &HashSet::new());
     }
     let board_task = in_flight_board
         .clone()
@@ -716,17 +716,20 @@ async fn keep_clip(shared: Arc<Shared>, alarm: Alarm) {
 async fn take_feedback(shared: &Arc<Shared>, topics: &Topics, msg: Inbound) {
     if let Some(alarm_id) = topics.alarm_of_feedback(&msg.topic) {
         let stored = parse_feedback(&msg.payload).map_err(|e| e.to_string()).and_then(|f| {
-            match shared.store.record_feedback(alarm_id, &f) {
-                Ok(true) => Ok(f),
-                Ok(false) => Err(format!("unknown alarm {alarm_id:?}")),
-                Err(e) => Err(e.to_string()),
-            }
+            shared
+                .store
+                .record_feedback(alarm_id, &f)
+                .map(|known| known.then_some(f))
+                .map_err(|e| e.to_string())
         });
         match stored {
-            Ok(feedback) => ServiceSite(shared.clone()).feedback_stored(alarm_id, &feedback),
+            Ok(Some(feedback)) => ServiceSite(shared.clone()).feedback_stored(alarm_id, &feedback),
             // Another box on the broker may have verified it; feedback goes to every box.
-            Err(error) if error.starts_with("unknown alarm") && shared.peers.others_online() > 0 => {
+            Ok(None) if shared.peers.others_online() > 0 => {
                 tracing::debug!(alarm_id, "feedback for an alarm of another box")
+            }
+            Ok(None) => {
+                ServiceSink(shared.clone()).report(&msg.topic, &format!("unknown alarm {alarm_id:?}"), &msg.payload)
             }
             Err(error) => ServiceSink(shared.clone()).report(&msg.topic, &error, &msg.payload),
         }
@@ -885,14 +888,7 @@ async fn deliver(shared: &Shared, alarm: &Alarm, mut finding: Finding) {
 /// Alarms recorded by an earlier run that never got a verdict: their video is gone, so they are
 /// answered `unverifiable` rather than left without an answer, except those that another box of
 /// the share group says it took over (`taken`), which are recorded as handed over.
-fn answer_interrupted_alarms(shared: &Shared, taken: &HashSet<String>) {
-    let unanswered = match shared.store.unanswered() {
-        Ok(list) => list,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot look for alarms interrupted by a restart");
-            return;
-        }
-    };
+fn answer_interrupted_alarms(shared: &Shared, unanswered: Vec<Unanswered>, taken: &HashSet<String>) {
     for u in unanswered {
         let alarm = Alarm {
             received: u.received,
@@ -916,19 +912,21 @@ fn answer_interrupted_alarms(shared: &Shared, taken: &HashSet<String>) {
 /// In a share group, a survivor may have answered this box's interrupted alarms while it was
 /// away: it waits a few seconds to hear which, so that the monitoring centre does not get an
 /// `unverifiable` after the survivor's real verdict.
-async fn answer_interrupted_alarms_in_group(shared: Arc<Shared>) {
-    let ids: Vec<String> = match shared.store.unanswered() {
-        Ok(list) => list.into_iter().map(|u| u.alarm_id).collect(),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot look for alarms interrupted by a restart");
-            return;
-        }
-    };
-    if ids.is_empty() {
+async fn answer_interrupted_alarms_in_group(shared: Arc<Shared>, unanswered: Vec<Unanswered>) {
+    if unanswered.is_empty() {
         return;
     }
+    let ids: Vec<String> = unanswered.iter().map(|u| u.alarm_id.clone()).collect();
     let taken = shared.peers.taken_from_me(&ids, TAKEN_WAIT).await;
-    answer_interrupted_alarms(&shared, &taken);
+    answer_interrupted_alarms(&shared, unanswered, &taken);
+}
+
+/// The alarms an earlier run recorded and never answered.
+fn interrupted_alarms(store: &Store) -> Vec<Unanswered> {
+    store.unanswered().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot look for alarms interrupted by a restart");
+        Vec::new()
+    })
 }
 
 /// The record of an alarm that another box answered: a verdict that is kept, not published.

@@ -166,11 +166,18 @@ impl Peers {
 
     /// Other boxes online under this prefix.
     pub fn others_online(&self) -> usize {
-        lock(&self.state)
-            .rosters
-            .values()
-            .filter(|r| r.status == BoxStatus::Online && r.box_id != self.me)
+        let state = lock(&self.state);
+        online_boxes(&state, |_| true)
+            .iter()
+            .filter(|id| **id != self.me)
             .count()
+    }
+
+    /// Whether this box's id comes first among `online`: the box that reports an unserved camera,
+    /// or takes over a dead member of its group. Every box sees the same retained rosters, so
+    /// they agree without an election.
+    fn first_among(&self, online: &[&str]) -> bool {
+        online.iter().all(|id| self.me.as_str() <= *id)
     }
 
     /// Of `alarm_ids` (this box's alarms left unanswered by its previous run), those another box
@@ -254,21 +261,8 @@ impl Peers {
             // alarms while it is away. A group member's alarms go to the others.
             r.cameras.iter().any(|c| c == camera) && (r.status == BoxStatus::Online || r.share_group.is_none())
         });
-        let reporter = state
-            .rosters
-            .values()
-            .filter(|r| r.status == BoxStatus::Online)
-            .map(|r| r.box_id.as_str())
-            .chain([self.me.as_str()])
-            .min()
-            .is_some_and(|first| first == self.me);
-        let online: Vec<&str> = state
-            .rosters
-            .values()
-            .filter(|r| r.status == BoxStatus::Online)
-            .map(|r| r.box_id.as_str())
-            .collect();
-        if !served && reporter {
+        let online = online_boxes(&state, |_| true);
+        if !served && self.first_among(&online) {
             let error = format!(
                 "unknown camera {camera:?}: no box online serves it (boxes online: {})",
                 online.join(", ")
@@ -393,14 +387,7 @@ impl Peers {
         announced: Option<InFlight>,
     ) -> Option<(Vec<InFlightAlarm>, Vec<String>)> {
         let state = lock(&self.state);
-        let survivor = state
-            .rosters
-            .values()
-            .filter(|r| r.status == BoxStatus::Online && self.same_group(r))
-            .map(|r| r.box_id.as_str())
-            .chain([self.me.as_str()])
-            .min()
-            .is_some_and(|first| first == self.me);
+        let survivor = self.first_among(&online_boxes(&state, |r| self.same_group(r)));
         // Another survivor (or this box before a restart) has done it already.
         if !survivor || state.taken.get(dead).is_some_and(|t| t.instance == instance) {
             return None;
@@ -432,6 +419,16 @@ impl Peers {
             .partition(|a| state.verdicts.contains_key(&a.alarm_id) || sink.knows_alarm(&a.alarm_id));
         Some((open, answered.into_iter().map(|a| a.alarm_id).collect()))
     }
+}
+
+/// The ids of the boxes online whose roster `include` selects.
+fn online_boxes(state: &State, include: impl Fn(&Roster) -> bool) -> Vec<&str> {
+    state
+        .rosters
+        .values()
+        .filter(|r| r.status == BoxStatus::Online && include(r))
+        .map(|r| r.box_id.as_str())
+        .collect()
 }
 
 /// A box went away: its Last Will came, or it is back as a new instance (a restart too quick for
