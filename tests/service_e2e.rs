@@ -186,4 +186,43 @@ async fn multi_slice_keyframes_decode_whole_pictures() {
         verdict.reason
     );
     assert!(verdict.frames_analyzed >= 2, "{}", verdict.frames_analyzed);
+    // Over TCP (the default) retina reads the stream, on its own runtime, with no rtspsrc.
+    let threads = thread_names(site.service.pid());
+    assert!(
+        threads.iter().any(|n| n.starts_with("ingest-rtsp")) && !threads.iter().any(|n| n == "rtpjitterbuffer"),
+        "{threads:?}"
+    );
+}
+
+/// Over UDP the stream goes through GStreamer's `rtspsrc` (retina has no reordering for UDP): the
+/// same camera still verifies, with the slices the parser splits off merged back into their picture.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_over_udp_is_ingested_by_rtspsrc_and_verifies() {
+    let mut site = Site::start_configured(
+        &[("entrance", "vtest_multislice.mp4", None)],
+        "",
+        &[("entrance", "transport = \"udp\"")],
+    )
+    .await;
+    site.let_buffers_fill().await;
+    site.raise("entrance", "over-udp").await;
+    let verdict = site.verdict("over-udp", Duration::from_secs(30)).await;
+    assert_eq!(verdict.verdict, VerdictKind::Verified, "{verdict:?}");
+    assert!(verdict.frames_analyzed >= 2, "{}", verdict.frames_analyzed);
+    assert!(
+        thread_names(site.service.pid()).iter().any(|n| n == "rtpjitterbuffer"),
+        "no rtspsrc jitterbuffer thread in the service: {:?}",
+        thread_names(site.service.pid())
+    );
+}
+
+/// The names of a process's threads, from /proc.
+fn thread_names(pid: u32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect()
 }

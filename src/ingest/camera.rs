@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::health::{CameraHealth, LinkState, OutageLog, OutageNote, RateMeter, StateBoard, StreamHealth};
 use super::pipeline::{self, describe_bus_message};
 use super::ring::{AccessUnit, Cursor, EncodedSlice, ReadError, Ring};
+use super::rtsp;
 use crate::config::{CameraConfig, RtspTransport, redact_url};
 use chrono::{DateTime, Utc};
 use gstreamer as gst;
@@ -254,13 +255,9 @@ impl Ingest {
         let mut outage = OutageLog::default();
         while !self.stopping() {
             let started = std::time::Instant::now();
-            let end = match self.build_pipeline() {
-                Ok(pipeline) => {
-                    let end = self.watch(&pipeline);
-                    let _ = pipeline.set_state(gst::State::Null);
-                    end
-                }
-                Err(e) => SessionEnd::Failed(e.to_string()),
+            let end = match self.transport {
+                RtspTransport::Tcp => self.run_tcp_session(),
+                RtspTransport::Udp => self.run_udp_pipeline(),
             };
             match end {
                 SessionEnd::Stopped => break,
@@ -321,48 +318,69 @@ impl Ingest {
         self.shared.stream(self.kind).unwrap_or(&self.shared.main)
     }
 
+    /// Over TCP: a retina session ([`rtsp`]), whose pictures go straight into the ring.
+    fn run_tcp_session(&self) -> SessionEnd {
+        let (shared, kind) = (self.shared.clone(), self.kind);
+        let stopper = self.shared.clone();
+        let mut arrivals = Arrivals::new(shared, kind);
+        let ended = rtsp::run_blocking(
+            &self.url,
+            self.stall_timeout(),
+            move || stopper.stop.load(Ordering::SeqCst),
+            move |picture| {
+                let unit = AccessUnit {
+                    keyframe: picture.keyframe,
+                    buffer: picture.buffer,
+                    wall: Utc::now(),
+                    seq: 0,
+                };
+                arrivals.take(unit, picture.caps.as_deref());
+            },
+        );
+        match ended {
+            rtsp::Ended::Stopped => SessionEnd::Stopped,
+            rtsp::Ended::Failed(reason) => SessionEnd::Failed(reason),
+        }
+    }
+
+    /// Over UDP: GStreamer's `rtspsrc`, which reorders packets in its jitterbuffer.
+    fn run_udp_pipeline(&self) -> SessionEnd {
+        match self.build_pipeline() {
+            Ok(pipeline) => {
+                let end = self.watch(&pipeline);
+                let _ = pipeline.set_state(gst::State::Null);
+                end
+            }
+            Err(e) => SessionEnd::Failed(e.to_string()),
+        }
+    }
+
     fn build_pipeline(&self) -> Result<gst::Pipeline, CameraError> {
-        let shared = self.shared.clone();
-        let kind = self.kind;
-        let mut rate = RateMeter::default();
-        let name = match kind {
+        let mut arrivals = Arrivals::new(self.shared.clone(), self.kind);
+        let name = match self.kind {
             StreamKind::Main => self.shared.id.clone(),
             StreamKind::Detect => format!("{}-detect", self.shared.id),
         };
         pipeline::rtsp(&name, &self.url, self.transport, move |sample| {
-            let Some(stream) = shared.stream(kind) else {
-                return;
-            };
             let Some(buffer) = sample.buffer_owned() else {
                 return;
             };
-            let now = Utc::now();
             // A unit without a timestamp continues the picture before it: a later slice of
             // a multi-slice keyframe, split off because the camera repeats SPS/PPS before
             // each slice. Kept apart, a decoder would see two broken half pictures.
             if buffer.pts().is_none() {
                 if let Ok(map) = buffer.map_readable() {
-                    lock(&stream.ring).extend_last(map.as_slice());
+                    arrivals.extend_last(map.as_slice());
                 }
                 return;
             }
             let unit = AccessUnit {
                 keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
                 buffer,
-                wall: now,
+                wall: Utc::now(),
                 seq: 0,
             };
-            lock(&stream.ring).push(unit, sample.caps());
-            let fps = rate.tick(now);
-            let mut health = lock(&stream.health);
-            if health.state != LinkState::Online {
-                tracing::info!(camera = %shared.id, stream = kind.name(), "camera stream online");
-            }
-            let changed = update_online(&mut health, sample.caps(), fps, now);
-            drop(health);
-            if changed {
-                shared.report();
-            }
+            arrivals.take(unit, sample.caps());
         })
     }
 
@@ -406,6 +424,48 @@ impl Ingest {
             health.last_error = Some(reason.to_owned());
             changed
         };
+        if changed {
+            self.shared.report();
+        }
+    }
+}
+
+/// Where a stream's access units arrive, from either transport: into the ring, with the stream's
+/// health kept up to date.
+struct Arrivals {
+    shared: Arc<Shared>,
+    kind: StreamKind,
+    rate: RateMeter,
+}
+
+impl Arrivals {
+    fn new(shared: Arc<Shared>, kind: StreamKind) -> Self {
+        Self {
+            shared,
+            kind,
+            rate: RateMeter::default(),
+        }
+    }
+
+    fn extend_last(&self, bytes: &[u8]) {
+        if let Some(stream) = self.shared.stream(self.kind) {
+            lock(&stream.ring).extend_last(bytes);
+        }
+    }
+
+    fn take(&mut self, unit: AccessUnit, caps: Option<&gst::CapsRef>) {
+        let Some(stream) = self.shared.stream(self.kind) else {
+            return;
+        };
+        let now = unit.wall;
+        lock(&stream.ring).push(unit, caps);
+        let fps = self.rate.tick(now);
+        let mut health = lock(&stream.health);
+        if health.state != LinkState::Online {
+            tracing::info!(camera = %self.shared.id, stream = self.kind.name(), "camera stream online");
+        }
+        let changed = update_online(&mut health, caps, fps, now);
+        drop(health);
         if changed {
             self.shared.report();
         }

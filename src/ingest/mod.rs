@@ -6,3 +6,4 @@ pub mod camera;
 pub mod health;
 pub mod pipeline;
 pub mod ring;
+pub mod rtsp;

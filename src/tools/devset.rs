@@ -270,7 +270,7 @@ fn empty_site(video: &Path) -> Result<RgbImage, DevsetError> {
     };
     let mut plate = RgbImage::new(first.width(), first.height());
     let mut values = Vec::with_capacity(frames.len());
-    for (i, px) in plate.as_mut().iter_mut().enumerate() {
+    for (i, px) in plate.iter_mut().enumerate() {
         values.clear();
         values.extend(frames.iter().map(|f| f.as_raw()[i]));
         values.sort_unstable();
@@ -403,7 +403,7 @@ fn appearing(
 fn with_sensor_noise(image: &RgbImage, i: u32) -> RgbImage {
     let mut rng = fastrand::Rng::with_seed(u64::from(i) + 1);
     let mut out = image.clone();
-    for v in out.as_mut().iter_mut() {
+    for v in out.iter_mut() {
         *v = (*v as i16 + rng.i16(-3..=3)).clamp(0, 255) as u8;
     }
     out
@@ -415,7 +415,7 @@ fn with_grain(image: &RgbImage, i: u32, amplitude: u8) -> RgbImage {
     let mut rng = fastrand::Rng::with_seed(u64::from(i) + 1);
     let span = 2 * u16::from(amplitude) + 1;
     let mut out = image.clone();
-    for chunk in out.as_mut().chunks_mut(8) {
+    for chunk in out.chunks_mut(8) {
         let bytes = rng.u64(..).to_le_bytes();
         for (v, r) in chunk.iter_mut().zip(bytes) {
             let offset = ((u16::from(r) * span) >> 8) as i16 - i16::from(amplitude);
@@ -427,7 +427,7 @@ fn with_grain(image: &RgbImage, i: u32, amplitude: u8) -> RgbImage {
 
 fn scaled_brightness(image: &RgbImage, gain: f32) -> RgbImage {
     let mut out = image.clone();
-    for v in out.as_mut().iter_mut() {
+    for v in out.iter_mut() {
         *v = (*v as f32 * gain).clamp(0.0, 255.0) as u8;
     }
     out
