@@ -226,3 +226,59 @@ fn thread_names(pid: u32) -> Vec<String> {
         .map(|n| n.trim().to_owned())
         .collect()
 }
+
+/// An H.265 camera: retina hands over its pictures with VPS/SPS/PPS before each keyframe, analysis
+/// decodes them, and the camera's state names the codec.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h265_camera_verifies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clip = dir.path().join("vtest-h265.mp4");
+    encode_h265(&alarm_verifier::tools::demo::footage("vtest.avi"), &clip, 250);
+    assert_eq!(
+        alarm_verifier::tools::demo::mp4_video_codec(&clip).expect("read the clip"),
+        Some("h265")
+    );
+    let clip = clip.to_str().expect("utf-8 path");
+    let mut site = Site::start(&[("gate", clip)], "").await;
+    site.let_buffers_fill().await;
+    site.raise("gate", "h265-alarm").await;
+    let verdict = site.verdict("h265-alarm", Duration::from_secs(30)).await;
+    assert_eq!(verdict.verdict, VerdictKind::Verified, "{verdict:?}");
+    assert!(verdict.frames_analyzed >= 2, "{}", verdict.frames_analyzed);
+    // The retained state, as a new subscriber gets it.
+    let state_topic = topics().camera_state("gate");
+    let mut late = Probe::connect(site.broker.port(), std::slice::from_ref(&state_topic))
+        .await
+        .expect("probe");
+    let state = late
+        .next(|m| m.topic == state_topic, Duration::from_secs(10))
+        .await
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .unwrap_or_default();
+    assert!(state.contains("\"codec\":\"h265\""), "camera state: {state}");
+}
+
+/// `frames` frames of `source` as H.265 in MP4, one keyframe a second, no B-frames, as a camera
+/// sends them.
+fn encode_h265(source: &std::path::Path, dest: &std::path::Path, frames: u32) {
+    use gstreamer::prelude::*;
+    gstreamer::init().expect("gstreamer");
+    let pipeline = gstreamer::parse::launch(&format!(
+        "filesrc location=\"{}\" ! decodebin ! identity eos-after={frames} ! videoconvert ! video/x-raw,format=I420 \
+         ! x265enc speed-preset=ultrafast key-int-max=10 bitrate=1500 option-string=bframes=0 ! h265parse \
+         ! mp4mux ! filesink location=\"{}\"",
+        source.display(),
+        dest.display()
+    ))
+    .expect("H.265 encoding pipeline");
+    pipeline.set_state(gstreamer::State::Playing).expect("play");
+    let bus = pipeline.bus().expect("bus");
+    let msg = bus
+        .timed_pop_filtered(
+            gstreamer::ClockTime::from_seconds(120),
+            &[gstreamer::MessageType::Eos, gstreamer::MessageType::Error],
+        )
+        .expect("the encoding finished");
+    let _ = pipeline.set_state(gstreamer::State::Null);
+    assert!(matches!(msg.view(), gstreamer::MessageView::Eos(_)), "{msg:?}");
+}

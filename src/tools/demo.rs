@@ -39,6 +39,49 @@ pub fn footage(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name)
 }
 
+/// The video codec of an MP4 file, `h264` or `h265`, read from its `moov` box (the sample entry
+/// `avc1`/`avc3` or `hvc1`/`hev1`); the media data before it is skipped, not read.
+pub fn mp4_video_codec(path: &Path) -> std::io::Result<Option<&'static str>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut at = 0u64;
+    while at + 8 <= len {
+        let mut head = [0u8; 16];
+        file.seek(SeekFrom::Start(at))?;
+        file.read_exact(&mut head[..8])?;
+        let mut size = u64::from(u32::from_be_bytes([head[0], head[1], head[2], head[3]]));
+        let mut header = 8u64;
+        if size == 1 {
+            file.read_exact(&mut head[8..16])?;
+            let mut large = [0u8; 8];
+            large.copy_from_slice(&head[8..16]);
+            size = u64::from_be_bytes(large);
+            header = 16;
+        } else if size == 0 {
+            size = len - at; // the last box runs to the end of the file
+        }
+        if size < header {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not an MP4 file"));
+        }
+        if &head[4..8] == b"moov" {
+            let body = usize::try_from(size - header).unwrap_or(usize::MAX).min(64 << 20);
+            let mut moov = vec![0u8; body];
+            file.read_exact(&mut moov)?;
+            let has = |tag: &[u8]| moov.windows(4).any(|w| w == tag);
+            return Ok(if has(b"hvc1") || has(b"hev1") {
+                Some("h265")
+            } else if has(b"avc1") || has(b"avc3") {
+                Some("h264")
+            } else {
+                None
+            });
+        }
+        at += size;
+    }
+    Ok(None)
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> Result<u16, DemoError> {
     TcpListener::bind("127.0.0.1:0")
@@ -165,8 +208,18 @@ impl RtspCameraServer {
             }
             let factory = rtsp::RTSPMediaFactory::new();
             let location = file.display().to_string().replace('"', "\\\"");
+            let codec = match mp4_video_codec(file) {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    return Err(DemoError::Rtsp(format!(
+                        "{}: no H.264 or H.265 video in it",
+                        file.display()
+                    )));
+                }
+                Err(e) => return Err(DemoError::Rtsp(format!("{}: {e}", file.display()))),
+            };
             factory.set_launch(&format!(
-                "( filesrc location=\"{location}\" ! qtdemux ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1 )"
+                "( filesrc location=\"{location}\" ! qtdemux ! {codec}parse ! rtp{codec}pay name=pay0 pt=96 config-interval=-1 )"
             ));
             // One pipeline for all viewers, as a real camera has.
             factory.set_shared(true);
