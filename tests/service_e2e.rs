@@ -282,3 +282,50 @@ fn encode_h265(source: &std::path::Path, dest: &std::path::Path, frames: u32) {
     let _ = pipeline.set_state(gstreamer::State::Null);
     assert!(matches!(msg.view(), gstreamer::MessageView::Eos(_)), "{msg:?}");
 }
+
+/// A camera that takes the connection and then says nothing (a hung RTSP server) is not waited for
+/// forever: the request times out, the camera is reported offline with that reason, and its
+/// alarms are answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_that_never_answers_is_reported_offline_with_the_reason() {
+    let broker = Broker::start().expect("broker");
+    let t = topics();
+    let mut probe = Probe::connect(broker.port(), &[t.verdict("+"), t.camera_state("+")])
+        .await
+        .expect("probe");
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = silent.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming().flatten() {
+            held.push(conn); // kept open, never answered
+        }
+    });
+    let url = format!("rtsp://admin:s3cret@127.0.0.1:{port}/stream1");
+    let site = tempfile::tempdir().expect("site dir");
+    let service = Service::start(
+        &site_toml(broker.port(), &[("hung", url)], "", site.path()),
+        site.path(),
+    );
+
+    let state_topic = t.camera_state("hung");
+    let state = probe
+        .next(
+            |m| m.topic == state_topic && String::from_utf8_lossy(&m.payload).contains("DESCRIBE"),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|| panic!("no offline state naming the request; log:\n{}", service.log()));
+    let state = String::from_utf8_lossy(&state.payload).into_owned();
+    assert!(state.contains("\"state\":\"offline\""), "{state}");
+    assert!(state.contains("no answer within 10 s"), "{state}");
+    assert!(!state.contains("s3cret"), "password leaked in state: {state}");
+
+    probe
+        .publish(&t.alarm("hung"), alarm_json("while-hung"))
+        .await
+        .expect("publish");
+    let verdict = wait_verdict(&mut probe, "while-hung", Duration::from_secs(20), &service).await;
+    assert_eq!(verdict.verdict, VerdictKind::Unverifiable, "{verdict:?}");
+    assert!(verdict.reason.contains("offline"), "{}", verdict.reason);
+}
