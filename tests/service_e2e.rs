@@ -303,7 +303,7 @@ async fn a_camera_that_never_answers_is_reported_offline_with_the_reason() {
     });
     let url = format!("rtsp://admin:s3cret@127.0.0.1:{port}/stream1");
     let site = tempfile::tempdir().expect("site dir");
-    let service = Service::start(
+    let mut service = Service::start(
         &site_toml(broker.port(), &[("hung", url)], "", site.path()),
         site.path(),
     );
@@ -328,4 +328,15 @@ async fn a_camera_that_never_answers_is_reported_offline_with_the_reason() {
     let verdict = wait_verdict(&mut probe, "while-hung", Duration::from_secs(20), &service).await;
     assert_eq!(verdict.verdict, VerdictKind::Unverifiable, "{verdict:?}");
     assert!(verdict.reason.contains("offline"), "{}", verdict.reason);
+
+    // A stop does not wait for the hung request (it had been retried by now).
+    let asked = std::time::Instant::now();
+    let exit = service.terminate(Duration::from_secs(20));
+    assert!(exit.is_some_and(|s| s.success()), "{exit:?}; log:\n{}", service.log());
+    assert!(!service.log().contains("left behind"), "{}", service.log());
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "stopped after {:?}",
+        asked.elapsed()
+    );
 }

@@ -21,7 +21,7 @@ use super::camera::CameraError;
 
 /// How long DESCRIBE, SETUP and PLAY may take each, long enough for an NVR or test server setting up a hundred streams at once.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a session looks at the camera's stop flag.
+/// How often a session looks at the camera's stop flag and at its last picture's age.
 const STOP_POLL: Duration = Duration::from_millis(200);
 
 /// One picture of a camera stream, ready for the ring.
@@ -74,9 +74,16 @@ pub fn run_blocking(
     };
     let (tx, rx) = std::sync::mpsc::channel();
     runtime.spawn(async move {
-        let ended = match play(url, creds, stall, stopping, on_picture).await {
-            Ok(()) => Ended::Stopped,
-            Err(reason) => Ended::Failed(reason),
+        // Raced against the whole session, so that a camera hanging in a request does not hold
+        // up the service's shutdown.
+        let stopped = async move {
+            while !stopping() {
+                tokio::time::sleep(STOP_POLL).await;
+            }
+        };
+        let ended = tokio::select! {
+            reason = play(url, creds, stall, on_picture) => Ended::Failed(reason),
+            () = stopped => Ended::Stopped,
         };
         let _ = tx.send(ended);
     });
@@ -102,25 +109,21 @@ fn split_credentials(raw: &str) -> Result<(url::Url, Option<Credentials>), Strin
     Ok((url, Some(creds)))
 }
 
-/// The session itself: DESCRIBE, SETUP of the first H.264/H.265 video stream, PLAY, then pictures.
+/// The session itself: DESCRIBE, SETUP of the first H.264/H.265 video stream, PLAY, then pictures
+/// until it fails or stalls; returns why it ended.
 async fn play(
     url: url::Url,
     creds: Option<Credentials>,
     stall: Duration,
-    stopping: impl Fn() -> bool,
     mut on_picture: impl FnMut(Picture),
-) -> Result<(), String> {
+) -> String {
     let options = SessionOptions::default()
         .creds(creds)
         .user_agent(format!("alarm-verifier/{}", env!("CARGO_PKG_VERSION")));
-    let mut session = within(REQUEST_TIMEOUT, "DESCRIBE", Session::describe(url, options)).await?;
-    let (index, codec) = video_stream(&session)?;
-    let setup = SetupOptions::default()
-        .transport(Transport::Tcp(TcpTransportOptions::default()))
-        .frame_format(FrameFormat::SIMPLE);
-    within(REQUEST_TIMEOUT, "SETUP", session.setup(index, setup)).await?;
-    let playing = within(REQUEST_TIMEOUT, "PLAY", session.play(PlayOptions::default())).await?;
-    let mut demuxed = playing.demuxed().map_err(|e| e.to_string())?;
+    let (mut demuxed, codec) = match start(url, options).await {
+        Ok(started) => started,
+        Err(reason) => return reason,
+    };
 
     let mut poll = tokio::time::interval(STOP_POLL);
     let mut last_video = tokio::time::Instant::now();
@@ -129,7 +132,6 @@ async fn play(
         tokio::select! {
             item = demuxed.next() => match item {
                 Some(Ok(CodecItem::VideoFrame(frame))) => {
-                    last_video = tokio::time::Instant::now();
                     let params = demuxed.streams().get(frame.stream_id()).and_then(|s| s.parameters());
                     let new_caps = match params {
                         Some(ParametersRef::Video(v)) if frame.has_new_parameters() || caps.is_none() => {
@@ -139,24 +141,37 @@ async fn play(
                         }
                         _ => None,
                     };
+                    // Pictures before the stream's parameters are known cannot be decoded; a
+                    // stream that never sends them counts as stalled.
                     if caps.is_some() {
+                        last_video = tokio::time::Instant::now();
                         on_picture(picture(frame, new_caps));
                     }
                 }
                 Some(Ok(_)) => {} // RTCP reports
-                Some(Err(e)) => return Err(e.to_string()),
-                None => return Err("stream ended".into()),
+                Some(Err(e)) => return e.to_string(),
+                None => return "stream ended".into(),
             },
             _ = poll.tick() => {
-                if stopping() {
-                    return Ok(());
-                }
                 if last_video.elapsed() > stall {
-                    return Err(format!("no video for {} s", stall.as_secs_f64()));
+                    return format!("no video for {} s", stall.as_secs_f64());
                 }
             }
         }
     }
+}
+
+/// DESCRIBE, SETUP and PLAY: the playing session's pictures, and the caps name of its codec.
+async fn start(url: url::Url, options: SessionOptions) -> Result<(retina::client::Demuxed, &'static str), String> {
+    let mut session = within(REQUEST_TIMEOUT, "DESCRIBE", Session::describe(url, options)).await?;
+    let (index, codec) = video_stream(&session)?;
+    let setup = SetupOptions::default()
+        .transport(Transport::Tcp(TcpTransportOptions::default()))
+        .frame_format(FrameFormat::SIMPLE);
+    within(REQUEST_TIMEOUT, "SETUP", session.setup(index, setup)).await?;
+    let playing = within(REQUEST_TIMEOUT, "PLAY", session.play(PlayOptions::default())).await?;
+    let demuxed = playing.demuxed().map_err(|e| e.to_string())?;
+    Ok((demuxed, codec))
 }
 
 async fn within<T, E: std::fmt::Display>(
