@@ -131,18 +131,10 @@ async fn bad_alarms_are_reported_and_the_next_good_alarm_is_answered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alarm_on_a_camera_that_is_down_is_unverifiable_with_the_reason() {
-    let broker = Broker::start().expect("broker");
     let t = topics();
-    let mut probe = Probe::connect(broker.port(), &[t.verdict("+"), t.camera_state("+")])
-        .await
-        .expect("probe");
     // Nothing listens on this port: the camera is down from the start.
     let dead = format!("rtsp://admin:s3cret@127.0.0.1:{}/stream1", free_port().expect("port"));
-    let site = tempfile::tempdir().expect("site dir");
-    let service = Service::start(
-        &site_toml(broker.port(), &[("loading-bay", dead)], "", site.path()),
-        site.path(),
-    );
+    let (_broker, mut probe, _site, service) = site_without_video("loading-bay", dead).await;
 
     let state_topic = t.camera_state("loading-bay");
     let state = probe
@@ -288,11 +280,7 @@ fn encode_h265(source: &std::path::Path, dest: &std::path::Path, frames: u32) {
 /// alarms are answered at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_camera_that_never_answers_is_reported_offline_with_the_reason() {
-    let broker = Broker::start().expect("broker");
     let t = topics();
-    let mut probe = Probe::connect(broker.port(), &[t.verdict("+"), t.camera_state("+")])
-        .await
-        .expect("probe");
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
     let port = silent.local_addr().expect("address").port();
     std::thread::spawn(move || {
@@ -302,11 +290,7 @@ async fn a_camera_that_never_answers_is_reported_offline_with_the_reason() {
         }
     });
     let url = format!("rtsp://admin:s3cret@127.0.0.1:{port}/stream1");
-    let site = tempfile::tempdir().expect("site dir");
-    let mut service = Service::start(
-        &site_toml(broker.port(), &[("hung", url)], "", site.path()),
-        site.path(),
-    );
+    let (_broker, mut probe, _site, mut service) = site_without_video("hung", url).await;
 
     let state_topic = t.camera_state("hung");
     let state = probe
@@ -339,4 +323,20 @@ async fn a_camera_that_never_answers_is_reported_offline_with_the_reason() {
         "stopped after {:?}",
         asked.elapsed()
     );
+}
+
+/// The service with one camera at `url`, which serves no video, and a probe on verdicts and camera
+/// states.
+async fn site_without_video(camera: &str, url: String) -> (Broker, Probe, tempfile::TempDir, Service) {
+    let broker = Broker::start().expect("broker");
+    let t = topics();
+    let probe = Probe::connect(broker.port(), &[t.verdict("+"), t.camera_state("+")])
+        .await
+        .expect("probe");
+    let site = tempfile::tempdir().expect("site dir");
+    let service = Service::start(
+        &site_toml(broker.port(), &[(camera, url)], "", site.path()),
+        site.path(),
+    );
+    (broker, probe, site, service)
 }

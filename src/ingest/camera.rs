@@ -320,22 +320,13 @@ impl Ingest {
 
     /// Over TCP: a retina session ([`rtsp`]), whose pictures go straight into the ring.
     fn run_tcp_session(&self) -> SessionEnd {
-        let (shared, kind) = (self.shared.clone(), self.kind);
         let stopper = self.shared.clone();
-        let mut arrivals = Arrivals::new(shared, kind);
+        let mut arrivals = Arrivals::new(self.shared.clone(), self.kind);
         let ended = rtsp::run_blocking(
             &self.url,
             self.stall_timeout(),
             move || stopper.stop.load(Ordering::SeqCst),
-            move |picture| {
-                let unit = AccessUnit {
-                    keyframe: picture.keyframe,
-                    buffer: picture.buffer,
-                    wall: Utc::now(),
-                    seq: 0,
-                };
-                arrivals.take(unit, picture.caps.as_deref());
-            },
+            move |picture| arrivals.take(picture.buffer, picture.caps.as_deref()),
         );
         match ended {
             rtsp::Ended::Stopped => SessionEnd::Stopped,
@@ -374,13 +365,7 @@ impl Ingest {
                 }
                 return;
             }
-            let unit = AccessUnit {
-                keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
-                buffer,
-                wall: Utc::now(),
-                seq: 0,
-            };
-            arrivals.take(unit, sample.caps());
+            arrivals.take(buffer, sample.caps());
         })
     }
 
@@ -453,11 +438,18 @@ impl Arrivals {
         }
     }
 
-    fn take(&mut self, unit: AccessUnit, caps: Option<&gst::CapsRef>) {
+    /// Stores a whole access unit; a buffer without the delta-unit flag is a keyframe.
+    fn take(&mut self, buffer: gst::Buffer, caps: Option<&gst::CapsRef>) {
         let Some(stream) = self.shared.stream(self.kind) else {
             return;
         };
-        let now = unit.wall;
+        let now = Utc::now();
+        let unit = AccessUnit {
+            keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
+            buffer,
+            wall: now,
+            seq: 0,
+        };
         lock(&stream.ring).push(unit, caps);
         let fps = self.rate.tick(now);
         let mut health = lock(&stream.health);

@@ -17,8 +17,6 @@ use gstreamer as gst;
 use retina::client::{Credentials, PlayOptions, Session, SessionOptions, SetupOptions, TcpTransportOptions, Transport};
 use retina::codec::{CodecItem, FrameFormat, ParametersRef, VideoFrame};
 
-use super::camera::CameraError;
-
 /// How long DESCRIBE, SETUP and PLAY may take each, long enough for an NVR or test server setting up a hundred streams at once.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a session looks at the camera's stop flag and at its last picture's age.
@@ -26,8 +24,8 @@ const STOP_POLL: Duration = Duration::from_millis(200);
 
 /// One picture of a camera stream, ready for the ring.
 pub struct Picture {
+    /// Flagged `DELTA_UNIT` unless it is a keyframe, as GStreamer's parsers flag theirs.
     pub buffer: gst::Buffer,
-    pub keyframe: bool,
     /// Set on the first picture and whenever the stream's parameters change.
     pub caps: Option<gst::Caps>,
 }
@@ -41,7 +39,7 @@ pub enum Ended {
 /// The runtime all TCP camera sessions run on. Two workers: reading the sockets of hundreds of
 /// cameras is light, and a second worker keeps the streams flowing while the first waits for a
 /// ring that analysis is reading.
-fn runtime() -> Result<&'static tokio::runtime::Runtime, CameraError> {
+fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
     static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
     RUNTIME
         .get_or_init(|| {
@@ -53,7 +51,7 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime, CameraError> {
                 .map_err(|e| e.to_string())
         })
         .as_ref()
-        .map_err(|e| CameraError::Gst(format!("cannot start the RTSP runtime: {e}")))
+        .map_err(|e| format!("cannot start the RTSP runtime: {e}"))
 }
 
 /// Runs one session on `url` until it fails, sends no video for `stall`, or `stopping` says so;
@@ -66,7 +64,7 @@ pub fn run_blocking(
 ) -> Ended {
     let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => return Ended::Failed(e.to_string()),
+        Err(e) => return Ended::Failed(e),
     };
     let (url, creds) = match split_credentials(url) {
         Ok(split) => split,
@@ -229,7 +227,7 @@ fn picture(frame: VideoFrame, caps: Option<gst::Caps>) -> Picture {
             b.set_flags(gst::BufferFlags::DELTA_UNIT);
         }
     }
-    Picture { buffer, keyframe, caps }
+    Picture { buffer, caps }
 }
 
 #[cfg(test)]
