@@ -15,4 +15,6 @@ pub mod intake;
 pub mod mqtt;
 pub mod ops;
 pub mod service;
+pub mod store;
+pub mod support;
 pub mod tools;

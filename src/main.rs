@@ -211,7 +211,7 @@ fn execute(command: Command) -> Result<()> {
         Command::ServeRtsp { mounts, port } => serve_rtsp(&mounts, port),
         Command::ExportEval { config, since, out_dir } => {
             let config = Config::load(&config)?;
-            let store = alarm_verifier::delivery::store::Store::open(&config.store.path)?;
+            let store = alarm_verifier::store::Store::open(&config.store.path)?;
             let exported = alarm_verifier::tools::export_eval::export(&store, since, &out_dir)?;
             println!(
                 "{}: {} clips with operator feedback ({} alarms with feedback had no clip); run: alarm-verifier eval {}",

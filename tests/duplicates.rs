@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use alarm_verifier::analysis::verdict::{VerdictDocument, VerdictKind, rfc3339};
-use alarm_verifier::delivery::store::Store;
+use alarm_verifier::store::Store;
 use alarm_verifier::tools::demo::{Probe, free_port};
 use chrono::{DateTime, TimeDelta, Utc};
 use common::*;

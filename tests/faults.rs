@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use alarm_verifier::analysis::verdict::{VerdictDocument, VerdictKind};
-use alarm_verifier::delivery::store::Store;
+use alarm_verifier::store::Store;
 use alarm_verifier::tools::demo::{Probe, RtspCameraServer, footage};
 use common::*;
 

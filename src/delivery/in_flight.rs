@@ -14,7 +14,7 @@ use std::time::Duration;
 use rumqttc::v5::AsyncClient;
 use rumqttc::v5::mqttbytes::QoS;
 
-use crate::delivery::store::Store;
+use crate::store::Store;
 use crate::intake::alarm::Alarm;
 use crate::intake::peers::{InFlight, InFlightAlarm};
 

@@ -4,5 +4,3 @@
 pub mod clips;
 pub mod in_flight;
 pub mod publish;
-pub mod records;
-pub mod store;

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::analysis::verdict::{VerdictDocument, rfc3339};
-use crate::delivery::store::{OutboxItem, PendingVerdict, Store, StoreError};
+use crate::store::{OutboxItem, PendingVerdict, Store, StoreError};
 use crate::ingest::health::CameraHealth;
 use crate::intake::EventLink;
 use crate::mqtt::{Connection, LinkEvent, Topics};
@@ -190,7 +190,7 @@ impl Outbox {
         if dropped > 0 {
             tracing::warn!(
                 dropped,
-                kept = crate::delivery::store::MAX_ERROR_REPORTS,
+                kept = crate::store::MAX_ERROR_REPORTS,
                 "too many error reports stored; the oldest undelivered were dropped"
             );
         }

@@ -11,8 +11,8 @@ use axum::routing::{get, post};
 
 use super::Ops;
 use super::http::HEALTH_PATH;
-use crate::delivery::records::{AlarmFilter, AlarmSummary, file_safe, parse_feedback};
-use crate::delivery::store::StoreError;
+use crate::store::records::{AlarmFilter, AlarmSummary, file_safe, parse_feedback};
+use crate::store::StoreError;
 use crate::intake::http::error;
 
 const MAX_FEEDBACK_BYTES: usize = 16 * 1024;

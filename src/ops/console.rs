@@ -13,7 +13,7 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde::Deserialize;
 
 use super::{CameraInfo, Components, Ops};
-use crate::delivery::records::{AlarmFilter, AlarmSummary, Feedback, Outcome};
+use crate::store::records::{AlarmFilter, AlarmSummary, Feedback, Outcome};
 use crate::ingest::health::{LinkState, StreamHealth};
 use crate::intake::alarm::Alarm;
 use crate::intake::http::error;

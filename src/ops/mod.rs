@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::delivery::records::Feedback;
-use crate::delivery::store::Store;
+use crate::store::records::Feedback;
+use crate::store::Store;
 use crate::ingest::health::CameraHealth;
 use crate::intake::{AlarmSink, EventLink};
 

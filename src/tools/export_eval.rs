@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
-use crate::delivery::records::{AlarmFilter, file_safe};
-use crate::delivery::store::{Store, StoreError};
+use crate::store::records::{AlarmFilter, file_safe};
+use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -36,7 +36,7 @@ pub fn export(store: &Store, since: Option<DateTime<Utc>>, out: &Path) -> Result
     let filter = AlarmFilter {
         since,
         feedback: Some(true),
-        limit: Some(crate::delivery::records::MAX_LIST),
+        limit: Some(crate::store::records::MAX_LIST),
         ..Default::default()
     };
     let mut labels = String::from("# clip\texpected (operator feedback)\talarm_at_s\tnote\n");
@@ -55,8 +55,8 @@ pub fn export(store: &Store, since: Option<DateTime<Utc>>, out: &Path) -> Result
         let target = out.join(&name);
         std::fs::copy(&clip.path, &target).map_err(|e| write_err(&target, e))?;
         let expected = match feedback.outcome {
-            crate::delivery::records::Outcome::Real => "verified",
-            crate::delivery::records::Outcome::False => "false_alarm",
+            crate::store::records::Outcome::Real => "verified",
+            crate::store::records::Outcome::False => "false_alarm",
         };
         let note = format!(
             "{} {}: said {}, operator {} {}",

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params, params_from_iter};
 use serde::{Deserialize, Serialize};
 
-use super::store::{Store, StoreError};
+use super::{Store, StoreError};
 use crate::analysis::verdict::{VerdictDocument, rfc3339};
 
 /// One line of the alarm list.

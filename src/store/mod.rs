@@ -18,6 +18,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::analysis::verdict::{VerdictDocument, rfc3339};
 use crate::intake::alarm::Alarm;
 
+pub mod records;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{path}: cannot open the store (key store.path): {source}")]
@@ -897,7 +899,7 @@ mod tests {
         assert!(store.clip("a1").expect("clip").is_none());
         assert!(!store.clips_dir().join("a1.mp4").exists());
         assert!(store.alarm_detail("a1").expect("detail").is_some());
-        let feedback = crate::delivery::records::parse_feedback(br#"{"outcome":"real"}"#).expect("feedback");
+        let feedback = crate::store::records::parse_feedback(br#"{"outcome":"real"}"#).expect("feedback");
         assert!(store.record_feedback("a2", &feedback).expect("feedback"));
         assert!(!store.record_feedback("nope", &feedback).expect("unknown"));
         for id in ["a1", "a2", "a3"] {
