@@ -2,5 +2,4 @@
 //! and status to the monitoring centre.
 
 pub mod clips;
-pub mod in_flight;
 pub mod publish;

@@ -14,10 +14,10 @@ use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::analysis::verdict::{VerdictDocument, rfc3339};
-use crate::store::{OutboxItem, PendingVerdict, Store, StoreError};
 use crate::ingest::health::CameraHealth;
 use crate::intake::EventLink;
 use crate::mqtt::{Connection, LinkEvent, Topics};
+use crate::store::{OutboxItem, PendingVerdict, Store, StoreError};
 
 /// How long the broker has to acknowledge one publish before it is sent again.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);

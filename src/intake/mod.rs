@@ -6,10 +6,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 pub mod alarm;
+pub mod feedback;
 pub mod http;
 pub mod mqtt;
 pub mod onvif;
-pub mod peers;
 pub mod smtp;
 
 use alarm::Alarm;

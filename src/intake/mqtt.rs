@@ -1,10 +1,62 @@
-//! MQTT alarms on `{prefix}/alarms/{camera}`: parsed, handed to the sink (which records them), and
-//! only then acknowledged to the broker, so an alarm is never lost between the two.
+//! What arrives on the broker for this box: alarms on `{prefix}/alarms/{camera}` (parsed, handed
+//! to the sink, which records them, and only then acknowledged, so an alarm is never lost between
+//! the two) and operator feedback on `{prefix}/feedback/{alarm_id}`.
 
 use chrono::Utc;
 
+use super::feedback::{self, FeedbackRefused};
 use super::{AlarmSink, Arrival, Refused, alarm};
 use crate::mqtt::{Inbound, Topics};
+use crate::store::Store;
+
+/// Routes the messages of the box's alarm session.
+pub struct Router<'a> {
+    pub sink: &'a dyn AlarmSink,
+    pub topics: &'a Topics,
+    pub store: &'a Store,
+    /// Whether other boxes are online on the broker: feedback goes to every box, so feedback on an
+    /// alarm unknown here may be another box's.
+    pub others_online: &'a (dyn Fn() -> bool + Send + Sync),
+}
+
+impl Router<'_> {
+    /// Takes one message of the alarm session: feedback, an alarm, or an alarm of a camera this box
+    /// no longer serves (still in its persistent session: acknowledged and left to the watch, which
+    /// reports alarms that no box serves).
+    pub async fn route(&self, msg: Inbound) {
+        if let Some(alarm_id) = self.topics.alarm_of_feedback(&msg.topic) {
+            let alarm_id = alarm_id.to_owned();
+            self.take_feedback(&alarm_id, msg).await;
+        } else if self
+            .topics
+            .camera_of_alarm(&msg.topic)
+            .is_some_and(|c| !self.sink.knows_camera(c))
+        {
+            ack(&msg, "alarm").await;
+        } else {
+            take(self.sink, self.topics, msg).await;
+        }
+    }
+
+    /// Feedback is stored, or reported on `errors`; acknowledged either way (a bad message would
+    /// come back forever otherwise).
+    async fn take_feedback(&self, alarm_id: &str, msg: Inbound) {
+        match feedback::take(self.store, alarm_id, &msg.payload) {
+            Ok(_) => {}
+            Err(FeedbackRefused::UnknownAlarm(_)) if (self.others_online)() => {
+                tracing::debug!(alarm_id, "feedback for an alarm of another box")
+            }
+            Err(e) => self.sink.report(&msg.topic, &e.to_string(), &msg.payload),
+        }
+        ack(&msg, "feedback").await;
+    }
+}
+
+async fn ack(msg: &Inbound, what: &str) {
+    if let Err(e) = msg.ack().await {
+        tracing::warn!(topic = %msg.topic, error = %e, "cannot acknowledge {what} message");
+    }
+}
 
 /// Takes one message from the alarm subscription.
 pub async fn take(sink: &dyn AlarmSink, topics: &Topics, msg: Inbound) {
@@ -25,7 +77,5 @@ pub async fn take(sink: &dyn AlarmSink, topics: &Topics, msg: Inbound) {
             Err(e) => sink.report(&msg.topic, &e.to_string(), &msg.payload),
         }
     }
-    if let Err(e) = msg.ack().await {
-        tracing::warn!(topic = %msg.topic, error = %e, "cannot acknowledge alarm message");
-    }
+    ack(&msg, "alarm").await;
 }

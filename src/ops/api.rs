@@ -11,9 +11,10 @@ use axum::routing::{get, post};
 
 use super::Ops;
 use super::http::HEALTH_PATH;
-use crate::store::records::{AlarmFilter, AlarmSummary, file_safe, parse_feedback};
-use crate::store::StoreError;
+use crate::intake::feedback::{self, FeedbackRefused};
 use crate::intake::http::error;
+use crate::store::StoreError;
+use crate::store::records::{AlarmFilter, AlarmSummary, file_safe};
 
 const MAX_FEEDBACK_BYTES: usize = 16 * 1024;
 
@@ -215,21 +216,15 @@ async fn feedback(
         Ok(b) => b,
         Err(e) => return error(e.status(), e.body_text()),
     };
-    let feedback = match parse_feedback(&body) {
-        Ok(f) => f,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    match ops.store.record_feedback(&alarm_id, &feedback) {
-        Ok(true) => {
-            ops.site.feedback_stored(&alarm_id, &feedback);
-            (
-                StatusCode::OK,
-                axum::Json(serde_json::json!({ "alarm_id": alarm_id, "outcome": feedback.outcome })),
-            )
-                .into_response()
-        }
-        Ok(false) => unknown_alarm(&alarm_id),
-        Err(e) => internal(e),
+    match feedback::take(&ops.store, &alarm_id, &body) {
+        Ok(feedback) => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({ "alarm_id": alarm_id, "outcome": feedback.outcome })),
+        )
+            .into_response(),
+        Err(FeedbackRefused::Invalid(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(FeedbackRefused::UnknownAlarm(_)) => unknown_alarm(&alarm_id),
+        Err(FeedbackRefused::Store(e)) => internal(e),
     }
 }
 

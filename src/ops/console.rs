@@ -13,11 +13,12 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde::Deserialize;
 
 use super::{CameraInfo, Components, Ops};
-use crate::store::records::{AlarmFilter, AlarmSummary, Feedback, Outcome};
 use crate::ingest::health::{LinkState, StreamHealth};
 use crate::intake::alarm::Alarm;
+use crate::intake::feedback::{self, FeedbackRefused};
 use crate::intake::http::error;
 use crate::intake::{Arrival, EventLinkState};
+use crate::store::records::{AlarmFilter, AlarmSummary, Feedback, Outcome};
 
 /// Alarms shown on the page.
 const RECENT: u32 = 50;
@@ -86,12 +87,9 @@ async fn feedback(
         note: String::new(),
         time: String::new(),
     };
-    match ops.store.record_feedback(&alarm_id, &feedback) {
-        Ok(true) => {
-            ops.site.feedback_stored(&alarm_id, &feedback);
-            Redirect::to("/#alarms").into_response()
-        }
-        Ok(false) => error(StatusCode::NOT_FOUND, format!("unknown alarm {alarm_id:?}")),
+    match feedback::record(&ops.store, &alarm_id, feedback) {
+        Ok(_) => Redirect::to("/#alarms").into_response(),
+        Err(e @ FeedbackRefused::UnknownAlarm(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

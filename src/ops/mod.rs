@@ -8,10 +8,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::store::records::Feedback;
-use crate::store::Store;
 use crate::ingest::health::CameraHealth;
 use crate::intake::{AlarmSink, EventLink};
+use crate::store::Store;
 
 pub mod api;
 pub mod console;
@@ -35,8 +34,6 @@ pub trait SiteView: Send + Sync + 'static {
     /// JPEG. Blocking: decodes video.
     fn snapshot(&self, camera: &str) -> Result<Vec<u8>, String>;
     fn components(&self) -> Components;
-    /// An operator's feedback was stored (over HTTP or MQTT).
-    fn feedback_stored(&self, alarm_id: &str, feedback: &Feedback);
 }
 
 /// A camera as the API and the console show it: the state message's content.

@@ -8,15 +8,16 @@
 //! when it dies is answered by the survivor too.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rumqttc::v5::AsyncClient;
 use rumqttc::v5::mqttbytes::QoS;
 
-use crate::store::Store;
+use super::peers::{InFlight, InFlightAlarm};
 use crate::intake::alarm::Alarm;
-use crate::intake::peers::{InFlight, InFlightAlarm};
+use crate::store::Store;
+use crate::support::lock;
 
 /// How often delivered verdicts are looked for, to withdraw their alarms.
 const PRUNE_EVERY: Duration = Duration::from_millis(500);
@@ -39,13 +40,9 @@ impl InFlightBoard {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, InFlightAlarm>> {
-        self.alarms.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Announces an alarm just recorded; call before acknowledging it.
     pub fn accepted(&self, alarm: &Alarm) {
-        let mut alarms = self.lock();
+        let mut alarms = lock(&self.alarms);
         // Keyed by record: a reused id is a second alarm, delivered on its own.
         alarms.insert(alarm.record_id.clone(), InFlightAlarm::of(alarm));
         self.announce(&alarms);
@@ -53,7 +50,7 @@ impl InFlightBoard {
 
     /// Withdraws the alarms whose verdicts the broker has acknowledged.
     pub fn withdraw_delivered(&self, store: &Store) {
-        let ids: Vec<String> = self.lock().keys().cloned().collect();
+        let ids: Vec<String> = lock(&self.alarms).keys().cloned().collect();
         if ids.is_empty() {
             return;
         }
@@ -65,7 +62,7 @@ impl InFlightBoard {
                 return;
             }
         };
-        let mut alarms = self.lock();
+        let mut alarms = lock(&self.alarms);
         for id in &delivered {
             alarms.remove(id);
         }

@@ -16,7 +16,7 @@
 //! and consumers de-duplicate by alarm id.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -26,9 +26,10 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::alarm::Alarm;
-use super::{AlarmSink, Arrival, Refused};
+use crate::intake::alarm::Alarm;
+use crate::intake::{AlarmSink, Arrival, Refused};
 use crate::mqtt::{BoxTopic, Inbound, LinkEvent, Topics};
+use crate::support::lock;
 
 /// After a box's Last Will, what it sent just before it died is given this long to reach us.
 const TAKEOVER_GRACE: Duration = Duration::from_millis(800);
@@ -123,10 +124,6 @@ pub struct Peers {
     horizon: Duration,
     state: Mutex<State>,
     changed: Notify,
-}
-
-fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Peers {
