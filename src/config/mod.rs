@@ -379,13 +379,9 @@ impl Config {
 }
 
 /// Camera ids and the site name become MQTT topic levels.
+/// Names that become MQTT topic levels (the site, box and camera ids) follow the one id rule.
 fn check_topic_level(value: &str) -> Result<(), String> {
-    if value.is_empty() || value.contains(['/', '+', '#']) || value.chars().any(char::is_control) {
-        return Err(format!(
-            "expected a non-empty name usable as an MQTT topic level (no '/', '+', '#'), got {value:?}"
-        ));
-    }
-    Ok(())
+    crate::support::ids::check_id(value).map_err(|e| format!("{e} (the name is an MQTT topic level)"))
 }
 
 fn check_fraction(v: f32) -> Result<(), String> {

@@ -6,6 +6,8 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Deserialize;
 
+use crate::support::ids::check_id;
+
 /// Larger payloads are rejected before parsing; real alarm messages are a few hundred bytes.
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 /// Alarm times further than this from the box's clock are rejected: no video exists for them.
@@ -108,13 +110,13 @@ pub fn parse(
         message: e.into_inner().to_string(),
     })?;
     let alarm_id = match parsed.alarm_id {
-        Some(id) if id.trim().is_empty() || id.contains(['/', '+', '#']) => {
-            return Err(AlarmError::Field {
+        Some(id) => {
+            check_id(&id).map_err(|e| AlarmError::Field {
                 field: "alarm_id".into(),
-                message: format!("expected a non-empty id without '/', '+' or '#', got {id:?}"),
-            });
+                message: e.to_string(),
+            })?;
+            id
         }
-        Some(id) => id,
         None => uuid::Uuid::new_v4().to_string(),
     };
     let time = match parsed.time {

@@ -67,6 +67,7 @@ async fn post_alarm(
             .into_response(),
         Err(refused @ Refused::Duplicate(_)) => error(StatusCode::CONFLICT, refused.to_string()),
         Err(refused @ Refused::ShuttingDown) => error(StatusCode::SERVICE_UNAVAILABLE, refused.to_string()),
+        Err(refused @ Refused::Invalid { .. }) => error(StatusCode::BAD_REQUEST, refused.to_string()),
     }
 }
 

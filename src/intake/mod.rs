@@ -42,6 +42,10 @@ pub enum Refused {
     Duplicate(String),
     #[error("the service is shutting down; send the alarm again")]
     ShuttingDown,
+    /// An id that breaks the one id rule (`support::ids`); whichever intake let it through, it
+    /// goes no further.
+    #[error("field `{field}`: {message}")]
+    Invalid { field: &'static str, message: String },
 }
 
 /// The service as the intakes see it.

@@ -15,6 +15,7 @@ use crate::delivery::publish::ErrorReport;
 use crate::intake::alarm::Alarm;
 use crate::intake::{Accepted, AlarmSink, Arrival, EventLink, Refused};
 use crate::store::{DUPLICATE_WINDOW, EarlierAlarm, Recorded};
+use crate::support::ids::{IdError, check_id};
 use crate::support::lock;
 
 /// The service as the intakes see it.
@@ -40,6 +41,10 @@ impl AlarmSink for ServiceSink {
             raw,
             snapshot,
         } = arrival;
+        if let Err(refused) = check_ids(&alarm) {
+            self.report(&origin, &refused.to_string(), &raw);
+            return Err(refused);
+        }
         // One lock over look-up, record and registration, so that two events of a camera arriving
         // together make one alarm.
         let mut open = lock(&shared.open);
@@ -85,6 +90,14 @@ impl AlarmSink for ServiceSink {
         tracing::info!(camera, state = ?link.state, error = ?link.error, "camera event subscription");
         self.0.cameras.set_event_link(camera, link);
     }
+}
+
+/// The one id rule, checked again where every intake's alarms meet: an id that becomes a topic or
+/// a file name is never built from an unchecked part.
+fn check_ids(alarm: &Alarm) -> Result<(), Refused> {
+    let invalid = |field| move |e: IdError| Refused::Invalid { field, message: e.to_string() };
+    check_id(&alarm.alarm_id).map_err(invalid("alarm_id"))?;
+    check_id(&alarm.camera).map_err(invalid("camera"))
 }
 
 impl ServiceSink {

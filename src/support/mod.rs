@@ -1,6 +1,8 @@
 //! Small pieces every stage uses and none owns: locking that survives a panicked holder, retry
 //! backoff, and outage logging that stays readable through a long outage.
 
+pub mod ids;
+
 use std::sync::{Mutex, MutexGuard};
 
 /// Locks `m`, taking the data even when an earlier holder panicked: every structure guarded this

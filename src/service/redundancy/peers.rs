@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::intake::alarm::Alarm;
 use crate::intake::{AlarmSink, Arrival, Refused};
 use crate::mqtt::{BoxTopic, Inbound, LinkEvent, Topics};
+use crate::support::ids::check_id;
 use crate::support::lock;
 
 /// After a box's Last Will, what it sent just before it died is given this long to reach us.
@@ -342,6 +343,13 @@ impl Peers {
         let already_answered = answered.len();
         let mut taken = answered;
         for a in candidates {
+            // Another box's announcement is input like any other: an id or camera that breaks the
+            // rule is reported, never taken over.
+            if let Err(e) = check_id(&a.alarm_id).and_then(|()| check_id(&a.camera)) {
+                let raw = serde_json::to_vec(&a).unwrap_or_default();
+                sink.report(&self.topics.box_in_flight(&dead), &format!("alarm not taken over: {e}"), &raw);
+                continue;
+            }
             let alarm = Alarm::new(a.alarm_id.clone(), &a.camera, a.time, format!("takeover:{dead}"));
             let raw = serde_json::to_vec(&a).unwrap_or_default();
             let arrival = Arrival {
@@ -444,7 +452,7 @@ fn alarm_id_of(payload: &[u8]) -> Option<String> {
     value
         .get("alarm_id")?
         .as_str()
-        .filter(|s| !s.trim().is_empty())
+        .filter(|s| check_id(s).is_ok())
         .map(str::to_owned)
 }
 
