@@ -10,10 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use super::Ops;
-use super::http::HEALTH_PATH;
-use crate::store::records::{AlarmFilter, AlarmSummary, file_safe, parse_feedback};
+use super::http::{HEALTH_PATH, error};
 use crate::store::StoreError;
-use crate::intake::http::error;
+use crate::store::records::{AlarmFilter, AlarmSummary, file_safe, parse_feedback};
 
 const MAX_FEEDBACK_BYTES: usize = 16 * 1024;
 
