@@ -15,6 +15,7 @@ use alarm_verifier::analysis::detect::Detector;
 use alarm_verifier::analysis::verify::Verifier;
 use alarm_verifier::config::Config;
 use alarm_verifier::service;
+use alarm_verifier::support::gst as gst_support;
 use alarm_verifier::tools::{demo, storm};
 
 /// Video alarm verification: takes the clip around an alarm, runs a person/vehicle detector and
@@ -225,7 +226,7 @@ fn execute(command: Command) -> Result<()> {
         Command::Eval { dir, config } => {
             let config = config_or_default(config.as_deref())?;
             let cases = alarm_verifier::tools::eval::read_labels(&dir)?;
-            gstreamer::init().context("GStreamer cannot start")?;
+            gst_support::init().context("GStreamer cannot start")?;
             let verifier = Arc::new(Verifier::new(
                 Arc::new(Detector::load(&config.detector)?),
                 &config,
@@ -350,7 +351,7 @@ fn verify_clip(
     if let Some(id) = camera {
         anyhow::ensure!(config.camera(id).is_some(), "--camera: no camera {id:?} in the config");
     }
-    gstreamer::init().context("GStreamer cannot start")?;
+    gst_support::init().context("GStreamer cannot start")?;
     let verifier = Arc::new(Verifier::new(
         Arc::new(Detector::load(&config.detector)?),
         &config,

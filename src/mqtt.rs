@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::{ConfigError, MqttConfig};
-use crate::ingest::health::{OutageLog, OutageNote};
+use crate::support::{Backoff, OutageLog, OutageNote};
 
 /// Incoming packets allowed. Alarm payloads over the alarm parser's own limit are rejected with a
 /// message on `errors`, which needs them to arrive rather than break the connection.
@@ -427,7 +427,7 @@ impl Link for V5 {
 fn drive(mut link: impl Link, endpoint: String, session: Session) -> (mpsc::Receiver<LinkEvent>, JoinHandle<()>) {
     let (tx, events) = mpsc::channel(1024);
     let task = tokio::spawn(async move {
-        let mut backoff = session.reconnect_first;
+        let mut backoff = Backoff::new(session.reconnect_first, session.reconnect_max);
         let mut outage = OutageLog::default();
         loop {
             let event = match link.poll().await {
@@ -438,7 +438,7 @@ fn drive(mut link: impl Link, endpoint: String, session: Session) -> (mpsc::Rece
                         }
                         None => tracing::info!(broker = %endpoint, "connected to MQTT broker"),
                     }
-                    backoff = session.reconnect_first;
+                    backoff.reset();
                     link.on_connect(&session);
                     LinkEvent::Connected
                 }
@@ -446,7 +446,8 @@ fn drive(mut link: impl Link, endpoint: String, session: Session) -> (mpsc::Rece
                 Polled::Closed => break,
                 Polled::Skip => continue,
                 Polled::Failed(e) => {
-                    tracing::debug!(broker = %endpoint, error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection attempt failed");
+                    let delay = backoff.next_delay();
+                    tracing::debug!(broker = %endpoint, error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT connection attempt failed");
                     match outage.failed() {
                         OutageNote::Down => {
                             tracing::warn!(broker = %endpoint, error = %e, "MQTT connection lost; reconnecting")
@@ -457,8 +458,7 @@ fn drive(mut link: impl Link, endpoint: String, session: Session) -> (mpsc::Rece
                         OutageNote::Quiet => {}
                     }
                     let _ = tx.send(LinkEvent::Disconnected(e)).await;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(session.reconnect_max);
+                    tokio::time::sleep(delay).await;
                     continue;
                 }
             };

@@ -10,18 +10,17 @@ use std::path::Path;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use gstreamer as gst;
-use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use image::RgbImage;
 
-use crate::ingest::pipeline::describe_bus_message;
 use crate::ingest::ring::{AccessUnit, EncodedSlice};
+use crate::support::gst::{self as gst_support, GstError, VideoCodec, clock_time, element_starts, pending_error};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClipError {
     #[error("GStreamer: {0}")]
-    Gst(String),
+    Gst(#[from] GstError),
     #[error("{path}: cannot open the video file: {reason}")]
     File { path: String, reason: String },
     #[error("cannot decode the clip: {0}")]
@@ -107,7 +106,7 @@ impl Decoders {
     /// (with a log line); `software` the libav decoders; anything else must be an installed
     /// GStreamer decoder element, used for the codec it takes (software for the other).
     pub fn choose(setting: &str) -> Result<Self, ClipError> {
-        gst::init().map_err(|e| ClipError::Gst(e.to_string()))?;
+        gst_support::init()?;
         let software = Self::software();
         match setting {
             "software" => Ok(software),
@@ -164,12 +163,13 @@ impl Decoders {
     /// `parse ! decoder` for a stream with these caps. Software decoders run on one thread: the
     /// service runs one analysis per core, and threads inside each would only contend.
     fn tail_for(&self, caps: &gst::Caps) -> Result<String, ClipError> {
-        let codec = caps.structure(0).map(|s| s.name().to_string()).unwrap_or_default();
-        let (parse, decoder) = match codec.as_str() {
-            "video/x-h264" => ("h264parse", self.h264.as_str()),
-            "video/x-h265" => ("h265parse", self.h265.as_str()),
-            _ => return Err(ClipError::Codec(codec)),
+        let media_type = caps.structure(0).map(|s| s.name().to_string()).unwrap_or_default();
+        let codec = VideoCodec::from_media_type(&media_type).ok_or(ClipError::Codec(media_type))?;
+        let decoder = match codec {
+            VideoCodec::H264 => self.h264.as_str(),
+            VideoCodec::H265 => self.h265.as_str(),
         };
+        let parse = codec.parser();
         let threads = if decoder.starts_with("avdec_") {
             " max-threads=1"
         } else {
@@ -177,16 +177,6 @@ impl Decoders {
         };
         Ok(format!("{parse} ! {decoder}{threads}"))
     }
-}
-
-/// Whether a decoder element exists and can be brought up (a hardware one needs its device).
-fn element_starts(name: &str) -> bool {
-    let Ok(element) = gst::ElementFactory::make(name).build() else {
-        return false;
-    };
-    let ok = element.set_state(gst::State::Ready).is_ok();
-    let _ = element.set_state(gst::State::Null);
-    ok
 }
 
 /// Decodes a camera slice at once, handing frames to `sink`. Returns the number of frames it took.
@@ -221,10 +211,7 @@ impl LiveDecoder {
     pub fn new(caps: &gst::Caps, decoders: &Decoders) -> Result<Self, ClipError> {
         let tail = decoders.tail_for(caps)?;
         let pipeline = build_decoder(&format!("appsrc name=src format=time is-live=false ! {tail}"))?;
-        let src = pipeline
-            .by_name("src")
-            .and_downcast::<gst_app::AppSrc>()
-            .ok_or_else(|| ClipError::Gst("appsrc missing".into()))?;
+        let src = gst_support::app_src(&pipeline, "src")?;
         src.set_caps(Some(caps));
         let sink = play(&pipeline)?;
         Ok(Self {
@@ -317,7 +304,7 @@ impl LiveDecoder {
 
 impl Drop for LiveDecoder {
     fn drop(&mut self) {
-        let _ = self.pipeline.set_state(gst::State::Null);
+        gst_support::stop(&self.pipeline);
     }
 }
 
@@ -354,7 +341,7 @@ pub fn decode_file_into(
     let head = format!("filesrc location=\"{location}\" ! decodebin");
     let pipeline = build_decoder(&head)?;
     let result = pull_frames(&pipeline, to, base_wall, sink);
-    let _ = pipeline.set_state(gst::State::Null);
+    gst_support::stop(&pipeline);
     result.map_err(|e| match e {
         ClipError::Decode(reason) => ClipError::File {
             path: path.display().to_string(),
@@ -388,10 +375,7 @@ pub fn first_frame(path: &Path) -> Result<RgbImage, ClipError> {
 /// (No videorate: it aborts the process on streams without a frame rate, such as a still image.)
 fn build_decoder(head: &str) -> Result<gst::Pipeline, ClipError> {
     let desc = format!("{head} ! appsink name=sink sync=false max-buffers=4 caps=video/x-raw");
-    gst::parse::launch(&desc)
-        .map_err(|e| ClipError::Gst(e.to_string()))?
-        .downcast::<gst::Pipeline>()
-        .map_err(|_| ClipError::Gst("not a pipeline".into()))
+    Ok(gst_support::launch(&desc)?)
 }
 
 /// Converts decoded frames to RGB, reusing one converter while the stream's format stays the same.
@@ -485,13 +469,8 @@ fn frame_time(sample: &gst::Sample, base_wall: DateTime<Utc>) -> Option<DateTime
 
 /// Starts a decode pipeline made by [`build_decoder`] and returns its appsink.
 fn play(pipeline: &gst::Pipeline) -> Result<gst_app::AppSink, ClipError> {
-    let sink = pipeline
-        .by_name("sink")
-        .and_downcast::<gst_app::AppSink>()
-        .ok_or_else(|| ClipError::Gst("appsink missing".into()))?;
-    pipeline
-        .set_state(gst::State::Playing)
-        .map_err(|e| ClipError::Gst(e.to_string()))?;
+    let sink = gst_support::app_sink(pipeline, "sink")?;
+    gst_support::play(pipeline)?;
     Ok(sink)
 }
 
@@ -572,16 +551,6 @@ impl FramePicker {
         self.last_slot = Some(slot);
         true
     }
-}
-
-fn pending_error(pipeline: &gst::Pipeline) -> Option<String> {
-    let bus = pipeline.bus()?;
-    bus.pop_filtered(&[gst::MessageType::Error])
-        .map(|m| describe_bus_message(&m))
-}
-
-fn clock_time(d: TimeDelta) -> gst::ClockTime {
-    gst::ClockTime::from_nseconds(d.num_nanoseconds().unwrap_or(0).max(0) as u64)
 }
 
 #[cfg(test)]

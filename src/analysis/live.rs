@@ -7,7 +7,7 @@
 //! overlap share one analysis: a PIR, a motion and a line-crossing alarm fired together cost one.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -21,6 +21,7 @@ use crate::analysis::workers::{Permit, Workers};
 use crate::ingest::camera::{Camera, StreamKind};
 use crate::ingest::ring::ReadError;
 use crate::intake::alarm::Alarm;
+use crate::support::lock;
 
 /// How often a waiting analysis looks for new video.
 const POLL: Duration = Duration::from_millis(40);
@@ -61,10 +62,6 @@ pub struct LiveAnalyser {
     verifier: Arc<Verifier>,
     workers: Arc<Workers>,
     jobs: Mutex<HashMap<String, Vec<Arc<Job>>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl LiveAnalyser {

@@ -94,7 +94,7 @@ impl Workers {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        crate::support::lock(&self.inner)
     }
 
     /// What the rest of an alarm that has used `spent` of permit time is expected to need.

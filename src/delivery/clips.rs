@@ -5,9 +5,9 @@ use std::path::Path;
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
-use gstreamer_app as gst_app;
 
 use crate::ingest::ring::EncodedSlice;
+use crate::support::gst::{self as gst_support, GstError, VideoCodec};
 
 /// How long muxing a clip may take; a few seconds of packets take milliseconds.
 const MUX_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(20);
@@ -28,19 +28,17 @@ pub fn remux_to_mp4(slice: &EncodedSlice, path: &Path) -> Result<u64, ClipError>
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create the folder: {e}")))?;
     }
-    let parser = match slice.caps.structure(0).map(|s| s.name().as_str()) {
-        Some("video/x-h264") => "h264parse",
-        Some("video/x-h265") => "h265parse",
-        other => return Err(fail(format!("cannot mux {other:?} video"))),
+    let media_type = slice.caps.structure(0).map(|s| s.name().as_str());
+    let Some(codec) = media_type.and_then(VideoCodec::from_media_type) else {
+        return Err(fail(format!("cannot mux {media_type:?} video")));
     };
-    let pipeline = gst::parse::launch(&format!(
-        "appsrc name=src format=time is-live=false ! {parser} ! mp4mux ! filesink name=out"
+    let pipeline = gst_support::launch(&format!(
+        "appsrc name=src format=time is-live=false ! {} ! mp4mux ! filesink name=out",
+        codec.parser()
     ))
-    .map_err(|e| fail(e.to_string()))?
-    .downcast::<gst::Pipeline>()
-    .map_err(|_| fail("not a pipeline".into()))?;
+    .map_err(|e| fail(e.to_string()))?;
     let result = run_mux(&pipeline, slice, path).map_err(fail);
-    let _ = pipeline.set_state(gst::State::Null);
+    gst_support::stop(&pipeline);
     result?;
     std::fs::metadata(path)
         .map(|m| m.len())
@@ -48,14 +46,11 @@ pub fn remux_to_mp4(slice: &EncodedSlice, path: &Path) -> Result<u64, ClipError>
 }
 
 fn run_mux(pipeline: &gst::Pipeline, slice: &EncodedSlice, path: &Path) -> Result<(), String> {
-    let src = pipeline
-        .by_name("src")
-        .and_downcast::<gst_app::AppSrc>()
-        .ok_or("appsrc missing")?;
+    let src = gst_support::app_src(pipeline, "src").map_err(|e| e.to_string())?;
     let out = pipeline.by_name("out").ok_or("filesink missing")?;
     out.set_property("location", path.display().to_string());
     src.set_caps(Some(&slice.caps));
-    pipeline.set_state(gst::State::Playing).map_err(|e| e.to_string())?;
+    gst_support::play(pipeline).map_err(|e| e.to_string())?;
     let Some(first) = slice.units.first() else {
         return Err("no video in the window".into());
     };
@@ -71,13 +66,8 @@ fn run_mux(pipeline: &gst::Pipeline, slice: &EncodedSlice, path: &Path) -> Resul
             .map_err(|e| format!("mux refused a packet: {e:?}"))?;
     }
     src.end_of_stream().map_err(|e| e.to_string())?;
-    let bus = pipeline.bus().ok_or("no bus")?;
-    match bus.timed_pop_filtered(MUX_TIMEOUT, &[gst::MessageType::Eos, gst::MessageType::Error]) {
-        Some(msg) => match msg.view() {
-            gst::MessageView::Eos(_) => Ok(()),
-            gst::MessageView::Error(e) => Err(e.error().to_string()),
-            _ => Err("unexpected message".into()),
-        },
-        None => Err("muxing timed out".into()),
-    }
+    gst_support::wait_for_eos(pipeline, MUX_TIMEOUT).map_err(|e| match e {
+        GstError::TimedOut => "muxing timed out".into(),
+        other => other.to_string(),
+    })
 }

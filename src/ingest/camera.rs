@@ -2,14 +2,16 @@
 //! their ring buffers, restarting them on errors and stalls, and the handle analysis reads from.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::health::{CameraHealth, LinkState, OutageLog, OutageNote, RateMeter, StateBoard, StreamHealth};
-use super::pipeline::{self, describe_bus_message};
+use super::health::{CameraHealth, LinkState, RateMeter, StateBoard, StreamHealth};
+use super::pipeline;
 use super::ring::{AccessUnit, Cursor, EncodedSlice, ReadError, Ring};
 use super::rtsp;
 use crate::config::{CameraConfig, RtspTransport, redact_url};
+use crate::support::gst::{self as gst_support, GstError, describe_bus_message};
+use crate::support::{Backoff, OutageLog, OutageNote, lock};
 use chrono::{DateTime, Utc};
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -20,7 +22,7 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum CameraError {
     #[error("GStreamer: {0}")]
-    Gst(String),
+    Gst(#[from] GstError),
     #[error("camera {camera} is offline since {since}: {reason}")]
     Offline {
         camera: String,
@@ -91,11 +93,6 @@ impl Shared {
 pub struct Camera {
     shared: Arc<Shared>,
     threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned lock only means another thread panicked mid-update; the data is still usable.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Camera {
@@ -251,7 +248,7 @@ enum SessionEnd {
 
 impl Ingest {
     fn supervise(self) {
-        let mut backoff = RETRY_FIRST;
+        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
         let mut outage = OutageLog::default();
         while !self.stopping() {
             let started = std::time::Instant::now();
@@ -271,10 +268,9 @@ impl Ingest {
                 }
             }
             if started.elapsed() > self.stall_timeout() * 3 {
-                backoff = RETRY_FIRST; // it had been up for a while: retry quickly
+                backoff.reset(); // it had been up for a while: retry quickly
             }
-            self.sleep(backoff);
-            backoff = (backoff * 2).min(RETRY_MAX);
+            self.sleep(backoff.next_delay());
         }
         self.set_offline("stopped");
     }
@@ -339,7 +335,7 @@ impl Ingest {
         match self.build_pipeline() {
             Ok(pipeline) => {
                 let end = self.watch(&pipeline);
-                let _ = pipeline.set_state(gst::State::Null);
+                gst_support::stop(&pipeline);
                 end
             }
             Err(e) => SessionEnd::Failed(e.to_string()),

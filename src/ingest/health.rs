@@ -8,6 +8,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::Notify;
 
+// Still here for src/service.rs, which reminds of offline cameras at the rate outages are logged.
+pub use crate::support::LOG_REMINDER;
+use crate::support::lock;
+
 /// Which cameras' state changed since it was last published. A set, never a queue: however long
 /// the broker is away and however often cameras flap, it holds at most one entry per camera, and
 /// the publisher reads each camera's newest state when it gets to it.
@@ -26,17 +30,12 @@ impl StateBoard {
 
     /// `camera` still needs publishing, at the next wake-up (a reconnect marks every camera).
     pub fn set_dirty(&self, camera: &str) {
-        self.dirty
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(camera.to_owned());
+        lock(&self.dirty).insert(camera.to_owned());
     }
 
     /// The cameras marked since the last call, in order of id.
     pub fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()))
-            .into_iter()
-            .collect()
+        std::mem::take(&mut *lock(&self.dirty)).into_iter().collect()
     }
 
     /// Waits until a camera is marked (at once when one was marked since the last wait).
@@ -89,60 +88,6 @@ impl StreamHealth {
     }
 }
 
-/// How long a stream or connection may stay down before its log line is repeated as a reminder.
-pub const LOG_REMINDER: std::time::Duration = std::time::Duration::from_secs(300);
-
-/// Logging of an outage for people: the change of state once, a reminder at a low rate while it
-/// lasts (with the number of failed attempts), and each attempt only at debug level.
-#[derive(Debug, Default)]
-pub struct OutageLog {
-    down_since: Option<std::time::Instant>,
-    last_reminder: Option<std::time::Instant>,
-    attempts: u64,
-}
-
-/// What to log about a failed attempt.
-#[derive(Debug, PartialEq, Eq)]
-pub enum OutageNote {
-    /// It just went down.
-    Down,
-    /// Still down; time for a reminder.
-    StillDown { attempts: u64, down_for_s: u64 },
-    /// Still down; nothing to say above debug level.
-    Quiet,
-}
-
-impl OutageLog {
-    pub fn failed(&mut self) -> OutageNote {
-        let now = std::time::Instant::now();
-        self.attempts += 1;
-        let Some(since) = self.down_since else {
-            self.down_since = Some(now);
-            self.last_reminder = Some(now);
-            return OutageNote::Down;
-        };
-        if self
-            .last_reminder
-            .is_some_and(|r| now.duration_since(r) >= LOG_REMINDER)
-        {
-            self.last_reminder = Some(now);
-            return OutageNote::StillDown {
-                attempts: self.attempts,
-                down_for_s: now.duration_since(since).as_secs(),
-            };
-        }
-        OutageNote::Quiet
-    }
-
-    /// It is back; returns how long it was down and after how many failed attempts, if it was.
-    pub fn recovered(&mut self) -> Option<(u64, u64)> {
-        let since = self.down_since.take()?;
-        let attempts = std::mem::take(&mut self.attempts);
-        self.last_reminder = None;
-        Some((since.elapsed().as_secs(), attempts))
-    }
-}
-
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkState {
@@ -187,17 +132,5 @@ mod tests {
         assert!(board.take().is_empty());
         board.set_dirty("gate");
         assert_eq!(board.take(), ["gate"]);
-    }
-
-    #[test]
-    fn an_outage_is_logged_once_then_quietly_until_it_recovers() {
-        let mut log = OutageLog::default();
-        assert_eq!(log.failed(), OutageNote::Down);
-        for _ in 0..100 {
-            assert_eq!(log.failed(), OutageNote::Quiet);
-        }
-        assert_eq!(log.recovered().map(|(_, attempts)| attempts), Some(101));
-        assert_eq!(log.recovered(), None);
-        assert_eq!(log.failed(), OutageNote::Down, "a new outage is news again");
     }
 }

@@ -10,6 +10,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use gstreamer as gst;
 
+use crate::support::gst::VideoCodec;
+
 /// One complete encoded frame as it came off the wire.
 #[derive(Clone)]
 pub struct AccessUnit {
@@ -104,11 +106,7 @@ impl Ring {
     /// Adds `continuation`, the rest of the last unit's picture (a later slice split off by
     /// repeated parameter sets), to that unit, from its first slice NAL on: one picture, one unit.
     pub fn extend_last(&mut self, continuation: &[u8]) {
-        let h265 = self
-            .caps
-            .as_ref()
-            .and_then(|c| c.structure(0))
-            .is_some_and(|s| s.name() == "video/x-h265");
+        let h265 = self.caps.as_ref().and_then(|c| VideoCodec::of_caps(c)) == Some(VideoCodec::H265);
         let Some(start) = first_slice_nal(continuation, h265) else {
             return;
         };

@@ -17,6 +17,8 @@ use gstreamer as gst;
 use retina::client::{Credentials, PlayOptions, Session, SessionOptions, SetupOptions, TcpTransportOptions, Transport};
 use retina::codec::{CodecItem, FrameFormat, ParametersRef, VideoFrame};
 
+use crate::support::gst::VideoCodec;
+
 /// How long DESCRIBE, SETUP and PLAY may take each, long enough for an NVR or test server setting up a hundred streams at once.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a session looks at the camera's stop flag and at its last picture's age.
@@ -159,8 +161,8 @@ async fn play(
     }
 }
 
-/// DESCRIBE, SETUP and PLAY: the playing session's pictures, and the caps name of its codec.
-async fn start(url: url::Url, options: SessionOptions) -> Result<(retina::client::Demuxed, &'static str), String> {
+/// DESCRIBE, SETUP and PLAY: the playing session's pictures, and its codec.
+async fn start(url: url::Url, options: SessionOptions) -> Result<(retina::client::Demuxed, VideoCodec), String> {
     let mut session = within(REQUEST_TIMEOUT, "DESCRIBE", Session::describe(url, options)).await?;
     let (index, codec) = video_stream(&session)?;
     let setup = SetupOptions::default()
@@ -184,17 +186,16 @@ async fn within<T, E: std::fmt::Display>(
     }
 }
 
-/// The first video stream retina can depacketize, and its caps name.
-fn video_stream<S: retina::client::State>(session: &Session<S>) -> Result<(usize, &'static str), String> {
+/// The first video stream retina can depacketize, and its codec.
+fn video_stream<S: retina::client::State>(session: &Session<S>) -> Result<(usize, VideoCodec), String> {
     let mut seen = Vec::new();
     for (i, s) in session.streams().iter().enumerate() {
         if s.media() != "video" {
             continue;
         }
-        match s.encoding_name().to_ascii_lowercase().as_str() {
-            "h264" => return Ok((i, "video/x-h264")),
-            "h265" => return Ok((i, "video/x-h265")),
-            other => seen.push(other.to_owned()),
+        match VideoCodec::from_encoding(s.encoding_name()) {
+            Some(codec) => return Ok((i, codec)),
+            None => seen.push(s.encoding_name().to_ascii_lowercase()),
         }
     }
     Err(if seen.is_empty() {
@@ -206,10 +207,9 @@ fn video_stream<S: retina::client::State>(session: &Session<S>) -> Result<(usize
 
 /// The caps the decoders need: byte-stream, whole pictures, and the picture size for the health
 /// report.
-fn caps_of(codec: &str, (width, height): (u32, u32)) -> gst::Caps {
-    gst::Caps::builder(codec)
-        .field("stream-format", "byte-stream")
-        .field("alignment", "au")
+fn caps_of(codec: VideoCodec, (width, height): (u32, u32)) -> gst::Caps {
+    codec
+        .access_unit_caps()
         .field("width", i32::try_from(width).unwrap_or(i32::MAX))
         .field("height", i32::try_from(height).unwrap_or(i32::MAX))
         .build()

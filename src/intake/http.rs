@@ -18,6 +18,7 @@ use chrono::Utc;
 
 use super::alarm::{self, AlarmError, MAX_PAYLOAD_BYTES};
 use super::{AlarmSink, Arrival, Refused};
+use crate::ops::http::error;
 
 /// The webhook routes, for the service's HTTP server.
 pub fn routes(sink: Arc<dyn AlarmSink>) -> axum::Router {
@@ -69,11 +70,6 @@ async fn post_alarm(
         Err(refused @ Refused::ShuttingDown) => error(StatusCode::SERVICE_UNAVAILABLE, refused.to_string()),
         Err(refused @ Refused::Invalid { .. }) => error(StatusCode::BAD_REQUEST, refused.to_string()),
     }
-}
-
-/// A JSON error body, as every API error is sent.
-pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
 fn status_of(e: &AlarmError) -> StatusCode {

@@ -10,9 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use super::Ops;
-use super::http::HEALTH_PATH;
+use super::http::{HEALTH_PATH, error};
 use crate::intake::feedback::{self, FeedbackRefused};
-use crate::intake::http::error;
 use crate::store::StoreError;
 use crate::store::records::{AlarmFilter, AlarmSummary, file_safe};
 

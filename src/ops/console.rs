@@ -12,11 +12,11 @@ use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde::Deserialize;
 
+use super::http::error;
 use super::{CameraInfo, Components, Ops};
 use crate::ingest::health::{LinkState, StreamHealth};
 use crate::intake::alarm::Alarm;
 use crate::intake::feedback::{self, FeedbackRefused};
-use crate::intake::http::error;
 use crate::intake::{Arrival, EventLinkState};
 use crate::store::records::{AlarmFilter, AlarmSummary, Feedback, Outcome};
 

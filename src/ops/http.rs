@@ -1,5 +1,6 @@
 //! The service's one HTTP server: the token check in front of every path but `/healthz`, a JSON
-//! 404, and the routes given to it (the alarm webhooks of `intake::http`, the API and the console).
+//! 404, the JSON error body every route answers with, and the routes given to it (the alarm
+//! webhooks of `intake::http`, the API and the console).
 //!
 //! The token is accepted as `Authorization: Bearer <token>` or as the password of HTTP Basic (any
 //! user name), so that both a webhook and a browser can present it. It is compared in constant
@@ -12,16 +13,20 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Secret;
-use crate::intake::http::error;
 
 /// The one path open without the token: for load balancers and watchdogs.
 pub const HEALTH_PATH: &str = "/healthz";
+
+/// A JSON error body, as every API error is sent: `{"error": message}`.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
 
 /// Serves `routes` on `listener` until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, token: Option<Secret>, routes: Router, stop: CancellationToken) {

@@ -17,6 +17,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::analysis::verdict::{VerdictDocument, rfc3339};
 use crate::intake::alarm::Alarm;
+use crate::support::lock;
 
 pub mod records;
 
@@ -195,7 +196,7 @@ impl Store {
     }
 
     pub(super) fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.conn)
     }
 
     /// Records an alarm with the message as received and the device's own picture, if any, under a

@@ -1,12 +1,13 @@
 //! Small pieces every stage uses and none owns: locking that survives a panicked holder, retry
-//! backoff, and outage logging that stays readable through a long outage.
+//! backoff, outage logging that stays readable through a long outage, and the GStreamer helpers
+//! that ingest, analysis, delivery and the tools share.
 
+mod backoff;
+pub mod gst;
 pub mod ids;
+mod lock;
+mod outage;
 
-use std::sync::{Mutex, MutexGuard};
-
-/// Locks `m`, taking the data even when an earlier holder panicked: every structure guarded this
-/// way is left consistent between statements, so a panic elsewhere must not stop the service.
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub use backoff::Backoff;
+pub use lock::lock;
+pub use outage::{LOG_REMINDER, OutageLog, OutageNote};

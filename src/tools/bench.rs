@@ -48,7 +48,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 pub fn run(config: &Config, options: &BenchOptions) -> Result<String, BenchError> {
-    gstreamer::init().map_err(|e| BenchError::Setup(e.to_string()))?;
+    crate::support::gst::init().map_err(|e| BenchError::Setup(e.to_string()))?;
     let detector = Arc::new(Detector::load(&config.detector)?);
     let frame = clip::first_frame(&options.clip).map_err(|e| BenchError::Setup(e.to_string()))?;
     let full_hd = image::imageops::resize(&frame, 1920, 1080, image::imageops::FilterType::Triangle);

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use gstreamer as gst;
 use gstreamer::glib;
 use gstreamer_rtsp_server as rtsp;
 use gstreamer_rtsp_server::prelude::*;
@@ -17,6 +16,7 @@ use tokio::time::Instant;
 use crate::analysis::verdict::VerdictDocument;
 use crate::config::{CameraConfig, Config, RtspTransport};
 use crate::mqtt::{self, Inbound, LinkEvent, Session, Topics};
+use crate::support::gst as gst_support;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -194,7 +194,7 @@ impl RtspCameraServer {
 
     /// As [`start`](Self::start), on a given loopback port (0: any free one).
     pub fn start_on(mounts: &[(&str, &Path)], port: u16) -> Result<Self, DemoError> {
-        gst::init().map_err(|e| DemoError::Rtsp(e.to_string()))?;
+        gst_support::init().map_err(|e| DemoError::Rtsp(e.to_string()))?;
         let context = glib::MainContext::new();
         let server = rtsp::RTSPServer::new();
         server.set_address("127.0.0.1");

@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 use chrono::{TimeDelta, Utc};
 use gstreamer as gst;
 use gstreamer::prelude::*;
-use gstreamer_app as gst_app;
 use image::{GrayImage, Luma, Rgb, RgbImage, Rgba, RgbaImage, imageops};
 
 use crate::analysis::clip::{self, Window};
+use crate::support::gst::{self as gst_support, GstError};
 
 const W: u32 = 768;
 const H: u32 = 576;
@@ -66,7 +66,7 @@ impl Sources {
 
 /// Builds the clips and `labels.tsv` into `out`.
 pub fn build(sources: &Sources, out: &Path) -> Result<usize, DevsetError> {
-    gst::init().map_err(|e| DevsetError::Write {
+    gst_support::init().map_err(|e| DevsetError::Write {
         path: out.into(),
         reason: e.to_string(),
     })?;
@@ -300,18 +300,11 @@ fn write_sized_clip(
          ! videoconvert ! x264enc speed-preset=veryfast key-int-max={FPS} bframes=0 threads=1 \
          ! h264parse ! mp4mux ! filesink location=\"{location}\""
     );
-    let pipeline = gst::parse::launch(&desc)
-        .map_err(|e| write_err(e.to_string()))?
-        .downcast::<gst::Pipeline>()
-        .map_err(|_| write_err("not a pipeline".into()))?;
-    let src = pipeline
-        .by_name("src")
-        .and_downcast::<gst_app::AppSrc>()
-        .ok_or_else(|| write_err("appsrc missing".into()))?;
+    let gst_err = |e: GstError| write_err(e.to_string());
+    let pipeline = gst_support::launch(&desc).map_err(gst_err)?;
+    let src = gst_support::app_src(&pipeline, "src").map_err(gst_err)?;
     src.set_property("block", true);
-    pipeline
-        .set_state(gst::State::Playing)
-        .map_err(|e| write_err(e.to_string()))?;
+    gst_support::play(&pipeline).map_err(gst_err)?;
     let step = gst::ClockTime::SECOND / FPS as u64;
     for i in 0..FPS * SECONDS {
         let image = frame(i)?;
@@ -328,17 +321,12 @@ fn write_sized_clip(
         src.push_buffer(buffer).map_err(|e| write_err(format!("{e:?}")))?;
     }
     let _ = src.end_of_stream();
-    let bus = pipeline.bus().ok_or_else(|| write_err("no bus".into()))?;
-    let msg = bus.timed_pop_filtered(
-        gst::ClockTime::from_seconds(60),
-        &[gst::MessageType::Eos, gst::MessageType::Error],
-    );
-    let _ = pipeline.set_state(gst::State::Null);
-    match msg.as_ref().map(|m| m.view()) {
-        Some(gst::MessageView::Eos(_)) => Ok(()),
-        Some(gst::MessageView::Error(e)) => Err(write_err(e.error().to_string())),
-        _ => Err(write_err("encoding did not finish".into())),
-    }
+    let ended = gst_support::wait_for_eos(&pipeline, gst::ClockTime::from_seconds(60));
+    gst_support::stop(&pipeline);
+    ended.map_err(|e| match e {
+        GstError::TimedOut | GstError::Unexpected => write_err("encoding did not finish".into()),
+        other => gst_err(other),
+    })
 }
 
 /// A photograph filling the frame, zooming in slowly as a PTZ camera might.

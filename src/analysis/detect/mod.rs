@@ -23,6 +23,7 @@ use ort::value::{TensorElementType, TensorRef, ValueType};
 use serde::Serialize;
 
 use crate::config::{ChannelOrder, DetectorConfig, Layout, Optimization, Provider, ResizeMode};
+use crate::support::lock;
 use decode::Candidate;
 use preprocess::{ElementType, InputSpec, Scratch, Transform};
 
@@ -252,7 +253,7 @@ impl Detector {
                 Err(std::sync::TryLockError::WouldBlock) => {}
             }
         }
-        self.engines[0].lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.engines[0])
     }
 
     /// Runs the model on one RGB frame; boxes come back in the frame's own pixels, best first.
@@ -346,7 +347,7 @@ fn load_runtime(path: &Path) -> Result<ort::environment::Environment, DetectErro
         path: path.to_owned(),
         reason,
     };
-    let _init = RUNTIME_INIT.lock().unwrap_or_else(|e| e.into_inner());
+    let _init = lock(&RUNTIME_INIT);
     if let Some((loaded, environment)) = RUNTIME.get() {
         return if loaded == path {
             Ok(environment.clone())
