@@ -240,6 +240,48 @@ pub async fn wait_pre_alarm_buffered(states: &mut Probe, config_toml: &str, serv
     .await;
 }
 
+/// `log` without its ANSI colour codes, so that lines read as `time LEVEL target: message key=value`.
+pub fn without_colours(log: &str) -> String {
+    let mut plain = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+/// When the service last logged `camera`'s main stream online: the time its ring began to fill.
+fn logged_online_at(log: &str, camera: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let wanted = format!("camera={camera} stream=main");
+    log.lines()
+        .filter(|l| l.contains("camera stream online") && l.contains(&wanted))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .next_back()
+}
+
+/// As [`wait_pre_alarm_buffered`], for services that share camera state topics (boxes of a pair):
+/// each of `cameras`' main streams logged online at least `clip.pre_s` of `config_toml` ago.
+pub async fn wait_pre_alarm_logged(service: &Service, cameras: &[&str], config_toml: &str) {
+    let (_, pre_s) = buffering_needs(config_toml);
+    let pre_alarm = chrono::Duration::milliseconds((pre_s * 1000.0).ceil() as i64);
+    let what = format!("{pre_s} s of pre-alarm video from cameras {cameras:?}");
+    wait_until(service.about(&what), Duration::from_secs(40), || {
+        let log = without_colours(&service.log());
+        cameras
+            .iter()
+            .all(|camera| logged_online_at(&log, camera).is_some_and(|since| chrono::Utc::now() >= since + pre_alarm))
+    })
+    .await;
+}
+
 /// Waits until the service reports `camera` online on its retained state topic.
 pub async fn wait_camera_online(probe: &mut Probe, camera: &str, service: &Service) {
     let topic = topics().camera_state(camera);
