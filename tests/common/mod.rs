@@ -260,9 +260,9 @@ pub fn without_colours(log: &str) -> String {
 
 /// When the service last logged `camera`'s main stream online: the time its ring began to fill.
 fn logged_online_at(log: &str, camera: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    let wanted = format!("camera={camera} stream=main");
+    let wanted = format!("camera={camera} ");
     log.lines()
-        .filter(|l| l.contains("camera stream online") && l.contains(&wanted))
+        .filter(|l| l.contains("camera stream online") && l.contains(&wanted) && l.contains("stream=\"main stream\""))
         .filter_map(|l| l.split_whitespace().next()?.parse().ok())
         .next_back()
 }
