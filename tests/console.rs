@@ -108,6 +108,7 @@ async fn records_api_metrics_health_and_console_on_a_running_site() {
     // Three alarms, three verdicts.
     for (camera, id) in [("entrance", "con-e1"), ("garden", "con-g1"), ("entrance", "con-e2")] {
         site.raise(camera, id).await;
+        // Apart in time, as an operator would see them: the list's order is by alarm time.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let mut sent = HashMap::new();
@@ -165,16 +166,11 @@ async fn records_api_metrics_health_and_console_on_a_running_site() {
         assert_eq!(status, 404, "{path}: {}", String::from_utf8_lossy(&body));
     }
     // The clip is made once the window's video is in (4 s after the alarm).
-    let mut clip = Vec::new();
-    for _ in 0..40 {
+    let clip = wait_for(site.service.about("the clip"), Duration::from_secs(10), async || {
         let (status, body) = api.get("/api/alarms/con-e1/clip.mp4").await;
-        if status == 200 {
-            clip = body;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert!(!clip.is_empty(), "no clip; log:\n{}", site.service.log());
+        (status == 200 && !body.is_empty()).then_some(body)
+    })
+    .await;
     let clip_path = site.dir.path().join("e1.mp4");
     std::fs::write(&clip_path, &clip).expect("write clip");
     let frames = mp4_frames(&clip_path);
@@ -240,15 +236,11 @@ async fn records_api_metrics_health_and_console_on_a_running_site() {
     );
     let (status, _) = api.post("/api/alarms/nope/feedback", r#"{"outcome":"real"}"#).await;
     assert_eq!(status, 404);
-    let mut mqtt_feedback = serde_json::Value::Null;
-    for _ in 0..20 {
+    let mqtt_feedback = wait_for("feedback over MQTT stored", Duration::from_secs(4), async || {
         let (_, record) = api.json("/api/alarms/con-g1").await;
-        if record["feedback"].is_object() {
-            mqtt_feedback = record["feedback"].clone();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        record["feedback"].is_object().then(|| record["feedback"].clone())
+    })
+    .await;
     assert_eq!(mqtt_feedback["outcome"], "false", "feedback over MQTT not stored");
     assert_eq!(mqtt_feedback["operator"], "bob");
 
@@ -368,25 +360,17 @@ async fn records_api_metrics_health_and_console_on_a_running_site() {
     let (status, body) = health(api.client.clone(), api.base.clone()).await;
     assert_eq!(status, 200, "{body}");
     site.broker.kill();
-    let mut down = (0, String::new());
-    for _ in 0..40 {
-        down = health(api.client.clone(), api.base.clone()).await;
-        if down.0 == 503 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert_eq!(down.0, 503, "{}", down.1);
+    let down = wait_for("/healthz to answer 503", Duration::from_secs(10), async || {
+        let reply = health(api.client.clone(), api.base.clone()).await;
+        (reply.0 == 503).then_some(reply)
+    })
+    .await;
     assert!(down.1.contains("MQTT"), "{}", down.1);
     site.broker.restart().expect("broker back");
-    let mut up = (0, String::new());
-    for _ in 0..60 {
-        up = health(api.client.clone(), api.base.clone()).await;
-        if up.0 == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert_eq!(up.0, 200, "{}", up.1);
+    wait_for("/healthz to answer 200 again", Duration::from_secs(15), async || {
+        let reply = health(api.client.clone(), api.base.clone()).await;
+        (reply.0 == 200).then_some(())
+    })
+    .await;
     assert!(!site.service.log().contains(TOKEN), "the token leaked into the log");
 }

@@ -58,13 +58,22 @@ async fn broker_killed_mid_run_every_verdict_still_arrives() {
 
     let ids: Vec<String> = (0..50).map(|i| format!("outage-{i:02}")).collect();
     let camera_of = |i: usize| if i.is_multiple_of(2) { "entrance" } else { "garden" };
+    let store = Store::open(&site.dir.path().join("alarm-verifier.db")).expect("open the service's store");
     for (i, id) in ids.iter().enumerate().take(25) {
         site.raise(camera_of(i), id).await;
+        // Pacing is the scenario: alarms keep coming in while verdicts are being made.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Let the service take the alarms from the broker; then the broker dies with verdicts still owed.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The service has taken the alarms from the broker; then the broker dies with verdicts still owed.
+    let taken = |id: &String| store.knows_alarm(id).unwrap_or(false);
+    wait_until(
+        site.service.about("the first 25 alarms recorded"),
+        Duration::from_secs(20),
+        || ids[..25].iter().all(taken),
+    )
+    .await;
     site.broker.kill();
+    // The outage itself is the scenario: the broker stays down this long.
     tokio::time::sleep(Duration::from_secs(3)).await;
     site.broker.restart().expect("broker restart");
     let restarted = Instant::now();
@@ -77,6 +86,7 @@ async fn broker_killed_mid_run_every_verdict_still_arrives() {
     let service_back = restarted.elapsed();
     for (i, id) in ids.iter().enumerate().skip(25) {
         site.raise(camera_of(i), id).await;
+        // Pacing is the scenario, as before the outage.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -116,18 +126,19 @@ async fn verdicts_undelivered_at_a_crash_are_delivered_after_restart() {
         site.raise("entrance", id).await;
     }
     let store = Store::open(&site.dir.path().join("alarm-verifier.db")).expect("open the service's store");
-    let recorded = poll(Duration::from_secs(10), || {
-        store.unanswered().map(|u| u.len() == 5).unwrap_or(false)
-    })
+    wait_until(
+        site.service.about("the alarms recorded"),
+        Duration::from_secs(10),
+        || store.unanswered().map(|u| u.len() == 5).unwrap_or(false),
+    )
     .await;
-    assert!(recorded, "alarms not recorded; log:\n{}", site.service.log());
     site.broker.kill();
-    let stored = poll(Duration::from_secs(15), || store.undelivered_count().unwrap_or(0) == 5).await;
-    assert!(
-        stored,
-        "verdicts not stored as undelivered; log:\n{}",
-        site.service.log()
-    );
+    wait_until(
+        site.service.about("the verdicts stored as undelivered"),
+        Duration::from_secs(15),
+        || store.undelivered_count().unwrap_or(0) == 5,
+    )
+    .await;
     site.service.kill();
 
     site.broker.restart().expect("broker restart");
@@ -188,7 +199,7 @@ async fn camera_lost_gives_unverifiable_in_time_and_verifies_again_when_back() {
     let back = Instant::now();
     wait_camera_online(&mut site.probe, "entrance", &site.service).await;
     let recovered = back.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    site.let_buffers_fill().await;
     site.raise("entrance", "camera-back").await;
     let verdict = site.verdict("camera-back", Duration::from_secs(20)).await;
     assert_eq!(verdict.verdict, VerdictKind::Verified, "{verdict:?}");
@@ -278,12 +289,26 @@ async fn bad_input_interleaved_with_good_alarms_leaves_every_good_alarm_answered
         assert_eq!(docs[0].verdict, VerdictKind::Verified, "{docs:?}");
     }
     let mut reports = Vec::new();
-    while let Some(m) = site.probe.next(|m| m.topic == t.errors(), Duration::from_secs(2)).await {
+    let expected_reports = bad.len() + 1;
+    let errors = t.errors();
+    wait_for(
+        site.service.about("an error report per bad input and the duplicate"),
+        Duration::from_secs(20),
+        async || {
+            while let Some(m) = site.probe.next(|m| m.topic == errors, Duration::ZERO).await {
+                reports.push(String::from_utf8_lossy(&m.payload).into_owned());
+            }
+            (reports.len() >= expected_reports).then_some(())
+        },
+    )
+    .await;
+    // No marker follows a report that should not exist: a bounded look for any extra one.
+    while let Some(m) = site.probe.next(|m| m.topic == errors, QUIET_WINDOW).await {
         reports.push(String::from_utf8_lossy(&m.payload).into_owned());
     }
     assert_eq!(
         reports.len(),
-        bad.len() + 1,
+        expected_reports,
         "one report per bad input and the duplicate: {reports:#?}"
     );
     for expected in [
@@ -308,7 +333,14 @@ async fn sigterm_answers_the_alarm_in_flight_publishes_offline_and_exits_0() {
     site.let_buffers_fill().await;
 
     site.raise("entrance", "in-flight").await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // received, waiting for post-alarm video
+    // Received, and not answered yet: its verdict waits for the post-alarm video (4 s).
+    let store = Store::open(&site.dir.path().join("alarm-verifier.db")).expect("open the service's store");
+    wait_until(
+        site.service.about("the alarm in flight recorded"),
+        Duration::from_secs(5),
+        || store.knows_alarm("in-flight").unwrap_or(false),
+    )
+    .await;
     let status = site.service.terminate(Duration::from_secs(30));
     assert_eq!(status.map(|s| s.code()), Some(Some(0)), "log:\n{}", site.service.log());
     let verdict = site.verdict("in-flight", Duration::from_secs(5)).await;
@@ -317,15 +349,4 @@ async fn sigterm_answers_the_alarm_in_flight_publishes_offline_and_exits_0() {
         wait_status(&mut site.probe, "offline", Duration::from_secs(5)).await,
         "no offline status"
     );
-}
-
-async fn poll(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if ready() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }

@@ -129,7 +129,10 @@ async fn service_works_over_tls_with_a_password_from_the_environment() {
         service.log()
     );
     wait_camera_online(&mut probe, "entrance", &service).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut states = Probe::connect_with(&probe_config, &[t.camera_state("+")])
+        .await
+        .expect("state probe over TLS");
+    wait_pre_alarm_buffered(&mut states, &config, &service).await;
     probe
         .publish(&t.alarm("entrance"), alarm_json("over-tls"))
         .await
@@ -159,7 +162,12 @@ async fn a_wrong_password_is_retried_and_never_logged() {
         &format!("username = \"verifier\"\npassword = \"{wrong}\"\ntopic_prefix"),
     );
     let service = Service::start(&config, site.path());
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    wait_until(
+        service.about("the refused connection reported"),
+        Duration::from_secs(20),
+        || service.log().contains("MQTT connection lost"),
+    )
+    .await;
     let log = service.log();
     assert!(
         log.contains("MQTT connection lost"),

@@ -112,17 +112,17 @@ fn onvif_config(camera: &OnvifCamera, password: &str, topics: &[&str]) -> OnvifC
     toml::from_str(&toml).expect("onvif config")
 }
 
-/// Polls `check` until it gives a value; panics with the log after `timeout`.
+/// Polls `check` until it gives a value (see [`common::wait_for`]); the failure shows the log.
 async fn until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for {what}; log:\n{}", log_tail());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    common::wait_for(WithLogTail(what), timeout, async || check()).await
+}
+
+/// What a wait is for, followed by this binary's log as it is when the wait fails.
+struct WithLogTail<'a>(&'a str);
+
+impl std::fmt::Display for WithLogTail<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}; log:\n{}", self.0, log_tail())
     }
 }
 
@@ -162,9 +162,10 @@ fn log_tail() -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
-/// Gives the watcher time to handle what the camera delivered.
+/// Gives the watcher time to handle what the camera delivered, before checking that it raised
+/// nothing: the watcher reports no "handled" marker to wait on, so this is a bounded quiet wait.
 async fn settle() {
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(common::QUIET_WINDOW).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,8 +296,15 @@ async fn a_camera_that_goes_away_and_comes_back_is_subscribed_again() {
         "the error names the address: {error}"
     );
     let seen = watch.sink.links().len();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let unreachable = watch.sink.last_link().and_then(|l| l.error).unwrap_or_default();
+    let unreachable = until(
+        "the retry to report the camera unreachable",
+        Duration::from_secs(10),
+        || {
+            let error = watch.sink.last_link().and_then(|l| l.error)?;
+            error.contains("cannot reach").then_some(error)
+        },
+    )
+    .await;
     assert!(
         unreachable.contains("cannot reach") && unreachable.contains("connection refused"),
         "{unreachable}"
@@ -527,7 +535,7 @@ async fn verdict_on(site: &mut common::Site, camera: &str) -> alarm_verifier::an
 
 /// The service logged `alarm_id` as an alarm it created from an ONVIF event.
 fn created_from_onvif(site: &common::Site, alarm_id: &str) -> bool {
-    without_colours(&site.service.log()).lines().any(|line| {
+    common::without_colours(&site.service.log()).lines().any(|line| {
         line.contains("alarm received")
             && line.contains(&format!("alarm_id={alarm_id}"))
             && line.contains("source=onvif:tns1:RuleEngine/CellMotionDetector/Motion")
@@ -619,22 +627,4 @@ async fn a_wrong_onvif_password_shows_in_the_camera_state_and_other_alarms_are_a
         "{verdict:?}"
     );
     assert!(!site.service.log().contains(wrong), "the password is in the log");
-}
-
-/// The log without its terminal colour codes (`ESC [ ... m`).
-fn without_colours(log: &str) -> String {
-    let mut plain = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
 }

@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 
 use alarm_verifier::analysis::verdict::VerdictDocument;
 use alarm_verifier::tools::demo::{Broker, Probe, RtspCameraServer, footage};
-use common::{PREFIX, Service, alarm_json, site_toml, topics};
+use common::{PREFIX, Service, alarm_json, site_toml, topics, wait_pre_alarm_logged};
 
 /// A box: its folder (store and log) and the running service.
 struct Box {
     dir: tempfile::TempDir,
     service: Service,
+    /// What it runs with, for the pre-alarm window it buffers.
+    config: String,
 }
 
 impl Box {
@@ -37,7 +39,7 @@ impl Box {
         let config =
             site_toml(broker.port(), &urls, "", dir.path()).replacen("[mqtt]\n", &format!("[mqtt]\n{mqtt_keys}\n"), 1);
         let service = Service::start(&config, dir.path());
-        Self { dir, service }
+        Self { dir, service, config }
     }
 
     fn store(&self) -> PathBuf {
@@ -136,7 +138,8 @@ async fn a_pair_verifies_each_alarm_once_and_the_survivor_answers_what_the_kille
     );
     wait_boxes_online(&mut probe, &[("box-a", &a), ("box-b", &b)]).await;
     // Both boxes' rings hold the pre-alarm window.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    wait_pre_alarm_logged(&a.service, &cameras, &a.config).await;
+    wait_pre_alarm_logged(&b.service, &cameras, &b.config).await;
 
     // A steady stream: an alarm every 400 ms, alternating a camera with people and an empty one;
     // box A is killed after the 10th, while alarms of both kinds are in flight on it.
@@ -301,7 +304,8 @@ async fn a_split_site_answers_each_camera_on_its_own_box_and_reports_an_unserved
     let a = Box::start(&broker, &server, &["gate"], "a", "client_id = \"box-a\"");
     let b = Box::start(&broker, &server, &["yard"], "b", "client_id = \"box-b\"");
     wait_boxes_online(&mut probe, &[("box-a", &a), ("box-b", &b)]).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    wait_pre_alarm_logged(&a.service, &["gate"], &a.config).await;
+    wait_pre_alarm_logged(&b.service, &["yard"], &b.config).await;
 
     probe
         .publish(&t.alarm("gate"), alarm_json("s-gate"))

@@ -117,6 +117,7 @@ async fn a_small_storm_is_answered_for_real() {
         expected.insert(alarm_id.clone(), want);
         site.raise(&ids[*camera], alarm_id).await;
         if n + 1 < plan.len() {
+            // Spreading the alarms over 2 s is the scenario.
             tokio::time::sleep(Duration::from_millis(2_000 / plan.len() as u64)).await;
         }
     }
@@ -205,6 +206,7 @@ async fn a_steady_stream_of_alarms_on_one_camera_is_answered_in_time() {
     let n = 28;
     for i in 0..n {
         site.raise("yard", &format!("pir-{i:02}")).await;
+        // The PIR's pace is the scenario.
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
     let verdicts = collect_verdicts(&mut site, n, Duration::from_secs(40)).await;

@@ -1,11 +1,13 @@
-//! Shared by the integration tests: the service binary as a child process, and its config.
+//! Shared by the integration tests: the service binary as a child process, its config, and the
+//! bounded waits on what the service can be seen to do (no fixed sleeps).
 
 #![allow(dead_code)] // each test file uses its own part of this
 
 pub mod onvif_camera;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use alarm_verifier::analysis::verdict::VerdictDocument;
 use alarm_verifier::mqtt::Topics;
@@ -84,6 +86,11 @@ impl Service {
         self.child.id()
     }
 
+    /// `what` a wait is for, with this service's log as it is if the wait fails.
+    pub fn about<'a>(&'a self, what: &'a str) -> About<'a> {
+        About { what, service: self }
+    }
+
     /// The service's log so far, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("service.log")).unwrap_or_default()
@@ -95,12 +102,12 @@ impl Service {
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
-        let deadline = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < deadline {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Some(status);
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(POLL_INTERVAL);
         }
         None
     }
@@ -117,6 +124,162 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How often the bounded waits look again: short next to anything a test waits for.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Polls `ready` every [`POLL_INTERVAL`] until it yields a value; panics with "timed out after N s
+/// waiting for {what}" once `timeout` has passed. `what` is formatted only then, so it may read the
+/// service's log at that moment (see [`Service::about`]).
+pub async fn wait_for<T>(what: impl fmt::Display, timeout: Duration, mut ready: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = ready().await {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {:.1} s waiting for {what}", timeout.as_secs_f64());
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// [`wait_for`] a condition with nothing to return.
+pub async fn wait_until(what: impl fmt::Display, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    wait_for(what, timeout, async || ready().then_some(())).await;
+}
+
+/// [`wait_until`] for code outside the async runtime: blocks the thread between looks.
+pub fn wait_until_blocking(what: impl fmt::Display, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        if Instant::now() >= deadline {
+            panic!("timed out after {:.1} s waiting for {what}", timeout.as_secs_f64());
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// A bounded wait for something that must NOT happen, where no later positive marker shows it
+/// would have happened by now: the test looks for `window` and then trusts the silence.
+pub const QUIET_WINDOW: Duration = Duration::from_millis(300);
+
+/// What a wait is for, followed by the service's log as it is when the wait fails.
+pub struct About<'a> {
+    what: &'a str,
+    service: &'a Service,
+}
+
+impl fmt::Display for About<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}; service log:\n{}", self.what, self.service.log())
+    }
+}
+
+/// When `stream` (a state message, or its `detect` part) has been online since; None while it is not.
+fn online_since(stream: &serde_json::Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    if stream["state"] != "online" {
+        return None;
+    }
+    stream["since"].as_str()?.parse().ok()
+}
+
+/// The cameras in a site config and whether each has a detect stream, and the pre-alarm seconds.
+fn buffering_needs(config_toml: &str) -> (Vec<(String, bool)>, f64) {
+    let config: toml::Table = config_toml.parse().expect("the test's config is TOML");
+    let pre_s = config
+        .get("clip")
+        .and_then(|c| c.get("pre_s"))
+        .and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)))
+        .unwrap_or_else(|| alarm_verifier::config::ClipConfig::default().pre_s);
+    let cameras = config
+        .get("camera")
+        .and_then(|c| c.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|c| Some((c.get("id")?.as_str()?.to_owned(), c.get("detect_url").is_some())))
+        .collect();
+    (cameras, pre_s)
+}
+
+/// Waits until every camera of `config_toml` holds the pre-alarm window (`clip.pre_s`) in its
+/// rings: each of its streams online, by its latest retained state message, for at least that
+/// long. The rings fill from the first frame, which is when a stream's `since` is stamped.
+/// `states` must be freshly subscribed to the camera state topics, so it holds the retained ones.
+pub async fn wait_pre_alarm_buffered(states: &mut Probe, config_toml: &str, service: &Service) {
+    let (cameras, pre_s) = buffering_needs(config_toml);
+    let pre_alarm = chrono::Duration::milliseconds((pre_s * 1000.0).ceil() as i64);
+    let mut latest: std::collections::HashMap<String, serde_json::Value> = Default::default();
+    let prefix = format!("{PREFIX}/cameras/");
+    let what = format!("{pre_s} s of pre-alarm video from cameras {cameras:?}");
+    wait_for(service.about(&what), Duration::from_secs(40), async || {
+        states.pump(Duration::ZERO).await;
+        while let Some(m) = states.backlog_take(|m| m.topic.starts_with(&prefix)) {
+            let Some(camera) = m.topic.strip_prefix(&prefix).and_then(|t| t.strip_suffix("/state")) else {
+                continue;
+            };
+            let state = serde_json::from_slice(&m.payload).unwrap_or_default();
+            latest.insert(camera.to_owned(), state);
+        }
+        let buffered_from = |(id, detect): &(String, bool)| {
+            let state = latest.get(id)?;
+            let main = online_since(state)?;
+            if *detect {
+                Some(main.max(online_since(&state["detect"])?))
+            } else {
+                Some(main)
+            }
+        };
+        let all_from = cameras.iter().map(buffered_from).collect::<Option<Vec<_>>>()?;
+        all_from
+            .into_iter()
+            .all(|since| chrono::Utc::now() >= since + pre_alarm)
+            .then_some(())
+    })
+    .await;
+}
+
+/// `log` without its ANSI colour codes, so that lines read as `time LEVEL target: message key=value`.
+pub fn without_colours(log: &str) -> String {
+    let mut plain = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+/// When the service last logged `camera`'s main stream online: the time its ring began to fill.
+fn logged_online_at(log: &str, camera: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let wanted = format!("camera={camera} ");
+    log.lines()
+        .filter(|l| l.contains("camera stream online") && l.contains(&wanted) && l.contains("stream=\"main stream\""))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .next_back()
+}
+
+/// As [`wait_pre_alarm_buffered`], for services that share camera state topics (boxes of a pair):
+/// each of `cameras`' main streams logged online at least `clip.pre_s` of `config_toml` ago.
+pub async fn wait_pre_alarm_logged(service: &Service, cameras: &[&str], config_toml: &str) {
+    let (_, pre_s) = buffering_needs(config_toml);
+    let pre_alarm = chrono::Duration::milliseconds((pre_s * 1000.0).ceil() as i64);
+    let what = format!("{pre_s} s of pre-alarm video from cameras {cameras:?}");
+    wait_until(service.about(&what), Duration::from_secs(40), || {
+        let log = without_colours(&service.log());
+        cameras
+            .iter()
+            .all(|camera| logged_online_at(&log, camera).is_some_and(|since| chrono::Utc::now() >= since + pre_alarm))
+    })
+    .await;
 }
 
 /// Waits until the service reports `camera` online on its retained state topic.
@@ -258,9 +421,12 @@ impl Site {
         site
     }
 
-    /// Waits until the ring buffers hold the pre-alarm window.
+    /// Waits until the ring buffers hold the pre-alarm window (see [`wait_pre_alarm_buffered`]).
     pub async fn let_buffers_fill(&self) {
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut states = Probe::connect(self.broker.port(), &[topics().camera_state("+")])
+            .await
+            .expect("state probe");
+        wait_pre_alarm_buffered(&mut states, &self.config, &self.service).await;
     }
 
     pub async fn raise(&self, camera: &str, alarm_id: &str) {
