@@ -95,7 +95,12 @@ impl AlarmSink for ServiceSink {
 /// The one id rule, checked again where every intake's alarms meet: an id that becomes a topic or
 /// a file name is never built from an unchecked part.
 fn check_ids(alarm: &Alarm) -> Result<(), Refused> {
-    let invalid = |field| move |e: IdError| Refused::Invalid { field, message: e.to_string() };
+    let invalid = |field| {
+        move |e: IdError| Refused::Invalid {
+            field,
+            message: e.to_string(),
+        }
+    };
     check_id(&alarm.alarm_id).map_err(invalid("alarm_id"))?;
     check_id(&alarm.camera).map_err(invalid("camera"))
 }

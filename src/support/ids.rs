@@ -64,7 +64,13 @@ mod tests {
 
     #[test]
     fn ordinary_ids_pass() {
-        for id in ["a1", "gate-2026-11-21T09:59:58Z", "Tor Süd 3", "dc09-4711-0001", "x".repeat(128).as_str()] {
+        for id in [
+            "a1",
+            "gate-2026-11-21T09:59:58Z",
+            "Tor Süd 3",
+            "dc09-4711-0001",
+            "x".repeat(128).as_str(),
+        ] {
             assert_eq!(check_id(id), Ok(()), "{id:?}");
         }
     }
@@ -78,7 +84,13 @@ mod tests {
         assert!(matches!(check_id("a/b"), Err(IdError::TopicCharacter(_))));
         assert!(matches!(check_id("a+"), Err(IdError::TopicCharacter(_))));
         assert!(matches!(check_id("#"), Err(IdError::TopicCharacter(_))));
-        for (id, code) in [("a\u{1}b", 1), ("a\nb", 10), ("\u{7f}", 0x7f), ("a\u{85}", 0x85), ("a\0", 0)] {
+        for (id, code) in [
+            ("a\u{1}b", 1),
+            ("a\nb", 10),
+            ("\u{7f}", 0x7f),
+            ("a\u{85}", 0x85),
+            ("a\0", 0),
+        ] {
             match check_id(id) {
                 Err(IdError::Unprintable { code: c, .. }) => assert_eq!(c, code, "{id:?}"),
                 other => panic!("{id:?}: {other:?}"),

@@ -347,7 +347,11 @@ impl Peers {
             // rule is reported, never taken over.
             if let Err(e) = check_id(&a.alarm_id).and_then(|()| check_id(&a.camera)) {
                 let raw = serde_json::to_vec(&a).unwrap_or_default();
-                sink.report(&self.topics.box_in_flight(&dead), &format!("alarm not taken over: {e}"), &raw);
+                sink.report(
+                    &self.topics.box_in_flight(&dead),
+                    &format!("alarm not taken over: {e}"),
+                    &raw,
+                );
                 continue;
             }
             let alarm = Alarm::new(a.alarm_id.clone(), &a.camera, a.time, format!("takeover:{dead}"));
