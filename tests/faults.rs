@@ -268,8 +268,12 @@ async fn bad_input_interleaved_with_good_alarms_leaves_every_good_alarm_answered
         ("entrance", b"{\"alarm_id\": 7}".to_vec()),
         ("entrance", vec![0xff, 0xfe, 0x00]),
         ("entrance", b"\"just a string\"".to_vec()),
+        // Ids that become topics: mosquitto closes the connection on a topic with a control
+        // character, and one over 65,535 bytes cannot be sent; either used to stop all delivery.
+        ("entrance", b"{\"alarm_id\": \"evil\\u0001id\"}".to_vec()),
+        ("entrance", format!("{{\"alarm_id\":\"{}\"}}", "l".repeat(60_000)).into_bytes()),
     ];
-    let good: Vec<String> = (0..6).map(|i| format!("good-{i}")).collect();
+    let good: Vec<String> = (0..bad.len()).map(|i| format!("good-{i}")).collect();
     for (id, (camera, payload)) in good.iter().zip(&bad) {
         site.probe
             .publish(&t.alarm(camera), payload.clone())
@@ -317,6 +321,8 @@ async fn bad_input_interleaved_with_good_alarms_leaves_every_good_alarm_answered
         "unknown camera",
         "field `alarm_id`",
         "expected a JSON object",
+        "the control character U+0001",
+        "at most 128 bytes, got 60000 bytes",
         "duplicate alarm_id",
     ] {
         assert!(
