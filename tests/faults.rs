@@ -271,7 +271,10 @@ async fn bad_input_interleaved_with_good_alarms_leaves_every_good_alarm_answered
         // Ids that become topics: mosquitto closes the connection on a topic with a control
         // character, and one over 65,535 bytes cannot be sent; either used to stop all delivery.
         ("entrance", b"{\"alarm_id\": \"evil\\u0001id\"}".to_vec()),
-        ("entrance", format!("{{\"alarm_id\":\"{}\"}}", "l".repeat(60_000)).into_bytes()),
+        (
+            "entrance",
+            format!("{{\"alarm_id\":\"{}\"}}", "l".repeat(60_000)).into_bytes(),
+        ),
     ];
     let good: Vec<String> = (0..bad.len()).map(|i| format!("good-{i}")).collect();
     for (id, (camera, payload)) in good.iter().zip(&bad) {
