@@ -73,13 +73,14 @@ struct EveryFrame<F> {
     on_frame: F,
 }
 
-impl<F: FnMut(Frame) -> Result<(), String>> FrameSink for EveryFrame<F> {
+impl<F: FnMut(Frame)> FrameSink for EveryFrame<F> {
     fn wants(&mut self, time: DateTime<Utc>) -> bool {
         self.picker.take(time)
     }
 
     fn frame(&mut self, frame: Frame) -> Result<Flow, String> {
-        (self.on_frame)(frame).map(|()| Flow::Continue)
+        (self.on_frame)(frame);
+        Ok(Flow::Continue)
     }
 }
 
@@ -327,7 +328,7 @@ pub fn decode_file(
     path: &Path,
     base_wall: DateTime<Utc>,
     window: Window,
-    on_frame: impl FnMut(Frame) -> Result<(), String>,
+    on_frame: impl FnMut(Frame),
 ) -> Result<usize, ClipError> {
     let mut sink = EveryFrame {
         picker: FramePicker::new(window),
@@ -375,7 +376,6 @@ pub fn first_frame(path: &Path) -> Result<RgbImage, ClipError> {
     let mut frame = None;
     decode_file(path, base, window, |f| {
         frame.get_or_insert(f.image);
-        Ok(())
     })?;
     frame.ok_or_else(|| ClipError::File {
         path: path.display().to_string(),

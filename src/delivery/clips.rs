@@ -13,51 +13,86 @@ use crate::ingest::ring::EncodedSlice;
 const MUX_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(20);
 
 #[derive(Debug, thiserror::Error)]
-#[error("clip {path}: {message}")]
+#[error("clip {path}: {failure}")]
 pub struct ClipError {
     path: String,
-    message: String,
+    failure: MuxError,
+}
+
+impl ClipError {
+    /// What went wrong, without the clip's path.
+    pub fn failure(&self) -> &MuxError {
+        &self.failure
+    }
+}
+
+/// What went wrong in writing a clip.
+#[derive(Debug, thiserror::Error)]
+pub enum MuxError {
+    #[error("cannot create the folder: {0}")]
+    Folder(std::io::Error),
+    /// The codec named by the slice's caps (None: no caps structure) is neither H.264 nor H.265.
+    #[error("cannot mux {0:?} video")]
+    Codec(Option<String>),
+    #[error("{0}")]
+    Launch(gst::glib::Error),
+    #[error("{0}")]
+    Pipeline(&'static str),
+    #[error("{0}")]
+    State(gst::StateChangeError),
+    #[error("no video in the window")]
+    NoVideo,
+    #[error("mux refused a packet: {0:?}")]
+    Refused(gst::FlowError),
+    #[error("{0}")]
+    EndOfStream(gst::FlowError),
+    #[error("{0}")]
+    Muxer(gst::glib::Error),
+    #[error("muxing timed out")]
+    Timeout,
+    #[error("not written: {0}")]
+    NotWritten(std::io::Error),
 }
 
 /// Writes `slice` as an MP4 file at `path`; returns its size in bytes.
 pub fn remux_to_mp4(slice: &EncodedSlice, path: &Path) -> Result<u64, ClipError> {
-    let fail = |message: String| ClipError {
+    let fail = |failure: MuxError| ClipError {
         path: path.display().to_string(),
-        message,
+        failure,
     };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create the folder: {e}")))?;
+        std::fs::create_dir_all(dir).map_err(|e| fail(MuxError::Folder(e)))?;
     }
     let parser = match slice.caps.structure(0).map(|s| s.name().as_str()) {
         Some("video/x-h264") => "h264parse",
         Some("video/x-h265") => "h265parse",
-        other => return Err(fail(format!("cannot mux {other:?} video"))),
+        other => return Err(fail(MuxError::Codec(other.map(str::to_owned)))),
     };
     let pipeline = gst::parse::launch(&format!(
         "appsrc name=src format=time is-live=false ! {parser} ! mp4mux ! filesink name=out"
     ))
-    .map_err(|e| fail(e.to_string()))?
+    .map_err(|e| fail(MuxError::Launch(e)))?
     .downcast::<gst::Pipeline>()
-    .map_err(|_| fail("not a pipeline".into()))?;
+    .map_err(|_| fail(MuxError::Pipeline("not a pipeline")))?;
     let result = run_mux(&pipeline, slice, path).map_err(fail);
     let _ = pipeline.set_state(gst::State::Null);
     result?;
     std::fs::metadata(path)
         .map(|m| m.len())
-        .map_err(|e| fail(format!("not written: {e}")))
+        .map_err(|e| fail(MuxError::NotWritten(e)))
 }
 
-fn run_mux(pipeline: &gst::Pipeline, slice: &EncodedSlice, path: &Path) -> Result<(), String> {
+fn run_mux(pipeline: &gst::Pipeline, slice: &EncodedSlice, path: &Path) -> Result<(), MuxError> {
     let src = pipeline
         .by_name("src")
         .and_downcast::<gst_app::AppSrc>()
-        .ok_or("appsrc missing")?;
-    let out = pipeline.by_name("out").ok_or("filesink missing")?;
+        .ok_or(MuxError::Pipeline("appsrc missing"))?;
+    let out = pipeline.by_name("out").ok_or(MuxError::Pipeline("filesink missing"))?;
     out.set_property("location", path.display().to_string());
     src.set_caps(Some(&slice.caps));
-    pipeline.set_state(gst::State::Playing).map_err(|e| e.to_string())?;
+    pipeline.set_state(gst::State::Playing).map_err(MuxError::State)?;
     let Some(first) = slice.units.first() else {
-        return Err("no video in the window".into());
+        return Err(MuxError::NoVideo);
     };
     // Arrival times become the timeline: the camera's own timestamps are not kept in the ring.
     for unit in &slice.units {
@@ -67,17 +102,16 @@ fn run_mux(pipeline: &gst::Pipeline, slice: &EncodedSlice, path: &Path) -> Resul
         b.set_pts(gst::ClockTime::from_useconds(offset));
         b.set_dts(gst::ClockTime::from_useconds(offset));
         b.set_duration(gst::ClockTime::NONE);
-        src.push_buffer(buffer)
-            .map_err(|e| format!("mux refused a packet: {e:?}"))?;
+        src.push_buffer(buffer).map_err(MuxError::Refused)?;
     }
-    src.end_of_stream().map_err(|e| e.to_string())?;
-    let bus = pipeline.bus().ok_or("no bus")?;
+    src.end_of_stream().map_err(MuxError::EndOfStream)?;
+    let bus = pipeline.bus().ok_or(MuxError::Pipeline("no bus"))?;
     match bus.timed_pop_filtered(MUX_TIMEOUT, &[gst::MessageType::Eos, gst::MessageType::Error]) {
         Some(msg) => match msg.view() {
             gst::MessageView::Eos(_) => Ok(()),
-            gst::MessageView::Error(e) => Err(e.error().to_string()),
-            _ => Err("unexpected message".into()),
+            gst::MessageView::Error(e) => Err(MuxError::Muxer(e.error())),
+            _ => Err(MuxError::Pipeline("unexpected message")),
         },
-        None => Err("muxing timed out".into()),
+        None => Err(MuxError::Timeout),
     }
 }
