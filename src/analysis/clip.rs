@@ -15,6 +15,8 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use image::RgbImage;
 
+use crate::analysis::detect::DetectError;
+use crate::analysis::evidence::EvidenceError;
 use crate::ingest::pipeline::describe_bus_message;
 use crate::ingest::ring::{AccessUnit, EncodedSlice};
 
@@ -28,8 +30,9 @@ pub enum ClipError {
     Decode(String),
     #[error("unsupported stream {0:?}; expected H.264 or H.265")]
     Codec(String),
-    #[error("{0}")]
-    Consumer(String),
+    /// The sink could not take a frame.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
     #[error("{0}")]
     Decoder(String),
 }
@@ -59,12 +62,21 @@ pub enum Flow {
     Stop,
 }
 
+/// Why a [`FrameSink`] could not take a frame: the analysis behind it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error(transparent)]
+    Detect(#[from] DetectError),
+    #[error(transparent)]
+    Evidence(#[from] EvidenceError),
+}
+
 /// Where decoded frames go.
 pub trait FrameSink {
     /// Whether the frame showing `time` is wanted; only wanted frames are converted to RGB.
     fn wants(&mut self, time: DateTime<Utc>) -> bool;
     /// A wanted frame.
-    fn frame(&mut self, frame: Frame) -> Result<Flow, String>;
+    fn frame(&mut self, frame: Frame) -> Result<Flow, SinkError>;
 }
 
 /// A sink taking frames at a fixed rate inside a window and handing them to a closure.
@@ -78,7 +90,7 @@ impl<F: FnMut(Frame)> FrameSink for EveryFrame<F> {
         self.picker.take(time)
     }
 
-    fn frame(&mut self, frame: Frame) -> Result<Flow, String> {
+    fn frame(&mut self, frame: Frame) -> Result<Flow, SinkError> {
         (self.on_frame)(frame);
         Ok(Flow::Continue)
     }
@@ -418,7 +430,7 @@ impl RgbConverter {
             return Ok(None);
         }
         let image = self.convert(sample)?;
-        sink.frame(Frame { image, time }).map(Some).map_err(ClipError::Consumer)
+        Ok(Some(sink.frame(Frame { image, time })?))
     }
 
     fn convert(&mut self, sample: &gst::Sample) -> Result<RgbImage, ClipError> {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeDelta, Utc};
 use image::RgbImage;
 
-use crate::analysis::clip::{self, ClipError, Decoders, Flow, Frame, FrameSink, Window};
+use crate::analysis::clip::{self, ClipError, Decoders, Flow, Frame, FrameSink, SinkError, Window};
 use crate::analysis::detect::{BoxPx, Detection};
 use crate::analysis::detect::{DetectError, Detector};
 use crate::analysis::evidence::{self, Annotations};
@@ -217,8 +217,8 @@ impl FrameSink for Analysis {
         !self.is_verified() && time <= self.window.to && self.sampler.take(time)
     }
 
-    fn frame(&mut self, frame: Frame) -> Result<Flow, String> {
-        let (detections, regions, origins) = self.detect(&frame.image).map_err(|e| e.to_string())?;
+    fn frame(&mut self, frame: Frame) -> Result<Flow, SinkError> {
+        let (detections, regions, origins) = self.detect(&frame.image)?;
         tracing::debug!(
             alarm_id = %self.alarm.alarm_id,
             frame_time = %rfc3339(frame.time),
@@ -231,8 +231,7 @@ impl FrameSink for Analysis {
         if detections.iter().any(|d| policy.is_candidate(d, self.size)) {
             self.sampler.densify();
         }
-        self.keep_image(frame.image, frame.time, !detections.is_empty())
-            .map_err(|e| e.to_string())?;
+        self.keep_image(frame.image, frame.time, !detections.is_empty())?;
         self.passes.push((regions, origins));
         self.frames.push(FrameDetections {
             time: frame.time,
