@@ -14,6 +14,8 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use image::RgbImage;
 
+use crate::analysis::detect::DetectError;
+use crate::analysis::evidence::EvidenceError;
 use crate::ingest::ring::{AccessUnit, EncodedSlice};
 use crate::support::gst::{self as gst_support, GstError, VideoCodec, clock_time, element_starts, pending_error};
 
@@ -27,8 +29,9 @@ pub enum ClipError {
     Decode(String),
     #[error("unsupported stream {0:?}; expected H.264 or H.265")]
     Codec(String),
-    #[error("{0}")]
-    Consumer(String),
+    /// The sink could not take a frame.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
     #[error("{0}")]
     Decoder(String),
 }
@@ -58,12 +61,21 @@ pub enum Flow {
     Stop,
 }
 
+/// Why a [`FrameSink`] could not take a frame: the analysis behind it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error(transparent)]
+    Detect(#[from] DetectError),
+    #[error(transparent)]
+    Evidence(#[from] EvidenceError),
+}
+
 /// Where decoded frames go.
 pub trait FrameSink {
     /// Whether the frame showing `time` is wanted; only wanted frames are converted to RGB.
     fn wants(&mut self, time: DateTime<Utc>) -> bool;
     /// A wanted frame.
-    fn frame(&mut self, frame: Frame) -> Result<Flow, String>;
+    fn frame(&mut self, frame: Frame) -> Result<Flow, SinkError>;
 }
 
 /// A sink taking frames at a fixed rate inside a window and handing them to a closure.
@@ -72,13 +84,14 @@ struct EveryFrame<F> {
     on_frame: F,
 }
 
-impl<F: FnMut(Frame) -> Result<(), String>> FrameSink for EveryFrame<F> {
+impl<F: FnMut(Frame)> FrameSink for EveryFrame<F> {
     fn wants(&mut self, time: DateTime<Utc>) -> bool {
         self.picker.take(time)
     }
 
-    fn frame(&mut self, frame: Frame) -> Result<Flow, String> {
-        (self.on_frame)(frame).map(|()| Flow::Continue)
+    fn frame(&mut self, frame: Frame) -> Result<Flow, SinkError> {
+        (self.on_frame)(frame);
+        Ok(Flow::Continue)
     }
 }
 
@@ -314,7 +327,7 @@ pub fn decode_file(
     path: &Path,
     base_wall: DateTime<Utc>,
     window: Window,
-    on_frame: impl FnMut(Frame) -> Result<(), String>,
+    on_frame: impl FnMut(Frame),
 ) -> Result<usize, ClipError> {
     let mut sink = EveryFrame {
         picker: FramePicker::new(window),
@@ -362,7 +375,6 @@ pub fn first_frame(path: &Path) -> Result<RgbImage, ClipError> {
     let mut frame = None;
     decode_file(path, base, window, |f| {
         frame.get_or_insert(f.image);
-        Ok(())
     })?;
     frame.ok_or_else(|| ClipError::File {
         path: path.display().to_string(),
@@ -402,7 +414,7 @@ impl RgbConverter {
             return Ok(None);
         }
         let image = self.convert(sample)?;
-        sink.frame(Frame { image, time }).map(Some).map_err(ClipError::Consumer)
+        Ok(Some(sink.frame(Frame { image, time })?))
     }
 
     fn convert(&mut self, sample: &gst::Sample) -> Result<RgbImage, ClipError> {

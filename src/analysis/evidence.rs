@@ -24,9 +24,18 @@ const REGION: Rgb<u8> = Rgb([230, 90, 255]);
 const INK: Rgb<u8> = Rgb([255, 255, 255]);
 const PAPER: Rgb<u8> = Rgb([0, 0, 0]);
 
+// The causes are shown in the text rather than as sources, so error chains print them once.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot make the evidence image: {0}")]
-pub struct EvidenceError(String);
+pub enum EvidenceError {
+    #[error("cannot make the evidence image: {0}")]
+    Buffer(fr::ImageBufferError),
+    #[error("cannot make the evidence image: {0}")]
+    Resize(fr::ResizeError),
+    #[error("cannot make the evidence image: resized frame of the wrong size")]
+    ResizedSize,
+    #[error("cannot make the evidence image: {0}")]
+    Encode(image::ImageError),
+}
 
 /// A frame scaled down to the evidence size, with the factor from frame to image pixels.
 pub struct Scaled {
@@ -45,8 +54,7 @@ pub fn fit(frame: RgbImage, max_size: u32) -> Result<Scaled, EvidenceError> {
         });
     }
     let (nw, nh) = (((w as f32 * scale) as u32).max(1), ((h as f32 * scale) as u32).max(1));
-    let src = fr::images::ImageRef::new(w, h, frame.as_raw(), fr::PixelType::U8x3)
-        .map_err(|e| EvidenceError(e.to_string()))?;
+    let src = fr::images::ImageRef::new(w, h, frame.as_raw(), fr::PixelType::U8x3).map_err(EvidenceError::Buffer)?;
     let mut dst = fr::images::Image::new(nw, nh, fr::PixelType::U8x3);
     fr::Resizer::new()
         // Bilinear interpolation: a few milliseconds for a 1080p frame, where convolution takes tens.
@@ -55,9 +63,8 @@ pub fn fit(frame: RgbImage, max_size: u32) -> Result<Scaled, EvidenceError> {
             &mut dst,
             &fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Interpolation(fr::FilterType::Bilinear)),
         )
-        .map_err(|e| EvidenceError(e.to_string()))?;
-    let image = RgbImage::from_raw(nw, nh, dst.into_vec())
-        .ok_or_else(|| EvidenceError("resized frame of the wrong size".into()))?;
+        .map_err(EvidenceError::Resize)?;
+    let image = RgbImage::from_raw(nw, nh, dst.into_vec()).ok_or(EvidenceError::ResizedSize)?;
     Ok(Scaled { image, scale })
 }
 
@@ -144,7 +151,7 @@ pub fn render(frame: &Scaled, notes: &Annotations, config: &EvidenceConfig) -> R
     let mut jpeg = Vec::new();
     JpegEncoder::new_with_quality(&mut jpeg, config.quality)
         .encode_image(&image)
-        .map_err(|e| EvidenceError(e.to_string()))?;
+        .map_err(EvidenceError::Encode)?;
     Ok(jpeg)
 }
 

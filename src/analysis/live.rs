@@ -14,7 +14,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::analysis::clip::{self, ClipError, Flow, Frame, FrameSink, LiveDecoder, Window};
+use crate::analysis::clip::{self, ClipError, Flow, Frame, FrameSink, LiveDecoder, SinkError, Window};
 use crate::analysis::verdict::{VerdictKind, rfc3339};
 use crate::analysis::verify::{Analysis, Finding, Verifier};
 use crate::analysis::workers::{Permit, Workers};
@@ -423,7 +423,7 @@ impl FrameSink for FrameAt {
         self.frame.is_none() && time >= self.time
     }
 
-    fn frame(&mut self, frame: Frame) -> Result<Flow, String> {
+    fn frame(&mut self, frame: Frame) -> Result<Flow, SinkError> {
         self.frame = Some(frame);
         Ok(Flow::Stop)
     }

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeDelta, Utc};
 use image::RgbImage;
 
-use crate::analysis::clip::{self, ClipError, Decoders, Flow, Frame, FrameSink, Window};
-use crate::analysis::detect::Detector;
+use crate::analysis::clip::{self, ClipError, Decoders, Flow, Frame, FrameSink, SinkError, Window};
 use crate::analysis::detect::{BoxPx, Detection};
+use crate::analysis::detect::{DetectError, Detector};
 use crate::analysis::evidence::{self, Annotations};
 use crate::analysis::policy::{Decision, FrameDetections, Outcome, Policy, Role};
 use crate::analysis::regions::{self, Motion, Region};
@@ -217,7 +217,7 @@ impl FrameSink for Analysis {
         !self.is_verified() && time <= self.window.to && self.sampler.take(time)
     }
 
-    fn frame(&mut self, frame: Frame) -> Result<Flow, String> {
+    fn frame(&mut self, frame: Frame) -> Result<Flow, SinkError> {
         let (detections, regions, origins) = self.detect(&frame.image)?;
         tracing::debug!(
             alarm_id = %self.alarm.alarm_id,
@@ -253,9 +253,9 @@ impl Analysis {
     /// where targets were seen in the previous frame. Returns the merged detections, the regions,
     /// and the region each detection came from.
     #[allow(clippy::type_complexity)]
-    fn detect(&mut self, image: &RgbImage) -> Result<(Vec<Detection>, Vec<Region>, Vec<Option<usize>>), String> {
+    fn detect(&mut self, image: &RgbImage) -> Result<(Vec<Detection>, Vec<Region>, Vec<Option<usize>>), DetectError> {
         let detector = self.verifier.detector.clone();
-        let whole = detector.detect(image).map_err(|e| e.to_string())?;
+        let whole = detector.detect(image)?;
         self.inferences += 1;
         let size = image.dimensions();
         let (side, _) = detector.input_size();
@@ -282,7 +282,7 @@ impl Analysis {
         let mut passes: Vec<(Option<usize>, Detection)> = whole.into_iter().map(|d| (None, d)).collect();
         for (i, region) in planned.iter().enumerate() {
             let crop = image::imageops::crop_imm(image, region.x, region.y, region.side, region.side).to_image();
-            let found = detector.detect(&crop).map_err(|e| e.to_string())?;
+            let found = detector.detect(&crop)?;
             self.inferences += 1;
             passes.extend(regions::to_frame(region, found, size).into_iter().map(|d| (Some(i), d)));
         }
@@ -332,7 +332,12 @@ impl Analysis {
             .map(|f| (f.time, !f.detections.is_empty()))
     }
 
-    fn keep_image(&mut self, image: RgbImage, time: DateTime<Utc>, detected: bool) -> Result<(), String> {
+    fn keep_image(
+        &mut self,
+        image: RgbImage,
+        time: DateTime<Utc>,
+        detected: bool,
+    ) -> Result<(), evidence::EvidenceError> {
         let nearest_so_far = self
             .frames
             .iter()
@@ -351,7 +356,7 @@ impl Analysis {
                 }
             }
         }
-        let fitted = evidence::fit(image, self.verifier.evidence.max_size).map_err(|e| e.to_string())?;
+        let fitted = evidence::fit(image, self.verifier.evidence.max_size)?;
         self.images.push(Some(fitted.image));
         Ok(())
     }

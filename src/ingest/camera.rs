@@ -326,7 +326,7 @@ impl Ingest {
         );
         match ended {
             rtsp::Ended::Stopped => SessionEnd::Stopped,
-            rtsp::Ended::Failed(reason) => SessionEnd::Failed(reason),
+            rtsp::Ended::Failed(reason) => SessionEnd::Failed(reason.to_string()),
         }
     }
 

@@ -35,13 +35,45 @@ pub struct Picture {
 /// Why a session ended.
 pub enum Ended {
     Stopped,
-    Failed(String),
+    Failed(SessionError),
+}
+
+/// Why a session failed. Retina's errors are shown in the text rather than as sources, so error
+/// chains print them once.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot start the RTSP runtime: {0}")]
+    Runtime(String),
+    #[error("not a valid URL: {0}")]
+    Url(url::ParseError),
+    #[error("cannot take the user name out of the URL")]
+    Username,
+    #[error("cannot take the password out of the URL")]
+    Password,
+    /// DESCRIBE, SETUP or PLAY failed.
+    #[error("RTSP {step}: {error}")]
+    Request { step: &'static str, error: retina::Error },
+    #[error("RTSP {step}: no answer within {} s", .limit.as_secs())]
+    NoAnswer { step: &'static str, limit: Duration },
+    #[error("the camera offers no video stream")]
+    NoVideoStream,
+    #[error("unsupported video encoding {0:?}; expected H264 or H265")]
+    Encoding(Vec<String>),
+    #[error("{0}")]
+    Stream(retina::Error),
+    #[error("stream ended")]
+    StreamEnded,
+    #[error("no video for {} s", .0.as_secs_f64())]
+    Stalled(Duration),
+    #[error("the RTSP session ended without a word")]
+    Vanished,
 }
 
 /// The runtime all TCP camera sessions run on. Two workers: reading the sockets of hundreds of
 /// cameras is light, and a second worker keeps the streams flowing while the first waits for a
 /// ring that analysis is reading.
-fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
+fn runtime() -> Result<&'static tokio::runtime::Runtime, SessionError> {
+    // The build error is kept as text: the runtime is built once, and every session reports it.
     static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
     RUNTIME
         .get_or_init(|| {
@@ -53,7 +85,7 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
                 .map_err(|e| e.to_string())
         })
         .as_ref()
-        .map_err(|e| format!("cannot start the RTSP runtime: {e}"))
+        .map_err(|e| SessionError::Runtime(e.clone()))
 }
 
 /// Runs one session on `url` until it fails, sends no video for `stall`, or `stopping` says so;
@@ -87,13 +119,12 @@ pub fn run_blocking(
         };
         let _ = tx.send(ended);
     });
-    rx.recv()
-        .unwrap_or_else(|_| Ended::Failed("the RTSP session ended without a word".into()))
+    rx.recv().unwrap_or(Ended::Failed(SessionError::Vanished))
 }
 
 /// Retina refuses URLs with credentials: they go in [`Credentials`], percent-decoded.
-fn split_credentials(raw: &str) -> Result<(url::Url, Option<Credentials>), String> {
-    let mut url = url::Url::parse(raw).map_err(|e| format!("not a valid URL: {e}"))?;
+fn split_credentials(raw: &str) -> Result<(url::Url, Option<Credentials>), SessionError> {
+    let mut url = url::Url::parse(raw).map_err(SessionError::Url)?;
     if url.username().is_empty() && url.password().is_none() {
         return Ok((url, None));
     }
@@ -102,10 +133,8 @@ fn split_credentials(raw: &str) -> Result<(url::Url, Option<Credentials>), Strin
         username: decode(url.username()),
         password: decode(url.password().unwrap_or("")),
     };
-    url.set_username("")
-        .map_err(|()| "cannot take the user name out of the URL".to_owned())?;
-    url.set_password(None)
-        .map_err(|()| "cannot take the password out of the URL".to_owned())?;
+    url.set_username("").map_err(|()| SessionError::Username)?;
+    url.set_password(None).map_err(|()| SessionError::Password)?;
     Ok((url, Some(creds)))
 }
 
@@ -116,7 +145,7 @@ async fn play(
     creds: Option<Credentials>,
     stall: Duration,
     mut on_picture: impl FnMut(Picture),
-) -> String {
+) -> SessionError {
     let options = SessionOptions::default()
         .creds(creds)
         .user_agent(format!("alarm-verifier/{}", env!("CARGO_PKG_VERSION")));
@@ -149,12 +178,12 @@ async fn play(
                     }
                 }
                 Some(Ok(_)) => {} // RTCP reports
-                Some(Err(e)) => return e.to_string(),
-                None => return "stream ended".into(),
+                Some(Err(e)) => return SessionError::Stream(e),
+                None => return SessionError::StreamEnded,
             },
             _ = poll.tick() => {
                 if last_video.elapsed() > stall {
-                    return format!("no video for {} s", stall.as_secs_f64());
+                    return SessionError::Stalled(stall);
                 }
             }
         }
@@ -162,7 +191,7 @@ async fn play(
 }
 
 /// DESCRIBE, SETUP and PLAY: the playing session's pictures, and its codec.
-async fn start(url: url::Url, options: SessionOptions) -> Result<(retina::client::Demuxed, VideoCodec), String> {
+async fn start(url: url::Url, options: SessionOptions) -> Result<(retina::client::Demuxed, VideoCodec), SessionError> {
     let mut session = within(REQUEST_TIMEOUT, "DESCRIBE", Session::describe(url, options)).await?;
     let (index, codec) = video_stream(&session)?;
     let setup = SetupOptions::default()
@@ -170,24 +199,24 @@ async fn start(url: url::Url, options: SessionOptions) -> Result<(retina::client
         .frame_format(FrameFormat::SIMPLE);
     within(REQUEST_TIMEOUT, "SETUP", session.setup(index, setup)).await?;
     let playing = within(REQUEST_TIMEOUT, "PLAY", session.play(PlayOptions::default())).await?;
-    let demuxed = playing.demuxed().map_err(|e| e.to_string())?;
+    let demuxed = playing.demuxed().map_err(SessionError::Stream)?;
     Ok((demuxed, codec))
 }
 
-async fn within<T, E: std::fmt::Display>(
+async fn within<T>(
     limit: Duration,
-    what: &str,
-    step: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(limit, step).await {
+    step: &'static str,
+    request: impl std::future::Future<Output = Result<T, retina::Error>>,
+) -> Result<T, SessionError> {
+    match tokio::time::timeout(limit, request).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("RTSP {what}: {e}")),
-        Err(_) => Err(format!("RTSP {what}: no answer within {} s", limit.as_secs())),
+        Ok(Err(error)) => Err(SessionError::Request { step, error }),
+        Err(_) => Err(SessionError::NoAnswer { step, limit }),
     }
 }
 
 /// The first video stream retina can depacketize, and its codec.
-fn video_stream<S: retina::client::State>(session: &Session<S>) -> Result<(usize, VideoCodec), String> {
+fn video_stream<S: retina::client::State>(session: &Session<S>) -> Result<(usize, VideoCodec), SessionError> {
     let mut seen = Vec::new();
     for (i, s) in session.streams().iter().enumerate() {
         if s.media() != "video" {
@@ -199,9 +228,9 @@ fn video_stream<S: retina::client::State>(session: &Session<S>) -> Result<(usize
         }
     }
     Err(if seen.is_empty() {
-        "the camera offers no video stream".into()
+        SessionError::NoVideoStream
     } else {
-        format!("unsupported video encoding {seen:?}; expected H264 or H265")
+        SessionError::Encoding(seen)
     })
 }
 

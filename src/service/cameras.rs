@@ -272,7 +272,7 @@ impl FrameSink for FirstFrame {
     fn wants(&mut self, _time: chrono::DateTime<Utc>) -> bool {
         self.0.is_none()
     }
-    fn frame(&mut self, frame: Frame) -> Result<Flow, String> {
+    fn frame(&mut self, frame: Frame) -> Result<Flow, video::SinkError> {
         self.0 = Some(frame);
         Ok(Flow::Stop)
     }

@@ -46,8 +46,6 @@ use redundancy::Redundancy;
 pub enum ServiceError {
     #[error(transparent)]
     Detector(#[from] DetectError),
-    #[error("the detector's loader stopped before the model was loaded: {0}")]
-    DetectorLoader(#[source] tokio::task::JoinError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -191,7 +189,7 @@ async fn load_detector(config: &Config) -> Result<Detector, ServiceError> {
     let sessions = config.verdict.worker_count();
     let detector = tokio::task::spawn_blocking(move || Detector::load_sessions(&detector_config, sessions))
         .await
-        .map_err(ServiceError::DetectorLoader)??;
+        .map_err(DetectError::Loader)??;
     tracing::info!(model = %config.detector.model.display(), "detector loaded");
     Ok(detector)
 }

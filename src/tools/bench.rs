@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 
 use image::RgbImage;
 
-use crate::analysis::clip;
-use crate::analysis::clip::Decoders;
+use crate::analysis::clip::{self, ClipError, Decoders};
 use crate::analysis::detect::{DetectError, Detector, StageTimes};
-use crate::analysis::verify::Verifier;
+use crate::analysis::verify::{Verifier, VerifyError};
 use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,7 +18,31 @@ pub enum BenchError {
     #[error(transparent)]
     Detect(#[from] DetectError),
     #[error("{0}")]
-    Setup(String),
+    Gstreamer(crate::support::gst::GstError),
+    /// The clip's first frame cannot be decoded.
+    #[error(transparent)]
+    Clip(#[from] ClipError),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+}
+
+/// Why the side-by-side Python run gave no figure; shown in its cell of the table.
+#[derive(Debug, thiserror::Error)]
+enum PythonError {
+    #[error(transparent)]
+    Detect(#[from] DetectError),
+    /// Writing the input tensor for it.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("cannot run {path}: {error}")]
+    Spawn { path: PathBuf, error: std::io::Error },
+    /// The script's last line on stderr.
+    #[error("{0}")]
+    Failed(String),
+    #[error(transparent)]
+    Output(#[from] serde_json::Error),
+    #[error("no median_ms in its output")]
+    NoMedian,
 }
 
 pub struct BenchOptions {
@@ -35,7 +58,7 @@ struct FrameBench {
     preprocess: Duration,
     inference: Duration,
     postprocess: Duration,
-    python_inference: Option<Result<f64, String>>,
+    python_inference: Option<Result<f64, PythonError>>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -48,9 +71,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 pub fn run(config: &Config, options: &BenchOptions) -> Result<String, BenchError> {
-    crate::support::gst::init().map_err(|e| BenchError::Setup(e.to_string()))?;
+    crate::support::gst::init().map_err(BenchError::Gstreamer)?;
     let detector = Arc::new(Detector::load(&config.detector)?);
-    let frame = clip::first_frame(&options.clip).map_err(|e| BenchError::Setup(e.to_string()))?;
+    let frame = clip::first_frame(&options.clip)?;
     let full_hd = image::imageops::resize(&frame, 1920, 1080, image::imageops::FilterType::Triangle);
     let mut rows = Vec::new();
     for (name, image) in [
@@ -97,12 +120,12 @@ fn python_session_run(
     config: &Config,
     image: &RgbImage,
     runs: usize,
-) -> Result<f64, String> {
-    let (shape, tensor) = detector.input_tensor(image).map_err(|e| e.to_string())?;
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+) -> Result<f64, PythonError> {
+    let (shape, tensor) = detector.input_tensor(image)?;
+    let dir = tempfile::tempdir()?;
     let input = dir.path().join("input.f32");
     let bytes: Vec<u8> = tensor.iter().flat_map(|v| v.to_le_bytes()).collect();
-    std::fs::write(&input, bytes).map_err(|e| e.to_string())?;
+    std::fs::write(&input, bytes)?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/bench_ort.py");
     let shape = shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",");
     let out = Command::new(python)
@@ -113,27 +136,27 @@ fn python_session_run(
         .arg(config.detector.threads.to_string())
         .arg(runs.to_string())
         .output()
-        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+        .map_err(|error| PythonError::Spawn {
+            path: python.to_owned(),
+            error,
+        })?;
     if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr)
+        let last_line = String::from_utf8_lossy(&out.stderr)
             .lines()
             .last()
             .unwrap_or("failed")
-            .to_owned());
+            .to_owned();
+        return Err(PythonError::Failed(last_line));
     }
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    doc["median_ms"]
-        .as_f64()
-        .ok_or_else(|| "no median_ms in its output".into())
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    doc["median_ms"].as_f64().ok_or(PythonError::NoMedian)
 }
 
 /// Wall time of verify-clip's path (decode, detect, policy, evidence) on 10 s into the clip.
 fn bench_clip(detector: &Arc<Detector>, config: &Config, path: &Path) -> Result<(Duration, usize), BenchError> {
     let verifier = Arc::new(Verifier::new(detector.clone(), config, Decoders::software()));
     let started = Instant::now();
-    let finding = verifier
-        .verify_file(path, 10.0, "bench")
-        .map_err(|e| BenchError::Setup(e.to_string()))?;
+    let finding = verifier.verify_file(path, 10.0, "bench")?;
     Ok((started.elapsed(), finding.doc.frames_analyzed))
 }
 

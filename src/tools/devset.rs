@@ -256,7 +256,6 @@ fn empty_site(video: &Path) -> Result<RgbImage, DevsetError> {
     let mut frames: Vec<RgbImage> = Vec::new();
     clip::decode_file(video, base, window, |f| {
         frames.push(f.image);
-        Ok(())
     })
     .map_err(|e| DevsetError::Source {
         path: video.into(),
@@ -622,7 +621,6 @@ fn footage_frames(video: &Path, count: usize) -> Result<Vec<RgbImage>, DevsetErr
         if frames.len() < count {
             frames.push(f.image);
         }
-        Ok(())
     })
     .map_err(|e| DevsetError::Source {
         path: video.into(),

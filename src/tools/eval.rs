@@ -8,14 +8,29 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::analysis::verdict::VerdictKind;
-use crate::analysis::verify::Verifier;
+use crate::analysis::verify::{Verifier, VerifyError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
-    #[error("{path}: cannot read: {reason}")]
-    Read { path: PathBuf, reason: String },
-    #[error("{path}:{line}: {reason}")]
-    Line { path: PathBuf, line: usize, reason: String },
+    #[error("{path}: cannot read: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("{path}:{line}: {problem}")]
+    Line {
+        path: PathBuf,
+        line: usize,
+        problem: LineProblem,
+    },
+}
+
+/// What is wrong with a line of `labels.tsv`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LineProblem {
+    #[error("expected clip<TAB>expected<TAB>alarm_at_s[<TAB>note]")]
+    Columns,
+    #[error("expected verdict `verified` or `false_alarm`, got {0:?}")]
+    Verdict(String),
+    #[error("expected the alarm time in seconds, got {0:?}")]
+    AlarmTime(String),
 }
 
 /// One labelled clip.
@@ -31,7 +46,7 @@ pub struct Case {
 pub struct Outcome {
     pub case: Case,
     /// The verdict, or the error that kept the clip from one.
-    pub got: Result<VerdictKind, String>,
+    pub got: Result<VerdictKind, Arc<VerifyError>>,
     pub reason: String,
     pub latency_ms: u64,
 }
@@ -42,38 +57,36 @@ pub struct Report {
 
 pub fn read_labels(dir: &Path) -> Result<Vec<Case>, EvalError> {
     let path = dir.join("labels.tsv");
-    let text = std::fs::read_to_string(&path).map_err(|e| EvalError::Read {
+    let text = std::fs::read_to_string(&path).map_err(|error| EvalError::Read {
         path: path.clone(),
-        reason: e.to_string(),
+        error,
     })?;
     let mut cases = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        let line_err = |reason: String| EvalError::Line {
+        let line_err = |problem: LineProblem| EvalError::Line {
             path: path.clone(),
             line: i + 1,
-            reason,
+            problem,
         };
         if line.trim().is_empty() || line.starts_with('#') {
             continue;
         }
         let cols: Vec<&str> = line.split('\t').collect();
         let [clip, expected, alarm_at, rest @ ..] = cols.as_slice() else {
-            return Err(line_err("expected clip<TAB>expected<TAB>alarm_at_s[<TAB>note]".into()));
+            return Err(line_err(LineProblem::Columns));
         };
         let expected = match *expected {
             "verified" => VerdictKind::Verified,
             "false_alarm" => VerdictKind::FalseAlarm,
             other => {
-                return Err(line_err(format!(
-                    "expected verdict `verified` or `false_alarm`, got {other:?}"
-                )));
+                return Err(line_err(LineProblem::Verdict(other.to_owned())));
             }
         };
         let alarm_at: f64 = alarm_at
             .parse()
             .ok()
             .filter(|v: &f64| v.is_finite() && *v >= 0.0)
-            .ok_or_else(|| line_err(format!("expected the alarm time in seconds, got {alarm_at:?}")))?;
+            .ok_or_else(|| line_err(LineProblem::AlarmTime((*alarm_at).to_owned())))?;
         cases.push(Case {
             clip: dir.join(clip),
             expected,
@@ -99,8 +112,8 @@ pub fn run(verifier: &Arc<Verifier>, cases: Vec<Case>) -> Report {
                     case,
                 },
                 Err(e) => Outcome {
-                    got: Err(e.to_string()),
                     reason: e.to_string(),
+                    got: Err(Arc::new(e)),
                     latency_ms,
                     case,
                 },

@@ -106,9 +106,18 @@ pub fn coco80() -> Vec<String> {
     COCO80.iter().map(|n| (*n).to_owned()).collect()
 }
 
+/// Why a labels file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LabelsError {
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
+    #[error("expected one class name per line, found none")]
+    Empty,
+}
+
 /// Reads a labels file: one class name per non-empty line, in the model's class order.
-pub fn read(path: &Path) -> Result<Vec<String>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+pub fn read(path: &Path) -> Result<Vec<String>, LabelsError> {
+    let text = std::fs::read_to_string(path)?;
     let labels: Vec<String> = text
         .lines()
         .map(str::trim)
@@ -116,7 +125,7 @@ pub fn read(path: &Path) -> Result<Vec<String>, String> {
         .map(str::to_owned)
         .collect();
     if labels.is_empty() {
-        return Err("expected one class name per line, found none".into());
+        return Err(LabelsError::Empty);
     }
     Ok(labels)
 }

@@ -25,7 +25,8 @@ use serde::Serialize;
 use crate::config::{ChannelOrder, DetectorConfig, Layout, Optimization, Provider, ResizeMode};
 use crate::support::lock;
 use decode::Candidate;
-use preprocess::{ElementType, InputSpec, Scratch, Transform};
+use labels::LabelsError;
+use preprocess::{ElementType, InputSpec, PreprocessError, Scratch, Transform};
 
 pub use labels::COCO80 as COCO_LABELS;
 
@@ -50,11 +51,17 @@ pub enum DetectError {
         reason: String,
     },
     #[error("{path}: cannot read the labels file (key detector.labels): {reason}")]
-    Labels { path: PathBuf, reason: String },
+    Labels { path: PathBuf, reason: LabelsError },
     #[error("inference failed: {0}")]
     Inference(String),
     #[error("cannot prepare the frame: {0}")]
-    Frame(String),
+    Frame(PreprocessError),
+    /// [`Detector::input_tensor`] gives float tensors only.
+    #[error("cannot prepare the frame: the model takes uint8 input")]
+    Uint8Input,
+    /// The blocking task that ran [`Detector::load_sessions`] panicked or was cancelled.
+    #[error("the task loading the detector failed: {0}")]
+    Loader(tokio::task::JoinError),
 }
 
 /// A box in pixels of the original frame: left, top, width, height.
@@ -239,7 +246,7 @@ impl Detector {
         let mut scratch = Scratch::default();
         preprocess::prepare(&self.input, frame, &mut scratch).map_err(DetectError::Frame)?;
         if self.input.element != ElementType::F32 {
-            return Err(DetectError::Frame("the model takes uint8 input".into()));
+            return Err(DetectError::Uint8Input);
         }
         Ok((self.input.shape(), scratch.f32_input))
     }
@@ -628,7 +635,8 @@ fn probe(
         let (width, height) = (input.width, input.height);
         let blank = RgbImage::from_pixel(width, height, image::Rgb([preprocess::PAD_GREY; 3]));
         let mut scratch = Scratch::default();
-        preprocess::prepare(&input, &blank, &mut scratch)?;
+        // The model's own input size failing to prepare is a layout problem, reported as one.
+        preprocess::prepare(&input, &blank, &mut scratch).map_err(|e| e.to_string())?;
         let ran = format!("a blank {width}x{height} frame as input {:?}", input.shape());
         let outputs = match run_input(session, &input, &scratch) {
             Ok(outputs) => outputs,

@@ -10,6 +10,17 @@ use crate::config::{ChannelOrder, ResizeMode};
 
 use super::BoxPx;
 
+/// Why a frame could not be turned into model input.
+#[derive(Debug, thiserror::Error)]
+pub enum PreprocessError {
+    #[error("frame of {width}x{height} pixels")]
+    Empty { width: u32, height: u32 },
+    #[error(transparent)]
+    Buffer(#[from] fr::ImageBufferError),
+    #[error(transparent)]
+    Resize(#[from] fr::ResizeError),
+}
+
 /// Grey that letterboxed models were trained with for the padding.
 pub(crate) const PAD_GREY: u8 = 114;
 
@@ -160,10 +171,10 @@ fn placement(spec: &InputSpec, w: u32, h: u32) -> (u32, u32, Transform) {
 }
 
 /// Fills `scratch`'s input buffer for `spec` from `frame`; returns how to map boxes back.
-pub fn prepare(spec: &InputSpec, frame: &RgbImage, scratch: &mut Scratch) -> Result<Transform, String> {
+pub fn prepare(spec: &InputSpec, frame: &RgbImage, scratch: &mut Scratch) -> Result<Transform, PreprocessError> {
     let (w, h) = frame.dimensions();
     if w == 0 || h == 0 {
-        return Err(format!("frame of {w}x{h} pixels"));
+        return Err(PreprocessError::Empty { width: w, height: h });
     }
     let (nw, nh, transform) = placement(spec, w, h);
     resize_into(frame, nw, nh, scratch)?;
@@ -233,21 +244,18 @@ pub fn prepare(spec: &InputSpec, frame: &RgbImage, scratch: &mut Scratch) -> Res
     Ok(transform)
 }
 
-fn resize_into(frame: &RgbImage, nw: u32, nh: u32, scratch: &mut Scratch) -> Result<(), String> {
+fn resize_into(frame: &RgbImage, nw: u32, nh: u32, scratch: &mut Scratch) -> Result<(), PreprocessError> {
     let (w, h) = frame.dimensions();
     scratch.resized.resize(nw as usize * nh as usize * 3, 0);
     if (nw, nh) == (w, h) {
         scratch.resized.copy_from_slice(frame.as_raw());
         return Ok(());
     }
-    let src = fr::images::ImageRef::new(w, h, frame.as_raw(), fr::PixelType::U8x3).map_err(|e| e.to_string())?;
-    let mut dst = fr::images::Image::from_slice_u8(nw, nh, &mut scratch.resized, fr::PixelType::U8x3)
-        .map_err(|e| e.to_string())?;
+    let src = fr::images::ImageRef::new(w, h, frame.as_raw(), fr::PixelType::U8x3)?;
+    let mut dst = fr::images::Image::from_slice_u8(nw, nh, &mut scratch.resized, fr::PixelType::U8x3)?;
     let options = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Interpolation(fr::FilterType::Bilinear));
-    scratch
-        .resizer
-        .resize(&src, &mut dst, &options)
-        .map_err(|e| e.to_string())
+    scratch.resizer.resize(&src, &mut dst, &options)?;
+    Ok(())
 }
 
 #[cfg(test)]
