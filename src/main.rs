@@ -182,6 +182,9 @@ fn execute(command: Command) -> Result<()> {
             let config = Config::load(&file)?;
             // The files and the decoder element can only be checked on the machine that runs it.
             config.check_files(&file.display().to_string())?;
+            // The secrets of the doors that serve this box's network, as the service will read them.
+            config.http.resolve_token()?;
+            config.smtp.resolve_password()?;
             let decoders = Decoders::choose(&config.clip.decoder).with_context(|| file.display().to_string())?;
             println!(
                 "{}: ok ({} cameras; decoders {} and {}; alarms from {}; model {}; ONNX Runtime {}; store {})",

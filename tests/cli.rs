@@ -130,6 +130,25 @@ fn check_config_accepts_the_example_and_names_bad_keys() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml") && err.contains("port"), "{err}");
+
+    // An empty token would let an empty Basic password in: refused, naming the key.
+    let empty_token = dir.path().join("empty-token.toml");
+    let text = std::fs::read_to_string(&example)
+        .expect("example")
+        .replace("token_env = \"\"", "token_env = \"AV_TEST_EMPTY_TOKEN\"");
+    std::fs::write(&empty_token, text).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_alarm-verifier"))
+        .arg("check-config")
+        .arg(&empty_token)
+        .env("AV_TEST_EMPTY_TOKEN", "")
+        .output()
+        .expect("run check-config");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an empty token passed: {err}");
+    assert!(
+        err.contains("http.token_env") && err.contains("not an empty value"),
+        "{err}"
+    );
 }
 
 /// `clip.decoder`: "auto" works on this machine (software decoding, no hardware here); an element

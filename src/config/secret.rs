@@ -49,13 +49,20 @@ pub(super) fn check_one_source(value: &Secret, env: &str, key: &str) -> Result<(
 /// `env_key` is the config key holding `env`, named in the error when the variable is missing.
 pub fn resolve_secret(value: &Secret, env: &str, env_key: &str, what: &str) -> Result<Option<Secret>, ConfigError> {
     if !env.is_empty() {
-        return std::env::var(env)
-            .map(|v| Some(Secret(v)))
-            .map_err(|_| ConfigError::Invalid {
+        // An empty secret would let an empty password in: it is as good as none, and refused.
+        return match std::env::var(env) {
+            Ok(v) if !v.is_empty() => Ok(Some(Secret(v))),
+            Ok(_) => Err(ConfigError::Invalid {
+                path: "environment".into(),
+                key: env_key.into(),
+                expected: format!("expected the environment variable {env} to hold {what}, not an empty value"),
+            }),
+            Err(_) => Err(ConfigError::Invalid {
                 path: "environment".into(),
                 key: env_key.into(),
                 expected: format!("expected the environment variable {env} to hold {what}"),
-            });
+            }),
+        };
     }
     Ok((!value.is_empty()).then(|| value.clone()))
 }
