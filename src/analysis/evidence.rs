@@ -155,6 +155,28 @@ pub fn render(frame: &Scaled, notes: &Annotations, config: &EvidenceConfig) -> R
     Ok(jpeg)
 }
 
+/// The evidence re-encoded to at most `max_bytes`, smaller and at a lower quality step by step,
+/// for a broker whose packet limit the original is over; `None` when even the smallest is over.
+pub fn shrink(jpeg: &[u8], max_bytes: usize) -> Result<Option<Vec<u8>>, EvidenceError> {
+    /// Longest sides tried, and the JPEG quality for them: still enough to see a person.
+    const STEPS: [(u32, u8); 4] = [(960, 70), (640, 60), (480, 50), (320, 40)];
+    let image = image::load_from_memory_with_format(jpeg, image::ImageFormat::Jpeg)
+        .map_err(EvidenceError::Encode)?
+        .to_rgb8();
+    let longest = image.width().max(image.height());
+    for (size, quality) in STEPS.into_iter().filter(|(size, _)| *size < longest) {
+        let scaled = fit(image.clone(), size)?;
+        let mut smaller = Vec::new();
+        JpegEncoder::new_with_quality(&mut smaller, quality)
+            .encode_image(&scaled.image)
+            .map_err(EvidenceError::Encode)?;
+        if smaller.len() <= max_bytes {
+            return Ok(Some(smaller));
+        }
+    }
+    Ok(None)
+}
+
 fn outline(image: &mut RgbImage, points: &[[f32; 2]], colour: Rgb<u8>) {
     let (w, h) = (image.width() as f32 - 1.0, image.height() as f32 - 1.0);
     for (i, a) in points.iter().enumerate() {
@@ -249,6 +271,26 @@ mod tests {
             .filter(|&(x, y)| is_near(img.get_pixel(x, y), INK))
             .count();
         assert!(header_ink > 50, "no header text ({header_ink} white pixels)");
+    }
+
+    #[test]
+    fn shrink_fits_a_large_image_under_the_limit_or_says_it_cannot() {
+        // Noise compresses badly: a 1280x720 frame of it is far over 100 KB.
+        let noise = RgbImage::from_fn(1280, 720, |x, y| {
+            let v = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)).wrapping_mul(2_246_822_519) >> 24;
+            Rgb([v as u8, (v >> 1) as u8, (v * 3) as u8])
+        });
+        let mut jpeg = Vec::new();
+        JpegEncoder::new_with_quality(&mut jpeg, 90)
+            .encode_image(&noise)
+            .expect("encode");
+        assert!(jpeg.len() > 200_000, "{} bytes", jpeg.len());
+        let small = shrink(&jpeg, 100_000).expect("shrink").expect("fits");
+        assert!(small.len() <= 100_000, "{} bytes", small.len());
+        let decoded = image::load_from_memory(&small).expect("a JPEG");
+        assert!(decoded.width() < 1280 && decoded.width() >= 320);
+        assert_eq!(shrink(&jpeg, 1_000).expect("shrink"), None);
+        assert!(shrink(b"not a jpeg", 1_000).is_err());
     }
 
     #[test]

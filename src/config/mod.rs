@@ -301,6 +301,16 @@ impl Config {
         }
         check_one_source(&self.mqtt.password, &self.mqtt.password_env, "mqtt.password")
             .map_err(|e| invalid("mqtt.password", e))?;
+        if self.mqtt.max_packet_bytes < mqtt::MIN_MAX_PACKET_BYTES {
+            return Err(invalid(
+                "mqtt.max_packet_bytes",
+                format!(
+                    "expected at least {} (a verdict document must fit), got {}",
+                    mqtt::MIN_MAX_PACKET_BYTES,
+                    self.mqtt.max_packet_bytes
+                ),
+            ));
+        }
         if self.evidence.max_size < 64 {
             return Err(invalid(
                 "evidence.max_size",

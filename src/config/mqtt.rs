@@ -7,6 +7,11 @@ use serde::Deserialize;
 use super::ConfigError;
 use super::secret::{Secret, resolve_secret};
 
+/// `mqtt.max_packet_bytes` by default: 256 KiB, which a verdict and a 1280-pixel evidence image fit.
+pub const DEFAULT_MAX_PACKET_BYTES: usize = 256 * 1024;
+/// The smallest packet limit that still takes any verdict document.
+pub const MIN_MAX_PACKET_BYTES: usize = 16 * 1024;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
@@ -31,6 +36,9 @@ pub struct MqttConfig {
     /// Client certificate and key (PEM) for brokers that authenticate clients by certificate.
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+    /// The broker's packet limit (mosquitto's `max_packet_size`). Evidence over it is sent smaller
+    /// or left out of MQTT (the API still serves it); the verdict document itself always goes.
+    pub max_packet_bytes: usize,
 }
 
 impl MqttConfig {
@@ -71,6 +79,7 @@ impl Default for MqttConfig {
             ca_file: None,
             client_cert: None,
             client_key: None,
+            max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! PUBACK. Camera state and status go out directly on the main connection ([`Publisher`]), retained
 //! and republished after every reconnect.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use rumqttc::{AsyncClient, QoS};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
 
+use crate::analysis::evidence;
 use crate::analysis::verdict::{VerdictDocument, rfc3339};
 use crate::ingest::health::CameraHealth;
 use crate::intake::EventLink;
@@ -21,6 +23,15 @@ use crate::store::{OutboxItem, PendingVerdict, Store, StoreError};
 
 /// How long the broker has to acknowledge one publish before it is sent again.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// A message after whose publish the broker closed the connection this many times in a row is
+/// parked: the broker refuses it (a malformed topic, a packet over its limit), and sending it again
+/// would hold up every later message for good.
+const POISON_DROPS: u32 = 3;
+/// A drop counts against the message only when it comes this soon after the publish: a broker
+/// that refuses a packet closes at once, while an outage can come at any time.
+const POISON_WINDOW: Duration = Duration::from_secs(3);
+/// Bytes of an MQTT PUBLISH besides its topic and payload: fixed header, lengths, packet id.
+const PACKET_OVERHEAD: usize = 16;
 /// How often the outbox looks for work when nothing wakes it.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 const MAX_ECHOED_PAYLOAD: usize = 4096;
@@ -160,20 +171,50 @@ impl Publisher {
 pub struct Outbox {
     store: Arc<Store>,
     wake: Arc<Notify>,
+    /// The broker's packet limit (`mqtt.max_packet_bytes`): evidence over it is left out of MQTT.
+    max_packet_bytes: usize,
 }
 
 /// Why a delivery attempt stopped short.
 enum Interrupted {
+    /// The connection dropped while the broker had the message.
     Disconnected,
     NoAck,
     Closed,
+    /// The message can never go as it is.
+    Unsendable(String),
+}
+
+/// Consecutive drops of the connection right after publishing one message.
+#[derive(Default)]
+struct Drops {
+    key: String,
+    count: u32,
+}
+
+impl Drops {
+    /// Counts a drop after `item`'s publish at `sent`; true once it is poison.
+    fn poison(&mut self, item: &OutboxItem, sent: tokio::time::Instant) -> bool {
+        if sent.elapsed() > POISON_WINDOW {
+            self.count = 0;
+            return false;
+        }
+        let key = describe(item);
+        if key != self.key {
+            self.key = key;
+            self.count = 0;
+        }
+        self.count += 1;
+        self.count >= POISON_DROPS
+    }
 }
 
 impl Outbox {
-    pub fn new(store: Arc<Store>) -> Self {
+    pub fn new(store: Arc<Store>, max_packet_bytes: usize) -> Self {
         Self {
             store,
             wake: Arc::new(Notify::new()),
+            max_packet_bytes,
         }
     }
 
@@ -211,6 +252,7 @@ impl Outbox {
     ) {
         let Connection { client, mut events, .. } = connection;
         let mut connected = false;
+        let mut drops = Drops::default();
         loop {
             if !connected {
                 // Stopping without a broker: what is stored goes out after the next start.
@@ -255,8 +297,12 @@ impl Outbox {
                 continue;
             };
             let _ = self.store.count_attempt(&item);
+            let publishing = tokio::time::Instant::now();
             let sent = match &item {
-                OutboxItem::Verdict(verdict) => send_verdict(&client, &mut events, &topics, verdict).await,
+                OutboxItem::Verdict(verdict) => {
+                    let verdict = self.fit_evidence(verdict, &topics);
+                    send_verdict(&client, &mut events, &topics, &verdict, self.max_packet_bytes).await
+                }
                 OutboxItem::Error(report) => {
                     send_acked(
                         &client,
@@ -269,12 +315,26 @@ impl Outbox {
             };
             match sent {
                 Ok(()) => {
+                    drops = Drops::default();
                     log_delivered(&item);
                     if let Err(e) = self.store.mark_sent(&item) {
                         tracing::error!(item = %describe(&item), error = %e, "outbox: delivered but not marked; it will be sent again");
                     }
                 }
-                Err(Interrupted::Disconnected) => connected = false,
+                Err(Interrupted::Disconnected) => {
+                    connected = false;
+                    if drops.poison(&item, publishing) {
+                        self.park(
+                            &item,
+                            &format!(
+                                "the broker closed the connection right after each of {POISON_DROPS} publishes of it: \
+                                 it refuses the message (a topic or packet over its limits?)"
+                            ),
+                        );
+                        drops = Drops::default();
+                    }
+                }
+                Err(Interrupted::Unsendable(reason)) => self.park(&item, &reason),
                 Err(Interrupted::NoAck) => {
                     tracing::warn!(item = %describe(&item), "outbox: no PUBACK in time; sending again");
                 }
@@ -285,6 +345,66 @@ impl Outbox {
 
     pub fn pending(&self) -> u64 {
         self.store.undelivered_count().unwrap_or(0)
+    }
+
+    /// Messages set aside because the broker refuses them.
+    pub fn parked(&self) -> u64 {
+        self.store.parked_count().unwrap_or(0)
+    }
+
+    /// Sets a message the broker refuses aside, and says so once on `errors` (a short report of
+    /// its own, which the broker takes).
+    fn park(&self, item: &OutboxItem, reason: &str) {
+        tracing::error!(item = %describe(item), reason, "outbox: message parked; later messages go on");
+        if let Err(e) = self.store.park(item, reason) {
+            tracing::error!(item = %describe(item), error = %e, "outbox: cannot park the message");
+            return;
+        }
+        let (what, alarm) = match item {
+            OutboxItem::Verdict(v) => (format!("verdict of record {}", v.record_id), Some(v)),
+            OutboxItem::Error(e) => (format!("errors report {}", e.id), None),
+        };
+        let error = format!("{what} parked: {reason}; send it again with POST /api/outbox/retry");
+        let report = ErrorReport::new("outbox", &error, b"");
+        let report = match alarm {
+            Some(v) => report.about(&v.doc.alarm_id, &v.record_id),
+            None => report,
+        };
+        if let Err(e) = self.submit_error(&report) {
+            tracing::error!(error = %e, "outbox: cannot report the parked message");
+        }
+    }
+
+    /// The verdict as it can go over MQTT: evidence over the broker's packet limit is sent
+    /// smaller, or left out when even the smallest is over (the record keeps it and the API serves
+    /// it). The verdict itself always goes.
+    fn fit_evidence<'v>(&self, verdict: &'v PendingVerdict, topics: &Topics) -> Cow<'v, PendingVerdict> {
+        let Some(jpeg) = &verdict.evidence else {
+            return Cow::Borrowed(verdict);
+        };
+        let room = self
+            .max_packet_bytes
+            .saturating_sub(topics.evidence(&verdict.record_id).len() + PACKET_OVERHEAD);
+        if jpeg.len() <= room {
+            return Cow::Borrowed(verdict);
+        }
+        let mut fitted = verdict.clone();
+        match evidence::shrink(jpeg, room) {
+            Ok(Some(smaller)) => {
+                tracing::info!(record_id = %verdict.record_id, bytes = jpeg.len(), sent = smaller.len(), max_packet_bytes = self.max_packet_bytes, "evidence over the broker's packet limit: sent smaller");
+                fitted.evidence = Some(smaller);
+            }
+            outcome => {
+                let why = match outcome {
+                    Err(e) => e.to_string(),
+                    _ => "even the smallest size is over it".into(),
+                };
+                tracing::warn!(record_id = %verdict.record_id, bytes = jpeg.len(), max_packet_bytes = self.max_packet_bytes, why, "evidence left out of MQTT; the verdict goes without it");
+                fitted.evidence = None;
+                fitted.doc.evidence_topic = None;
+            }
+        }
+        Cow::Owned(fitted)
     }
 }
 
@@ -311,14 +431,23 @@ async fn send_verdict(
     events: &mut mpsc::Receiver<LinkEvent>,
     topics: &Topics,
     item: &PendingVerdict,
+    max_packet_bytes: usize,
 ) -> Result<(), Interrupted> {
     let mut doc = item.doc.clone();
     // Latency runs to the moment of publishing, including any wait for the broker.
     doc.latency_ms = (Utc::now() - item.received).num_milliseconds().max(0) as u64;
+    let topic = topics.verdict(&doc.camera);
+    let json = doc.to_json().into_bytes();
+    if json.len() + topic.len() + PACKET_OVERHEAD > max_packet_bytes {
+        return Err(Interrupted::Unsendable(format!(
+            "the verdict document of {} bytes is over mqtt.max_packet_bytes ({max_packet_bytes})",
+            json.len()
+        )));
+    }
     if let Some(jpeg) = &item.evidence {
         send_acked(client, events, topics.evidence(&doc.record_id), jpeg.clone()).await?;
     }
-    send_acked(client, events, topics.verdict(&doc.camera), doc.to_json().into_bytes()).await
+    send_acked(client, events, topic, json).await
 }
 
 /// Publishes one message (QoS 1) and waits for the broker's PUBACK of it.

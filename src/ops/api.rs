@@ -13,6 +13,7 @@ use super::Ops;
 use super::http::{HEALTH_PATH, error};
 use crate::intake::feedback::{self, FeedbackRefused};
 use crate::store::StoreError;
+use crate::store::parked::Retry;
 use crate::store::records::{AlarmFilter, AlarmSummary, file_safe};
 
 const MAX_FEEDBACK_BYTES: usize = 16 * 1024;
@@ -31,6 +32,8 @@ pub fn routes(ops: Ops) -> Router {
             "/api/alarms/{id}/feedback",
             post(feedback).layer(DefaultBodyLimit::max(MAX_FEEDBACK_BYTES)),
         )
+        .route("/api/outbox", get(outbox))
+        .route("/api/outbox/retry", post(retry_parked))
         .route("/api/cameras", get(cameras))
         .route("/api/cameras/{camera}/snapshot.jpg", get(camera_snapshot))
         .with_state(ops)
@@ -70,10 +73,70 @@ async fn healthz(State(ops): State<Ops>) -> Response {
         "mqtt": { "connected": components.mqtt_connected },
         "detector": { "model": components.model },
         "cameras": { "total": components.cameras, "online": components.cameras_online },
-        "outbox": { "pending": components.outbox_pending, "oldest_age_s": components.outbox_oldest_s },
+        "outbox": {
+            "pending": components.outbox_pending,
+            "oldest_age_s": components.outbox_oldest_s,
+            "parked": components.outbox_parked,
+        },
         "queue_depth": components.queue_depth,
     });
     (status, axum::Json(body)).into_response()
+}
+
+/// The outbox: how many messages wait, and those the broker refused (parked), with why.
+async fn outbox(State(ops): State<Ops>) -> Response {
+    let store = ops.store.clone();
+    let listed =
+        tokio::task::spawn_blocking(move || Ok::<_, StoreError>((store.undelivered_count()?, store.parked()?))).await;
+    match listed {
+        Ok(Ok((pending, parked))) => {
+            axum::Json(serde_json::json!({ "pending": pending, "parked": parked })).into_response()
+        }
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+/// Which parked messages `POST /api/outbox/retry` sends again: `?record_id=` a verdict's record,
+/// `?report=` an error report's number, neither for all.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryQuery {
+    record_id: Option<String>,
+    report: Option<i64>,
+}
+
+async fn retry_parked(State(ops): State<Ops>, query: Result<Query<RetryQuery>, QueryRejection>) -> Response {
+    let which = match query {
+        Ok(Query(RetryQuery {
+            record_id: Some(id),
+            report: None,
+        })) => Retry::Verdict(id),
+        Ok(Query(RetryQuery {
+            record_id: None,
+            report: Some(n),
+        })) => Retry::ErrorReport(n),
+        Ok(Query(RetryQuery {
+            record_id: None,
+            report: None,
+        })) => Retry::All,
+        Ok(_) => return error(StatusCode::BAD_REQUEST, "expected record_id or report, not both"),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{} (expected record_id=RECORD or report=NUMBER)", e.body_text()),
+            );
+        }
+    };
+    let store = ops.store.clone();
+    match tokio::task::spawn_blocking(move || store.unpark(&which)).await {
+        Ok(Ok(retried)) => {
+            tracing::info!(retried, "parked outbox messages sent again at an operator's request");
+            axum::Json(serde_json::json!({ "retried": retried })).into_response()
+        }
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
 }
 
 async fn metrics(State(ops): State<Ops>) -> Response {

@@ -149,6 +149,9 @@ fn status_bar(c: &Components) -> Markup {
             li class=(if c.mqtt_connected { "ok" } else { "bad" }) { "MQTT " (if c.mqtt_connected { "connected" } else { "DISCONNECTED" }) }
             li class=(if c.cameras_online == c.cameras { "ok" } else { "warn" }) { "Cameras " (c.cameras_online) "/" (c.cameras) }
             li class=(if outbox_ok { "ok" } else { "warn" }) { "Outbox " (c.outbox_pending) @if let Some(age) = c.outbox_oldest_s { " (oldest " (format!("{age:.0}")) " s)" } }
+            @if c.outbox_parked > 0 {
+                li.bad title="The broker refused these messages; send them again with POST /api/outbox/retry" { "Parked " (c.outbox_parked) }
+            }
             li.ok { "In verification " (c.queue_depth) }
             li.ok { "Model " (c.model) }
         }

@@ -41,6 +41,7 @@ pub struct Metrics {
     cameras_online: Gauge,
     mqtt_connected: Gauge,
     outbox_pending: Gauge,
+    outbox_parked: Gauge,
     outbox_oldest: Gauge<f64, AtomicU64>,
     inferences: Counter,
     inference_seconds: Counter<f64, AtomicU64>,
@@ -84,6 +85,11 @@ impl Metrics {
             "outbox_pending",
             "Verdicts stored and not yet acknowledged by the broker",
         );
+        let outbox_parked = gauge(
+            &mut registry,
+            "outbox_parked",
+            "Verdicts and error reports the broker refused, set aside until retried (POST /api/outbox/retry)",
+        );
         let outbox_oldest = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "outbox_oldest_age_seconds",
@@ -114,6 +120,7 @@ impl Metrics {
             cameras_online,
             mqtt_connected,
             outbox_pending,
+            outbox_parked,
             outbox_oldest,
             inferences,
             inference_seconds,
@@ -148,6 +155,7 @@ impl Metrics {
         self.cameras_online.set(now.cameras_online as i64);
         self.mqtt_connected.set(i64::from(now.mqtt_connected));
         self.outbox_pending.set(now.outbox_pending as i64);
+        self.outbox_parked.set(now.outbox_parked as i64);
         self.outbox_oldest.set(now.outbox_oldest_s.unwrap_or(0.0));
         let (count, seconds) = now.inference_totals;
         self.inferences.inc_by(count.saturating_sub(self.inferences.get()));

@@ -57,6 +57,8 @@ pub struct Components {
     pub queue_depth: usize,
     pub outbox_pending: u64,
     pub outbox_oldest_s: Option<f64>,
+    /// Messages the broker refused, set aside until an operator retries them.
+    pub outbox_parked: u64,
     /// Detector runs since start and their total seconds.
     #[serde(skip)]
     pub inference_totals: (u64, f64),

@@ -221,6 +221,7 @@ impl SiteView for ServiceSite {
             cameras_online: shared.cameras.online(),
             queue_depth: shared.queue - shared.in_flight.available_permits(),
             outbox_pending: shared.outbox.pending(),
+            outbox_parked: shared.outbox.parked(),
             outbox_oldest_s: shared
                 .store
                 .oldest_undelivered()

@@ -233,7 +233,7 @@ fn connect_alarm_session(
 /// The outbox's own connection and its delivery task.
 fn start_outbox(config: &Config, topics: &Topics, box_id: &str, store: &Arc<Store>) -> Result<OutboxRun, MqttError> {
     let options = mqtt::options(&config.mqtt, &format!("{box_id}-outbox"))?;
-    let outbox = Outbox::new(store.clone());
+    let outbox = Outbox::new(store.clone(), config.mqtt.max_packet_bytes);
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(outbox.clone().deliver(
         topics.clone(),

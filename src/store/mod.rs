@@ -19,6 +19,7 @@ use crate::analysis::verdict::{VerdictDocument, rfc3339};
 use crate::intake::alarm::Alarm;
 use crate::support::lock;
 
+pub mod parked;
 pub mod records;
 
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +189,10 @@ impl Store {
             add_column_if_missing(&conn, "alarms", column, kind).map_err(open_err)?;
         }
         conn.execute_batch(SENT_ID_MIGRATION).map_err(open_err)?;
+        for table in ["verdicts", "error_reports"] {
+            add_column_if_missing(&conn, table, "parked", "TEXT").map_err(open_err)?;
+            add_column_if_missing(&conn, table, "parked_time", "TEXT").map_err(open_err)?;
+        }
         let clips_dir = path.parent().unwrap_or(Path::new(".")).join("clips");
         Ok(Self {
             conn: Mutex::new(conn),
@@ -323,7 +328,7 @@ impl Store {
             .query_row(
                 "SELECT v.alarm_id, v.document, v.evidence, a.received, v.attempts, v.created
                  FROM verdicts v LEFT JOIN alarms a ON a.alarm_id = v.alarm_id
-                 WHERE v.delivered IS NULL ORDER BY v.created, v.rowid LIMIT 1",
+                 WHERE v.delivered IS NULL AND v.parked IS NULL ORDER BY v.created, v.rowid LIMIT 1",
                 [],
                 |r| {
                     Ok((
@@ -367,7 +372,7 @@ impl Store {
             .conn()
             .query_row(
                 "SELECT id, document, attempts, created FROM error_reports
-                 WHERE delivered IS NULL ORDER BY id LIMIT 1",
+                 WHERE delivered IS NULL AND parked IS NULL ORDER BY id LIMIT 1",
                 [],
                 |r| {
                     let error = PendingError {
@@ -421,20 +426,20 @@ impl Store {
 
     /// Error reports not yet acknowledged by the broker.
     pub fn undelivered_errors(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .conn()
-            .query_row("SELECT COUNT(*) FROM error_reports WHERE delivered IS NULL", [], |r| {
-                r.get(0)
-            })?)
+        Ok(self.conn().query_row(
+            "SELECT COUNT(*) FROM error_reports WHERE delivered IS NULL AND parked IS NULL",
+            [],
+            |r| r.get(0),
+        )?)
     }
 
     /// Verdicts not yet acknowledged by the broker.
     pub fn undelivered_count(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .conn()
-            .query_row("SELECT COUNT(*) FROM verdicts WHERE delivered IS NULL", [], |r| {
-                r.get(0)
-            })?)
+        Ok(self.conn().query_row(
+            "SELECT COUNT(*) FROM verdicts WHERE delivered IS NULL AND parked IS NULL",
+            [],
+            |r| r.get(0),
+        )?)
     }
 
     /// Alarms that were recorded but have no verdict: the service stopped while verifying them.

@@ -407,11 +407,11 @@ impl Store {
 
     /// The age of the oldest verdict not yet acknowledged by the broker.
     pub fn oldest_undelivered(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let created: Option<String> =
-            self.conn()
-                .query_row("SELECT MIN(created) FROM verdicts WHERE delivered IS NULL", [], |r| {
-                    r.get(0)
-                })?;
+        let created: Option<String> = self.conn().query_row(
+            "SELECT MIN(created) FROM verdicts WHERE delivered IS NULL AND parked IS NULL",
+            [],
+            |r| r.get(0),
+        )?;
         Ok(created
             .and_then(|c| DateTime::parse_from_rfc3339(&c).ok())
             .map(|c| c.with_timezone(&Utc)))
