@@ -40,6 +40,8 @@ APT_PACKAGES=(
   mosquitto python3 chromium
   # tests/install.rs checks the package's unit with systemd-analyze (Debian 12 has it, containers may not).
   systemd
+  # tests/transports.rs: VLC's RTSP server, which refuses RTP over TCP as many older cameras do.
+  vlc-bin vlc-plugin-base
 )
 
 log() { printf '[setup] %s\n' "$*"; }

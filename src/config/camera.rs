@@ -13,7 +13,8 @@ pub struct CameraConfig {
     /// The camera's substream (e.g. 640x360), analysed instead of the main stream when set.
     #[serde(default)]
     pub detect_url: Option<String>,
-    /// RTSP lower transport: `tcp` (default, survives lossy links) or `udp`.
+    /// RTSP lower transport: `auto` (default: TCP, falling back to UDP when the camera refuses TCP
+    /// or sends nothing over it), `tcp` (survives lossy links) or `udp`.
     #[serde(default)]
     pub transport: RtspTransport,
     /// Seconds without video after which the stream is restarted.
@@ -38,6 +39,7 @@ fn default_stall_timeout() -> f64 {
 #[serde(rename_all = "lowercase")]
 pub enum RtspTransport {
     #[default]
+    Auto,
     Tcp,
     Udp,
 }

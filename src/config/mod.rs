@@ -433,7 +433,7 @@ url = "rtsp://user:pass@10.0.0.5:554/stream1"
         let c = Config::parse(MINIMAL, "site.toml").expect("valid config");
         assert_eq!(c.cameras.len(), 1);
         assert_eq!(c.cameras[0].id, "gate");
-        assert_eq!(c.cameras[0].transport, RtspTransport::Tcp);
+        assert_eq!(c.cameras[0].transport, RtspTransport::Auto);
         assert_eq!(c.clip.buffer_s, 10.0);
         assert_eq!(c.detector.threads, 1);
     }

@@ -9,7 +9,8 @@ use super::health::{CameraHealth, LinkState, RateMeter, StateBoard, StreamHealth
 use super::pipeline;
 use super::ring::{AccessUnit, Cursor, EncodedSlice, ReadError, Ring};
 use super::rtsp;
-use crate::config::{CameraConfig, RtspTransport, redact_url};
+use super::transport::{FIRST_VIDEO_OVER_TCP, Lower, TransportChoice};
+use crate::config::{CameraConfig, redact_url};
 use crate::support::gst::{self as gst_support, GstError, describe_bus_message};
 use crate::support::{Backoff, OutageLog, OutageNote, lock};
 use chrono::{DateTime, Utc};
@@ -120,7 +121,7 @@ impl Camera {
                     shared: shared.clone(),
                     kind,
                     url,
-                    transport: config.transport,
+                    transport: TransportChoice::new(config.transport),
                     stall_timeout_s: config.stall_timeout_s,
                 };
                 let suffix = if kind == StreamKind::Detect { "-detect" } else { "" };
@@ -237,31 +238,49 @@ struct Ingest {
     shared: Arc<Shared>,
     kind: StreamKind,
     url: String,
-    transport: RtspTransport,
+    transport: TransportChoice,
     stall_timeout_s: f64,
 }
 
 enum SessionEnd {
     Stopped,
-    Failed(String),
+    /// Why, and why TCP in particular, when `auto` should try UDP.
+    Failed {
+        reason: String,
+        tcp_refusal: Option<String>,
+    },
+}
+
+impl SessionEnd {
+    fn failed(reason: impl Into<String>) -> Self {
+        SessionEnd::Failed {
+            reason: reason.into(),
+            tcp_refusal: None,
+        }
+    }
 }
 
 impl Ingest {
-    fn supervise(self) {
+    fn supervise(mut self) {
         let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
         let mut outage = OutageLog::default();
         while !self.stopping() {
             let started = std::time::Instant::now();
-            let end = match self.transport {
-                RtspTransport::Tcp => self.run_tcp_session(),
-                RtspTransport::Udp => self.run_udp_pipeline(),
+            let lower = self.transport.next();
+            self.show_transport();
+            let end = match lower {
+                Lower::Tcp => self.run_tcp_session(),
+                Lower::Udp => self.run_udp_pipeline(),
             };
             match end {
                 SessionEnd::Stopped => break,
-                SessionEnd::Failed(reason) => {
+                SessionEnd::Failed { reason, tcp_refusal } => {
                     if self.delivered_video() {
                         // It had come back (logged when its video arrived): this is a new outage.
                         outage.recovered();
+                        self.transport.worked(lower);
+                    } else {
+                        self.fall_back_if_refused(lower, tcp_refusal);
                     }
                     self.log_failure(&mut outage, &reason);
                     self.set_offline(&reason);
@@ -270,9 +289,32 @@ impl Ingest {
             if started.elapsed() > self.stall_timeout() * 3 {
                 backoff.reset(); // it had been up for a while: retry quickly
             }
+            if lower == Lower::Tcp && self.transport.next() == Lower::Udp {
+                continue; // UDP is tried at once after TCP was refused
+            }
             self.sleep(backoff.next_delay());
         }
         self.set_offline("stopped");
+    }
+
+    /// Under `auto`, a camera that refused TCP is tried over UDP next, and the change is logged.
+    fn fall_back_if_refused(&mut self, lower: Lower, tcp_refusal: Option<String>) {
+        let refusal = tcp_refusal.clone();
+        self.transport.failed(lower, tcp_refusal);
+        if let (Some(why), Lower::Udp) = (refusal, self.transport.next()) {
+            tracing::info!(camera = %self.shared.id, stream = self.kind.name(), why, "RTSP over TCP does not work with this camera; trying UDP");
+        }
+    }
+
+    /// Puts the transport the next session uses, and why, in the stream's state.
+    fn show_transport(&self) {
+        let described = Some(self.transport.describe());
+        let mut health = lock(&self.stream().health);
+        if health.transport != described {
+            health.transport = described;
+            drop(health);
+            self.shared.report();
+        }
     }
 
     /// Whether the ring holds video, that is the session that just ended had delivered some.
@@ -318,15 +360,20 @@ impl Ingest {
     fn run_tcp_session(&self) -> SessionEnd {
         let stopper = self.shared.clone();
         let mut arrivals = Arrivals::new(self.shared.clone(), self.kind);
+        let first_video = self.transport.probing_tcp().then_some(FIRST_VIDEO_OVER_TCP);
         let ended = rtsp::run_blocking(
             &self.url,
             self.stall_timeout(),
+            first_video,
             move || stopper.stop.load(Ordering::SeqCst),
             move |picture| arrivals.take(picture.buffer, picture.caps.as_deref()),
         );
         match ended {
             rtsp::Ended::Stopped => SessionEnd::Stopped,
-            rtsp::Ended::Failed(reason) => SessionEnd::Failed(reason.to_string()),
+            rtsp::Ended::Failed(error) => SessionEnd::Failed {
+                reason: error.to_string(),
+                tcp_refusal: error.tcp_refusal(),
+            },
         }
     }
 
@@ -338,7 +385,7 @@ impl Ingest {
                 gst_support::stop(&pipeline);
                 end
             }
-            Err(e) => SessionEnd::Failed(e.to_string()),
+            Err(e) => SessionEnd::failed(e.to_string()),
         }
     }
 
@@ -348,7 +395,7 @@ impl Ingest {
             StreamKind::Main => self.shared.id.clone(),
             StreamKind::Detect => format!("{}-detect", self.shared.id),
         };
-        pipeline::rtsp(&name, &self.url, self.transport, move |sample| {
+        pipeline::rtsp(&name, &self.url, Lower::Udp, move |sample| {
             let Some(buffer) = sample.buffer_owned() else {
                 return;
             };
@@ -368,7 +415,7 @@ impl Ingest {
     /// Runs until the pipeline fails, stalls, or the camera is stopped.
     fn watch(&self, pipeline: &gst::Pipeline) -> SessionEnd {
         let Some(bus) = pipeline.bus() else {
-            return SessionEnd::Failed("pipeline has no bus".into());
+            return SessionEnd::failed("pipeline has no bus");
         };
         let mut last_seen = (None, std::time::Instant::now());
         loop {
@@ -379,14 +426,14 @@ impl Ingest {
                 gst::ClockTime::from_mseconds(200),
                 &[gst::MessageType::Error, gst::MessageType::Eos],
             ) {
-                return SessionEnd::Failed(describe_bus_message(&msg));
+                return SessionEnd::failed(describe_bus_message(&msg));
             }
             // A newest unit that does not change means a stalled camera.
             let progress = lock(&self.stream().ring).newest();
             if progress != last_seen.0 {
                 last_seen = (progress, std::time::Instant::now());
             } else if last_seen.1.elapsed() > self.stall_timeout() {
-                return SessionEnd::Failed(format!("no video for {} s", self.stall_timeout_s));
+                return SessionEnd::failed(format!("no video for {} s", self.stall_timeout_s));
             }
         }
     }

@@ -8,8 +8,6 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::Notify;
 
-// Still here for src/service.rs, which reminds of offline cameras at the rate outages are logged.
-pub use crate::support::LOG_REMINDER;
 use crate::support::lock;
 
 /// Which cameras' state changed since it was last published. A set, never a queue: however long
@@ -65,6 +63,9 @@ pub struct StreamHealth {
     pub codec: Option<String>,
     pub url: String,
     pub last_error: Option<String>,
+    /// The RTSP transport in use and why: `tcp`, `udp (tcp refused: 461)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
 }
 
 impl StreamHealth {
@@ -78,6 +79,7 @@ impl StreamHealth {
             codec: None,
             url,
             last_error: Some("connecting".into()),
+            transport: None,
         }
     }
 

@@ -7,3 +7,4 @@ pub mod health;
 pub mod pipeline;
 pub mod ring;
 pub mod rtsp;
+pub mod transport;

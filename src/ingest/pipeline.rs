@@ -6,7 +6,7 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
 use super::camera::CameraError;
-use crate::config::RtspTransport;
+use super::transport::Lower;
 use crate::support::gst::{self as gst_support, GstError, VideoCodec};
 
 /// Builds and starts `config`'s RTSP pipeline; `on_sample` gets each access unit as it arrives,
@@ -14,15 +14,15 @@ use crate::support::gst::{self as gst_support, GstError, VideoCodec};
 pub fn rtsp(
     name: &str,
     url: &str,
-    transport: RtspTransport,
+    transport: Lower,
     mut on_sample: impl FnMut(gst::Sample) + Send + 'static,
 ) -> Result<gst::Pipeline, CameraError> {
     let pipeline = gst::Pipeline::with_name(&format!("ingest-{name}"));
     // Over TCP nothing arrives out of order, so the jitterbuffer need not hold packets back; over
     // UDP it reorders within 200 ms.
     let (protocols, latency_ms) = match transport {
-        RtspTransport::Tcp => ("tcp", 0u32),
-        RtspTransport::Udp => ("udp", 200u32),
+        Lower::Tcp => ("tcp", 0u32),
+        Lower::Udp => ("udp", 200u32),
     };
     let src = gst::ElementFactory::make("rtspsrc")
         .property("location", url)

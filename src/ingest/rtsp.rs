@@ -65,8 +65,29 @@ pub enum SessionError {
     StreamEnded,
     #[error("no video for {} s", .0.as_secs_f64())]
     Stalled(Duration),
+    #[error("no video over tcp within {} s of PLAY", .0.as_secs_f64())]
+    NoFirstVideo(Duration),
     #[error("the RTSP session ended without a word")]
     Vanished,
+}
+
+impl SessionError {
+    /// Why this failure is TCP's own, for `transport = "auto"` to try UDP: a SETUP the camera
+    /// refused or left unanswered (`461 Unsupported Transport` above all), or no video after
+    /// PLAY. A camera that is unreachable, or refuses the credentials or the path, is down
+    /// whichever the transport.
+    pub fn tcp_refusal(&self) -> Option<String> {
+        match self {
+            SessionError::Request { step: "SETUP", error } => match error.status_code() {
+                Some(401 | 403 | 404) => None,
+                Some(status) => Some(format!("tcp refused: {status}")),
+                None => Some("tcp refused: SETUP failed".into()),
+            },
+            SessionError::NoAnswer { step: "SETUP", .. } => Some("tcp refused: SETUP unanswered".into()),
+            SessionError::NoFirstVideo(limit) => Some(format!("no video over tcp within {} s", limit.as_secs())),
+            _ => None,
+        }
+    }
 }
 
 /// The runtime all TCP camera sessions run on. Two workers: reading the sockets of hundreds of
@@ -88,11 +109,13 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime, SessionError> {
         .map_err(|e| SessionError::Runtime(e.clone()))
 }
 
-/// Runs one session on `url` until it fails, sends no video for `stall`, or `stopping` says so;
-/// `on_picture` gets every picture. Blocks the calling thread (the camera's supervisor).
+/// Runs one session on `url` until it fails, sends no video for `stall` (for `first_video`, when
+/// given, before the first picture), or `stopping` says so; `on_picture` gets every picture.
+/// Blocks the calling thread (the camera's supervisor).
 pub fn run_blocking(
     url: &str,
     stall: Duration,
+    first_video: Option<Duration>,
     stopping: impl Fn() -> bool + Send + 'static,
     on_picture: impl FnMut(Picture) + Send + 'static,
 ) -> Ended {
@@ -114,7 +137,7 @@ pub fn run_blocking(
             }
         };
         let ended = tokio::select! {
-            reason = play(url, creds, stall, on_picture) => Ended::Failed(reason),
+            reason = play(url, creds, stall, first_video, on_picture) => Ended::Failed(reason),
             () = stopped => Ended::Stopped,
         };
         let _ = tx.send(ended);
@@ -144,6 +167,7 @@ async fn play(
     url: url::Url,
     creds: Option<Credentials>,
     stall: Duration,
+    first_video: Option<Duration>,
     mut on_picture: impl FnMut(Picture),
 ) -> SessionError {
     let options = SessionOptions::default()
@@ -157,6 +181,7 @@ async fn play(
     let mut poll = tokio::time::interval(STOP_POLL);
     let mut last_video = tokio::time::Instant::now();
     let mut caps: Option<gst::Caps> = None;
+    let mut pictures = 0u64;
     loop {
         tokio::select! {
             item = demuxed.next() => match item {
@@ -174,6 +199,7 @@ async fn play(
                     // stream that never sends them counts as stalled.
                     if caps.is_some() {
                         last_video = tokio::time::Instant::now();
+                        pictures += 1;
                         on_picture(picture(frame, new_caps));
                     }
                 }
@@ -182,6 +208,11 @@ async fn play(
                 None => return SessionError::StreamEnded,
             },
             _ = poll.tick() => {
+                if let Some(first) = first_video.filter(|_| pictures == 0)
+                    && last_video.elapsed() > first
+                {
+                    return SessionError::NoFirstVideo(first);
+                }
                 if last_video.elapsed() > stall {
                     return SessionError::Stalled(stall);
                 }

@@ -168,6 +168,7 @@ fn stream_line(label: &str, s: &StreamHealth) -> Markup {
             (s.resolution.as_deref().unwrap_or("?"))
             @if let Some(fps) = s.fps { " · " (format!("{fps:.0}")) " fps" }
             @if let Some(codec) = &s.codec { " · " (codec) }
+            @if let Some(transport) = &s.transport { " · " (transport) }
             @if s.state == LinkState::Offline && let Some(e) = &s.last_error { div.error { (e) } }
         }
     }

@@ -16,9 +16,10 @@ use crate::analysis::evidence::{self, Annotations};
 use crate::config::{Config, EvidenceConfig, PolicyConfig};
 use crate::delivery::publish::CameraState;
 use crate::ingest::camera::{Camera, StreamKind};
-use crate::ingest::health::{LOG_REMINDER, StateBoard};
+use crate::ingest::health::StateBoard;
 use crate::intake::EventLink;
 use crate::ops::{CameraInfo, Components, SiteView};
+use crate::support::LOG_REMINDER;
 use crate::support::lock;
 
 /// How long a decoded camera snapshot is served again.

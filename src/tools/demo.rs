@@ -194,6 +194,20 @@ impl RtspCameraServer {
 
     /// As [`start`](Self::start), on a given loopback port (0: any free one).
     pub fn start_on(mounts: &[(&str, &Path)], port: u16) -> Result<Self, DemoError> {
+        Self::serve(mounts, port, None)
+    }
+
+    /// As [`start`](Self::start), refusing RTP over TCP (`461 Unsupported Transport`) as many
+    /// older cameras and encoders do.
+    pub fn start_udp_only(mounts: &[(&str, &Path)]) -> Result<Self, DemoError> {
+        Self::serve(mounts, 0, Some(gstreamer_rtsp_server::gst_rtsp::RTSPLowerTrans::UDP))
+    }
+
+    fn serve(
+        mounts: &[(&str, &Path)],
+        port: u16,
+        protocols: Option<gstreamer_rtsp_server::gst_rtsp::RTSPLowerTrans>,
+    ) -> Result<Self, DemoError> {
         gst_support::init().map_err(|e| DemoError::Rtsp(e.to_string()))?;
         let context = glib::MainContext::new();
         let server = rtsp::RTSPServer::new();
@@ -223,6 +237,9 @@ impl RtspCameraServer {
             ));
             // One pipeline for all viewers, as a real camera has.
             factory.set_shared(true);
+            if let Some(protocols) = protocols {
+                factory.set_protocols(protocols);
+            }
             mount_points.add_factory(&format!("/{name}"), factory);
         }
         let source = server
@@ -392,7 +409,7 @@ pub fn site_config(broker_port: u16, server: &RtspCameraServer, cameras: &[&str]
             id: (*id).to_owned(),
             url: server.url(id),
             detect_url: None,
-            transport: RtspTransport::Tcp,
+            transport: RtspTransport::Auto,
             stall_timeout_s: 10.0,
             email_match: None,
             onvif: None,
