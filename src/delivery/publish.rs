@@ -18,6 +18,7 @@ use crate::ingest::health::CameraHealth;
 use crate::intake::EventLink;
 use crate::mqtt::{Connection, LinkEvent, Topics};
 use crate::store::{OutboxItem, PendingVerdict, Store, StoreError};
+use crate::support::off_runtime;
 
 /// How long the broker has to acknowledge one publish before it is sent again.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -179,14 +180,14 @@ impl Outbox {
 
     /// Stores a verdict for delivery and wakes the delivery task.
     pub fn submit(&self, doc: &VerdictDocument, evidence: Option<&[u8]>) -> Result<(), StoreError> {
-        self.store.record_verdict(doc, evidence)?;
+        off_runtime(|| self.store.record_verdict(doc, evidence))?;
         self.wake.notify_one();
         Ok(())
     }
 
     /// Stores a report for `{prefix}/errors` for delivery and wakes the delivery task.
     pub fn submit_error(&self, report: &ErrorReport<'_>) -> Result<(), StoreError> {
-        let dropped = self.store.record_error(&report.to_json())?;
+        let dropped = off_runtime(|| self.store.record_error(&report.to_json()))?;
         if dropped > 0 {
             tracing::warn!(
                 dropped,
@@ -230,7 +231,7 @@ impl Outbox {
                 }
                 continue;
             }
-            let item = match self.store.next_undelivered() {
+            let item = match off_runtime(|| self.store.next_undelivered()) {
                 Ok(item) => item,
                 Err(e) => {
                     tracing::error!(error = %e, "outbox: cannot read the store");
@@ -254,7 +255,7 @@ impl Outbox {
                 }
                 continue;
             };
-            let _ = self.store.count_attempt(&item);
+            let _ = off_runtime(|| self.store.count_attempt(&item));
             let sent = match &item {
                 OutboxItem::Verdict(verdict) => send_verdict(&client, &mut events, &topics, verdict).await,
                 OutboxItem::Error(report) => {
@@ -270,7 +271,7 @@ impl Outbox {
             match sent {
                 Ok(()) => {
                     log_delivered(&item);
-                    if let Err(e) = self.store.mark_sent(&item) {
+                    if let Err(e) = off_runtime(|| self.store.mark_sent(&item)) {
                         tracing::error!(item = %describe(&item), error = %e, "outbox: delivered but not marked; it will be sent again");
                     }
                 }
@@ -284,7 +285,7 @@ impl Outbox {
     }
 
     pub fn pending(&self) -> u64 {
-        self.store.undelivered_count().unwrap_or(0)
+        off_runtime(|| self.store.undelivered_count().unwrap_or(0))
     }
 }
 
