@@ -65,6 +65,9 @@ pub struct StreamHealth {
     pub codec: Option<String>,
     pub url: String,
     pub last_error: Option<String>,
+    /// Video flows but is not all kept: why (the ring over its byte cap, see `ingest::ring`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }
 
 impl StreamHealth {
@@ -78,6 +81,7 @@ impl StreamHealth {
             codec: None,
             url,
             last_error: Some("connecting".into()),
+            degraded: None,
         }
     }
 
