@@ -56,7 +56,12 @@ async fn error_report(site: &mut Site, wanted: &str) -> String {
             Duration::from_secs(15),
         )
         .await
-        .unwrap_or_else(|| panic!("no report mentioning {wanted:?} on errors; log:\n{}", site.service.log()));
+        .unwrap_or_else(|| {
+            panic!(
+                "no report mentioning {wanted:?} on errors; log:\n{}",
+                site.service.log()
+            )
+        });
     String::from_utf8_lossy(&msg.payload).into_owned()
 }
 

@@ -45,6 +45,20 @@ impl ClipConfig {
     }
 }
 
+impl Default for ClipConfig {
+    fn default() -> Self {
+        Self {
+            pre_s: 2.0,
+            post_s: 4.0,
+            analysis_fps: 3.0,
+            coarse_fps: 1.0,
+            decoder: "auto".into(),
+            buffer_s: 10.0,
+            max_ring_bytes: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,19 +71,5 @@ mod tests {
         assert_eq!(clip.ring_byte_cap(), 16 * 1024 * 1024, "never below 16 MiB by default");
         clip.max_ring_bytes = Some(5_000_000);
         assert_eq!(clip.ring_byte_cap(), 5_000_000);
-    }
-}
-
-impl Default for ClipConfig {
-    fn default() -> Self {
-        Self {
-            pre_s: 2.0,
-            post_s: 4.0,
-            analysis_fps: 3.0,
-            coarse_fps: 1.0,
-            decoder: "auto".into(),
-            buffer_s: 10.0,
-            max_ring_bytes: None,
-        }
     }
 }

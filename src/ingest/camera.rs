@@ -473,8 +473,12 @@ impl Arrivals {
             return false;
         }
         match &degraded {
-            Some(reason) => tracing::warn!(camera = %self.shared.id, stream = self.kind.name(), %reason, "camera stream degraded"),
-            None => tracing::info!(camera = %self.shared.id, stream = self.kind.name(), "camera stream no longer degraded"),
+            Some(reason) => {
+                tracing::warn!(camera = %self.shared.id, stream = self.kind.name(), %reason, "camera stream degraded")
+            }
+            None => {
+                tracing::info!(camera = %self.shared.id, stream = self.kind.name(), "camera stream no longer degraded")
+            }
         }
         health.degraded = degraded;
         true

@@ -419,9 +419,15 @@ mod tests {
             ring.push(sized_unit(i * 40, false, 4_000), Some(caps.as_ref()));
             most = most.max(ring.bytes());
             assert!(ring.bytes() <= cap, "over its cap at unit {i}: {} bytes", ring.bytes());
-            assert!(ring.units.front().is_none_or(|u| u.keyframe), "a ring starts at a keyframe");
+            assert!(
+                ring.units.front().is_none_or(|u| u.keyframe),
+                "a ring starts at a keyframe"
+            );
         }
-        assert!(most > cap / 2, "the ring filled up to its cap first: {most} bytes at most");
+        assert!(
+            most > cap / 2,
+            "the ring filled up to its cap first: {most} bytes at most"
+        );
         let reason = ring.degraded().expect("degraded while over its cap").to_owned();
         assert!(reason.contains("no keyframe for"), "{reason}");
         // Keyframes again, every second: the ring buffers and slices as before.
@@ -453,7 +459,10 @@ mod tests {
         }
         // The window (an hour) never pruned it; the cap did, GOP by GOP from the oldest.
         assert_eq!(ring.oldest(), DateTime::from_timestamp_millis(8_000));
-        assert!(ring.degraded().is_some_and(|r| r.contains("carries more than the cap holds")));
+        assert!(
+            ring.degraded()
+                .is_some_and(|r| r.contains("carries more than the cap holds"))
+        );
         let mut cursor = ring.cursor_before(ts(9)).expect("buffered");
         let units = ring.read(&mut cursor).expect("readable");
         assert!(units[0].keyframe);

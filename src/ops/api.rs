@@ -13,8 +13,8 @@ use super::Ops;
 use super::http::{HEALTH_PATH, error};
 use crate::intake::feedback::{self, FeedbackRefused};
 use crate::store::StoreError;
-use crate::support::off_runtime;
 use crate::store::records::{AlarmFilter, AlarmSummary, file_safe};
+use crate::support::off_runtime;
 
 const MAX_FEEDBACK_BYTES: usize = 16 * 1024;
 
@@ -169,11 +169,19 @@ async fn alarm(State(ops): State<Ops>, Path(alarm_id): Path<String>) -> Response
 }
 
 async fn evidence(State(ops): State<Ops>, Path(alarm_id): Path<String>) -> Response {
-    stored_jpeg(off_runtime(|| ops.store.evidence(&alarm_id)), "evidence image", &alarm_id)
+    stored_jpeg(
+        off_runtime(|| ops.store.evidence(&alarm_id)),
+        "evidence image",
+        &alarm_id,
+    )
 }
 
 async fn device_snapshot(State(ops): State<Ops>, Path(alarm_id): Path<String>) -> Response {
-    stored_jpeg(off_runtime(|| ops.store.alarm_snapshot(&alarm_id)), "device picture", &alarm_id)
+    stored_jpeg(
+        off_runtime(|| ops.store.alarm_snapshot(&alarm_id)),
+        "device picture",
+        &alarm_id,
+    )
 }
 
 /// A JPEG kept with an alarm's record, or 404 naming what is missing.

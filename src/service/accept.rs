@@ -156,7 +156,6 @@ impl ServiceSink {
         refused
     }
 
-
     /// A device event of a camera whose device alarm is in verification: recorded with that alarm,
     /// which answers it.
     fn join(&self, into: &str, event: &Alarm, raw: &[u8]) -> Accepted {
