@@ -1,6 +1,6 @@
 //! A store that cannot be written, with the real broker, the real RTSP server and the service
-//! binary: alarms are acknowledged only once stored (HTTP 503 with Retry-After, MQTT no ack), and
-//! none is lost once the store is writable again. Also the bound on alarms dated ahead.
+//! binary: alarms are acknowledged only once stored (HTTP 503 with Retry-After, MQTT no ack, SMTP
+//! 451), and none is lost once the store is writable again. Also the bound on alarms dated ahead.
 //!
 //! The store is made unwritable the way it fails in the field without root's powers to ignore file
 //! modes: another connection holds SQLite's write lock (`BEGIN EXCLUSIVE`), so the service's
@@ -9,6 +9,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use alarm_verifier::store::Store;
@@ -19,6 +20,37 @@ const FAST_CLIP: &str = "[clip]\npre_s = 1.0\npost_s = 1.0\nanalysis_fps = 2.0\n
 
 fn http_extra(port: u16) -> String {
     format!("{FAST_CLIP}[http]\nlisten = \"127.0.0.1:{port}\"\n")
+}
+
+/// An NVR's alarm mail to `{camera}@…`, sent with Python's smtplib; prints the reply to the
+/// message's end as `code text`.
+const SEND_MAIL: &str = r#"
+import smtplib, sys
+port, camera = int(sys.argv[1]), sys.argv[2]
+s = smtplib.SMTP("127.0.0.1", port, timeout=20)
+s.ehlo("nvr.site.local")
+body = "From: nvr@site.local\r\nTo: %s@verifier.local\r\nSubject: Motion alarm\r\n\r\nMotion\r\n" % camera
+s.mail("nvr@site.local")
+s.rcpt("%s@verifier.local" % camera)
+try:
+    code, text = s.data(body.encode())
+except smtplib.SMTPDataError as e:
+    code, text = e.smtp_code, e.smtp_error
+print(code, text.decode())
+s.quit()
+"#;
+
+fn send_mail(port: u16, camera: &str) -> String {
+    let output = Command::new("python3")
+        .args(["-c", SEND_MAIL, &port.to_string(), camera])
+        .output()
+        .expect("python3");
+    assert!(
+        output.status.success(),
+        "smtplib: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
 /// Holds SQLite's write lock on the service's store until dropped (rolled back).
@@ -68,7 +100,9 @@ async fn error_report(site: &mut Site, wanted: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_store_gets_503_and_no_ack_and_loses_no_alarm_once_writable() {
     let port = free_port().expect("free port");
-    let mut site = Site::start(&[("entrance", "vtest.mp4")], &http_extra(port)).await;
+    let smtp = free_port().expect("free port");
+    let extra = format!("{}[smtp]\nlisten = \"127.0.0.1:{smtp}\"\n", http_extra(port));
+    let mut site = Site::start(&[("entrance", "vtest.mp4")], &extra).await;
     site.let_buffers_fill().await;
     let db = site.dir.path().join("alarm-verifier.db");
     let store = Store::open(&db).expect("open the service's store");
@@ -89,6 +123,9 @@ async fn a_locked_store_gets_503_and_no_ack_and_loses_no_alarm_once_writable() {
     let report = error_report(&mut site, "locked-http").await;
     assert!(report.contains("not acknowledged"), "{report}");
 
+    let mail = send_mail(smtp, "entrance");
+    assert!(mail.starts_with("451 "), "a mail is refused for now: {mail}");
+
     site.raise("entrance", "locked-mqtt").await;
     let report = error_report(&mut site, "locked-mqtt").await;
     assert!(report.contains("could not be stored"), "{report}");
@@ -104,6 +141,8 @@ async fn a_locked_store_gets_503_and_no_ack_and_loses_no_alarm_once_writable() {
     let released = Instant::now();
     let resent = post_alarm(port, "entrance", r#"{"alarm_id":"locked-http"}"#.into()).await;
     assert_eq!(resent.status().as_u16(), 202);
+    let mail = send_mail(smtp, "entrance");
+    assert!(mail.starts_with("250 "), "the mail sent again is taken: {mail}");
     site.verdict("locked-http", Duration::from_secs(30)).await;
     let verdict = site.verdict("locked-mqtt", Duration::from_secs(30)).await;
     assert_eq!(verdict.alarm_id, "locked-mqtt");
