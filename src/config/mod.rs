@@ -20,7 +20,7 @@ mod policy;
 mod secret;
 
 pub use camera::{CameraConfig, RtspTransport, redact_url};
-pub use clip::ClipConfig;
+pub use clip::{ClipConfig, MIN_RING_BYTES};
 pub use delivery::{EvidenceConfig, StoreConfig, VerdictConfig};
 pub use detector::{ChannelOrder, DetectorConfig, Layout, Optimization, Provider, ResizeMode};
 pub use intake::{HttpConfig, OnvifConfig, SmtpConfig};
@@ -273,6 +273,14 @@ impl Config {
                 ),
             ));
         }
+        if let Some(bytes) = self.clip.max_ring_bytes
+            && bytes < MIN_RING_BYTES
+        {
+            return Err(invalid(
+                "clip.max_ring_bytes",
+                format!("expected at least {MIN_RING_BYTES} bytes (1 MiB), got {bytes}"),
+            ));
+        }
         check_positive(self.verdict.deadline_s, false).map_err(|e| invalid("verdict.deadline_s", e))?;
         if self.verdict.queue == 0 {
             return Err(invalid("verdict.queue", "expected at least 1".into()));
@@ -458,6 +466,16 @@ url = "rtsp://user:pass@10.0.0.5:554/stream1"
         let err = Config::parse(&text, "site.toml").unwrap_err().to_string();
         assert!(err.contains("camera[0].url") && err.contains("rtsp://"), "{err}");
         assert!(!err.contains("secret"), "password leaked: {err}");
+    }
+
+    #[test]
+    fn a_ring_cap_too_small_to_hold_video_is_named() {
+        let text = format!("[clip]\nmax_ring_bytes = 1000\n{MINIMAL}");
+        let err = Config::parse(&text, "site.toml").unwrap_err().to_string();
+        assert!(err.contains("clip.max_ring_bytes") && err.contains("1 MiB"), "{err}");
+        let text = format!("[clip]\nmax_ring_bytes = 50000000\n{MINIMAL}");
+        let c = Config::parse(&text, "site.toml").expect("valid config");
+        assert_eq!(c.clip.ring_byte_cap(), 50_000_000);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::ingest::health::CameraHealth;
 use crate::intake::EventLink;
 use crate::mqtt::{Connection, LinkEvent, Topics};
 use crate::store::{OutboxItem, PendingVerdict, Store, StoreError};
+use crate::support::off_runtime;
 
 /// How long the broker has to acknowledge one publish before it is sent again.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -220,14 +221,14 @@ impl Outbox {
 
     /// Stores a verdict for delivery and wakes the delivery task.
     pub fn submit(&self, doc: &VerdictDocument, evidence: Option<&[u8]>) -> Result<(), StoreError> {
-        self.store.record_verdict(doc, evidence)?;
+        off_runtime(|| self.store.record_verdict(doc, evidence))?;
         self.wake.notify_one();
         Ok(())
     }
 
     /// Stores a report for `{prefix}/errors` for delivery and wakes the delivery task.
     pub fn submit_error(&self, report: &ErrorReport<'_>) -> Result<(), StoreError> {
-        let dropped = self.store.record_error(&report.to_json())?;
+        let dropped = off_runtime(|| self.store.record_error(&report.to_json()))?;
         if dropped > 0 {
             tracing::warn!(
                 dropped,
@@ -272,7 +273,7 @@ impl Outbox {
                 }
                 continue;
             }
-            let item = match self.store.next_undelivered() {
+            let item = match off_runtime(|| self.store.next_undelivered()) {
                 Ok(item) => item,
                 Err(e) => {
                     tracing::error!(error = %e, "outbox: cannot read the store");
@@ -296,7 +297,7 @@ impl Outbox {
                 }
                 continue;
             };
-            let _ = self.store.count_attempt(&item);
+            let _ = off_runtime(|| self.store.count_attempt(&item));
             let publishing = tokio::time::Instant::now();
             let sent = match &item {
                 OutboxItem::Verdict(verdict) => {
@@ -317,7 +318,7 @@ impl Outbox {
                 Ok(()) => {
                     drops = Drops::default();
                     log_delivered(&item);
-                    if let Err(e) = self.store.mark_sent(&item) {
+                    if let Err(e) = off_runtime(|| self.store.mark_sent(&item)) {
                         tracing::error!(item = %describe(&item), error = %e, "outbox: delivered but not marked; it will be sent again");
                     }
                 }
@@ -344,19 +345,19 @@ impl Outbox {
     }
 
     pub fn pending(&self) -> u64 {
-        self.store.undelivered_count().unwrap_or(0)
+        off_runtime(|| self.store.undelivered_count().unwrap_or(0))
     }
 
     /// Messages set aside because the broker refuses them.
     pub fn parked(&self) -> u64 {
-        self.store.parked_count().unwrap_or(0)
+        off_runtime(|| self.store.parked_count().unwrap_or(0))
     }
 
     /// Sets a message the broker refuses aside, and says so once on `errors` (a short report of
     /// its own, which the broker takes).
     fn park(&self, item: &OutboxItem, reason: &str) {
         tracing::error!(item = %describe(item), reason, "outbox: message parked; later messages go on");
-        if let Err(e) = self.store.park(item, reason) {
+        if let Err(e) = off_runtime(|| self.store.park(item, reason)) {
             tracing::error!(item = %describe(item), error = %e, "outbox: cannot park the message");
             return;
         }

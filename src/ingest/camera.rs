@@ -97,10 +97,11 @@ pub struct Camera {
 }
 
 impl Camera {
-    /// Starts ingesting `config`'s streams; health changes are marked on `board`.
-    pub fn start(config: &CameraConfig, buffer: Duration, board: Arc<StateBoard>) -> Self {
+    /// Starts ingesting `config`'s streams, each into a ring of `buffer` in at most
+    /// `max_ring_bytes`; health changes are marked on `board`.
+    pub fn start(config: &CameraConfig, buffer: Duration, max_ring_bytes: usize, board: Arc<StateBoard>) -> Self {
         let stream = |url: &str| StreamShared {
-            ring: Mutex::new(Ring::new(buffer)),
+            ring: Mutex::new(Ring::new(buffer, max_ring_bytes)),
             health: Mutex::new(StreamHealth::connecting(redact_url(url))),
         };
         let shared = Arc::new(Shared {
@@ -449,6 +450,7 @@ impl Ingest {
             }
             health.state = LinkState::Offline;
             health.fps = None;
+            health.degraded = None;
             health.last_error = Some(reason.to_owned());
             changed
         };
@@ -493,17 +495,40 @@ impl Arrivals {
             wall: now,
             seq: 0,
         };
-        lock(&stream.ring).push(unit, caps);
+        let degraded = {
+            let mut ring = lock(&stream.ring);
+            ring.push(unit, caps);
+            ring.degraded().map(str::to_owned)
+        };
         let fps = self.rate.tick(now);
         let mut health = lock(&stream.health);
         if health.state != LinkState::Online {
             tracing::info!(camera = %self.shared.id, stream = self.kind.name(), "camera stream online");
         }
-        let changed = update_online(&mut health, caps, fps, now);
+        let changed = update_online(&mut health, caps, fps, now) | self.update_degraded(&mut health, degraded);
         drop(health);
         if changed {
             self.shared.report();
         }
+    }
+}
+
+impl Arrivals {
+    /// Notes whether the stream is degraded (see [`Ring::degraded`]); true when that changed.
+    fn update_degraded(&self, health: &mut StreamHealth, degraded: Option<String>) -> bool {
+        if health.degraded == degraded {
+            return false;
+        }
+        match &degraded {
+            Some(reason) => {
+                tracing::warn!(camera = %self.shared.id, stream = self.kind.name(), %reason, "camera stream degraded")
+            }
+            None => {
+                tracing::info!(camera = %self.shared.id, stream = self.kind.name(), "camera stream no longer degraded")
+            }
+        }
+        health.degraded = degraded;
+        true
     }
 }
 

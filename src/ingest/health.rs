@@ -66,6 +66,9 @@ pub struct StreamHealth {
     /// The RTSP transport in use and why: `tcp`, `udp (tcp refused: 461)`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transport: Option<String>,
+    /// Video flows but is not all kept: why (the ring over its byte cap, see `ingest::ring`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }
 
 impl StreamHealth {
@@ -80,6 +83,7 @@ impl StreamHealth {
             url,
             last_error: Some("connecting".into()),
             transport: None,
+            degraded: None,
         }
     }
 

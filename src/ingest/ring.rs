@@ -3,6 +3,10 @@
 //!
 //! Nothing is decoded here. Keeping packets costs almost no CPU, so one box can hold many cameras
 //! and spend CPU only on the alarms (see DESIGN.md, "Ingest keeps encoded video").
+//!
+//! The window is pruned a whole GOP at a time, when a keyframe comes; a byte cap bounds the ring
+//! when keyframes stop coming (or the bitrate is above what the cap was sized for). Past the cap
+//! the oldest units go, then those up to the next keyframe, and the ring says it is degraded.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -29,7 +33,12 @@ pub struct EncodedSlice {
     pub units: Vec<AccessUnit>,
 }
 
-/// The encoded ring buffer: the last `window` of a camera's stream, always starting at a keyframe.
+/// Each unit counts against the byte cap as its bytes plus this, for the buffer around them: a
+/// flood of tiny units is bounded too.
+const UNIT_OVERHEAD: usize = 256;
+
+/// The encoded ring buffer: the last `window` of a camera's stream, always starting at a keyframe,
+/// and never over `max_bytes`.
 pub struct Ring {
     units: VecDeque<AccessUnit>,
     caps: Option<gst::Caps>,
@@ -37,6 +46,18 @@ pub struct Ring {
     next_seq: u64,
     /// Changes whenever the stream breaks (cleared, new caps): a reader's position is then lost.
     generation: u64,
+    max_bytes: usize,
+    /// What the units held count against `max_bytes`.
+    bytes: usize,
+    last_keyframe: Option<DateTime<Utc>>,
+    /// Set while the cap has dropped video within the last window.
+    over_cap: Option<OverCap>,
+}
+
+/// The ring dropped video to stay under its byte cap: why, and when it last did.
+struct OverCap {
+    reason: String,
+    last: DateTime<Utc>,
 }
 
 /// Why a reader cannot go on.
@@ -56,13 +77,18 @@ pub struct Cursor {
 }
 
 impl Ring {
-    pub fn new(window: Duration) -> Self {
+    /// A ring keeping `window` of video in at most `max_bytes`.
+    pub fn new(window: Duration, max_bytes: usize) -> Self {
         Self {
             units: VecDeque::new(),
             caps: None,
             window: TimeDelta::from_std(window).unwrap_or(TimeDelta::seconds(10)),
             next_seq: 0,
             generation: 0,
+            max_bytes,
+            bytes: 0,
+            last_keyframe: None,
+            over_cap: None,
         }
     }
 
@@ -75,16 +101,35 @@ impl Ring {
             self.clear();
             self.caps = Some(caps.to_owned());
         }
+        let newest = unit.wall;
         if self.units.is_empty() && !unit.keyframe {
-            return; // a slice must start at a keyframe
+            // A slice must start at a keyframe. Still waiting for one after the cap emptied the
+            // ring: still degraded.
+            if let Some(over) = &mut self.over_cap {
+                over.last = newest;
+            }
+            return;
         }
         unit.seq = self.next_seq;
         self.next_seq += 1;
         let prune = unit.keyframe;
-        let newest = unit.wall;
+        if unit.keyframe {
+            self.last_keyframe = Some(newest);
+        }
+        self.bytes += cost(&unit);
         self.units.push_back(unit);
         if prune {
             self.prune(newest);
+        }
+        if self.bytes > self.max_bytes {
+            self.drop_over_cap(newest);
+        }
+        if self
+            .over_cap
+            .as_ref()
+            .is_some_and(|over| newest - over.last > self.window)
+        {
+            self.over_cap = None;
         }
     }
 
@@ -99,8 +144,63 @@ impl Ring {
             .map(|(i, _)| i)
             .next_back();
         if let Some(i) = keep_from {
-            self.units.drain(..i);
+            self.drop_oldest(i);
         }
+    }
+
+    /// Drops the oldest units until the ring is under its cap, even mid-GOP, and then those that
+    /// can no longer be decoded, up to the next keyframe (all of them when none is buffered).
+    fn drop_over_cap(&mut self, newest: DateTime<Utc>) {
+        let reason = match self.over_cap.take() {
+            Some(over) => over.reason,
+            None => self.over_cap_reason(newest),
+        };
+        let mut n = 0;
+        let mut left = self.bytes;
+        for unit in &self.units {
+            if left <= self.max_bytes && unit.keyframe {
+                break;
+            }
+            left -= cost(unit);
+            n += 1;
+        }
+        self.drop_oldest(n);
+        self.over_cap = Some(OverCap { reason, last: newest });
+    }
+
+    /// Why the cap was reached: one GOP fills it (the keyframes stopped), or the stream carries more
+    /// than the cap holds for the window.
+    fn over_cap_reason(&self, newest: DateTime<Utc>) -> String {
+        let cap = self.max_bytes;
+        let one_gop = self.units.iter().filter(|u| u.keyframe).count() <= 1;
+        match self.last_keyframe {
+            Some(_) if !one_gop => format!(
+                "ring over its byte cap of {cap} bytes (clip.max_ring_bytes): the stream carries more than the \
+                 cap holds for clip.buffer_s; the oldest video was dropped"
+            ),
+            Some(k) => format!(
+                "ring over its byte cap of {cap} bytes (clip.max_ring_bytes): no keyframe for {} s; the oldest \
+                 video was dropped",
+                (newest - k).num_seconds()
+            ),
+            None => format!("ring over its byte cap of {cap} bytes (clip.max_ring_bytes): no keyframe yet"),
+        }
+    }
+
+    fn drop_oldest(&mut self, n: usize) {
+        for unit in self.units.drain(..n) {
+            self.bytes = self.bytes.saturating_sub(cost(&unit));
+        }
+    }
+
+    /// Why the stream is degraded: the byte cap dropped video within the last window.
+    pub fn degraded(&self) -> Option<&str> {
+        self.over_cap.as_ref().map(|over| over.reason.as_str())
+    }
+
+    /// What the buffered units count against the byte cap.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Adds `continuation`, the rest of the last unit's picture (a later slice split off by
@@ -118,10 +218,15 @@ impl Ring {
             .make_mut()
             .append_memory(gst::Memory::from_mut_slice(continuation[start..].to_vec()));
         last.buffer = merged;
+        // Counted here, capped at the next push.
+        self.bytes += continuation.len() - start;
     }
 
     pub fn clear(&mut self) {
         self.units.clear();
+        self.bytes = 0;
+        self.last_keyframe = None;
+        self.over_cap = None;
         self.generation += 1;
     }
 
@@ -220,6 +325,11 @@ impl Ring {
     }
 }
 
+/// What a unit counts against the ring's byte cap.
+fn cost(unit: &AccessUnit) -> usize {
+    unit.buffer.size() + UNIT_OVERHEAD
+}
+
 /// Offset of the start code of the first coded-slice NAL in an Annex B byte stream (H.264 types
 /// 1-5, H.265 types 0-31): what comes before it (AUD, SPS, PPS, SEI) describes the picture and is
 /// already in the unit being continued.
@@ -265,7 +375,7 @@ mod tests {
     fn ring_with(window_s: u64, seq: &[(i64, bool)]) -> Ring {
         let _ = gst::init();
         let caps = gst::Caps::builder("video/x-h264").build();
-        let mut ring = Ring::new(Duration::from_secs(window_s));
+        let mut ring = Ring::new(Duration::from_secs(window_s), usize::MAX);
         for &(t, k) in seq {
             ring.push(unit(t, k), Some(caps.as_ref()));
         }
@@ -285,6 +395,77 @@ mod tests {
             "kept more than two GOPs beyond the window: {oldest}"
         );
         assert!(ring.units.front().is_some_and(|u| u.keyframe));
+    }
+
+    fn sized_unit(t_ms: i64, keyframe: bool, bytes: usize) -> AccessUnit {
+        AccessUnit {
+            buffer: gst::Buffer::from_mut_slice(vec![0u8; bytes]),
+            wall: DateTime::from_timestamp_millis(t_ms).unwrap_or_default(),
+            keyframe,
+            seq: 0,
+        }
+    }
+
+    #[test]
+    fn a_ring_fed_no_keyframe_stays_under_its_cap_and_works_again_when_keyframes_come() {
+        let _ = gst::init();
+        let caps = gst::Caps::builder("video/x-h264").build();
+        let cap = 200_000;
+        let mut ring = Ring::new(Duration::from_secs(10), cap);
+        // One keyframe, then 60 s of delta units only: 25 fps of 4 kB, 100 kB/s, 6 MB in all.
+        ring.push(sized_unit(0, true, 20_000), Some(caps.as_ref()));
+        let mut most = 0;
+        for i in 1..1500 {
+            ring.push(sized_unit(i * 40, false, 4_000), Some(caps.as_ref()));
+            most = most.max(ring.bytes());
+            assert!(ring.bytes() <= cap, "over its cap at unit {i}: {} bytes", ring.bytes());
+            assert!(
+                ring.units.front().is_none_or(|u| u.keyframe),
+                "a ring starts at a keyframe"
+            );
+        }
+        assert!(
+            most > cap / 2,
+            "the ring filled up to its cap first: {most} bytes at most"
+        );
+        let reason = ring.degraded().expect("degraded while over its cap").to_owned();
+        assert!(reason.contains("no keyframe for"), "{reason}");
+        // Keyframes again, every second: the ring buffers and slices as before.
+        for i in 0..150 {
+            let t = 60_000 + i * 40;
+            ring.push(sized_unit(t, i % 25 == 0, 200), Some(caps.as_ref()));
+        }
+        assert!(ring.units.front().is_some_and(|u| u.keyframe));
+        let slice = ring.slice(ts(62), ts(64)).expect("the new video is buffered");
+        assert!(slice.units[0].keyframe && slice.units[0].wall <= ts(62));
+        assert!(ring.bytes() <= cap);
+        // A window later without reaching the cap, it is no longer degraded.
+        for i in 150..450 {
+            ring.push(sized_unit(60_000 + i * 40, i % 25 == 0, 200), Some(caps.as_ref()));
+        }
+        assert_eq!(ring.degraded(), None);
+    }
+
+    #[test]
+    fn past_its_cap_mid_gop_a_ring_drops_up_to_the_next_keyframe() {
+        let _ = gst::init();
+        let caps = gst::Caps::builder("video/x-h264").build();
+        // Keyframe every 10 units of 10 kB: GOPs of about 100 kB, in a 250 kB cap.
+        let mut ring = Ring::new(Duration::from_secs(3600), 250_000);
+        for i in 0..100 {
+            ring.push(sized_unit(i * 100, i % 10 == 0, 10_000), Some(caps.as_ref()));
+            assert!(ring.bytes() <= 250_000);
+            assert!(ring.units.front().is_some_and(|u| u.keyframe));
+        }
+        // The window (an hour) never pruned it; the cap did, GOP by GOP from the oldest.
+        assert_eq!(ring.oldest(), DateTime::from_timestamp_millis(8_000));
+        assert!(
+            ring.degraded()
+                .is_some_and(|r| r.contains("carries more than the cap holds"))
+        );
+        let mut cursor = ring.cursor_before(ts(9)).expect("buffered");
+        let units = ring.read(&mut cursor).expect("readable");
+        assert!(units[0].keyframe);
     }
 
     #[test]

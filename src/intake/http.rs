@@ -2,8 +2,9 @@
 //! optional; an empty body is an alarm now), for NVRs and VMSs that call a URL.
 //!
 //! 202 with `{"alarm_id": ...}` once the alarm is recorded; 404 unknown camera, 400 malformed body,
-//! 409 duplicate `alarm_id`, 413 too large, 503 while shutting down. Each refusal is also reported
-//! on `{prefix}/errors`.
+//! 409 duplicate `alarm_id`, 413 too large, 429 too many alarms dated ahead, 503 while shutting
+//! down or when the store cannot record it (with `Retry-After`: send it again). Each refusal is
+//! also reported on `{prefix}/errors`.
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use chrono::Utc;
@@ -19,6 +20,9 @@ use chrono::Utc;
 use super::alarm::{self, AlarmError, MAX_PAYLOAD_BYTES};
 use super::{AlarmSink, Arrival, Refused};
 use crate::ops::http::error;
+
+/// Seconds a sender is asked to wait before sending again an alarm the store could not record.
+pub const UNSTORED_RETRY_AFTER_S: u32 = 5;
 
 /// The webhook routes, for the service's HTTP server.
 pub fn routes(sink: Arc<dyn AlarmSink>) -> axum::Router {
@@ -69,6 +73,14 @@ async fn post_alarm(
         Err(refused @ Refused::Duplicate(_)) => error(StatusCode::CONFLICT, refused.to_string()),
         Err(refused @ Refused::ShuttingDown) => error(StatusCode::SERVICE_UNAVAILABLE, refused.to_string()),
         Err(refused @ Refused::Invalid { .. }) => error(StatusCode::BAD_REQUEST, refused.to_string()),
+        Err(refused @ Refused::TooManyAhead { .. }) => error(StatusCode::TOO_MANY_REQUESTS, refused.to_string()),
+        Err(refused @ Refused::Unstored(_)) => {
+            let mut response = error(StatusCode::SERVICE_UNAVAILABLE, refused.to_string());
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(UNSTORED_RETRY_AFTER_S));
+            response
+        }
     }
 }
 

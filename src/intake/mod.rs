@@ -46,6 +46,18 @@ pub enum Refused {
     /// goes no further.
     #[error("field `{field}`: {message}")]
     Invalid { field: &'static str, message: String },
+    /// The store could not record the alarm (database locked, disk full or read-only). Nothing is
+    /// acknowledged, so the sender (or the broker) sends it again: MQTT gets no ack, HTTP 503,
+    /// SMTP 451.
+    #[error("the alarm could not be stored ({0}); it is not acknowledged: send it again")]
+    Unstored(String),
+    /// An alarm dated ahead of this box's clock waits for its video; past this many waiting at
+    /// once, more are refused.
+    #[error(
+        "alarm time {time} is {ahead_s} s ahead of this box's clock, and {waiting} alarms dated ahead are \
+         already waiting for their video (the most allowed): refused; check the sender's clock"
+    )]
+    TooManyAhead { time: String, ahead_s: i64, waiting: usize },
 }
 
 /// The service as the intakes see it.
@@ -56,6 +68,7 @@ pub trait AlarmSink: Send + Sync + 'static {
         false
     }
     /// Records the alarm (before this returns), then verifies and answers it in the background.
+    /// Only an `Ok` alarm is stored: the intake acknowledges nothing else as taken.
     fn accept(&self, arrival: Arrival) -> Result<Accepted, Refused>;
     /// Input refused before it became an alarm (unknown camera, malformed body, unmatched mail):
     /// logged and reported on `{prefix}/errors`. `origin` says where it came from.

@@ -302,6 +302,10 @@ impl Mail {
                 Err(Refused::ShuttingDown) => {
                     return Response::custom(421, "4.3.2 service shutting down, send it again".into());
                 }
+                // The sender tries again later; alarms of other cameras it named come again too.
+                Err(Refused::Unstored(_)) => {
+                    return Response::custom(451, "4.3.0 the alarm could not be stored, send it again".into());
+                }
                 Err(refused) => tracing::warn!(camera, error = %refused, "mail alarm refused"),
             }
         }

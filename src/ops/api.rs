@@ -15,6 +15,7 @@ use crate::intake::feedback::{self, FeedbackRefused};
 use crate::store::StoreError;
 use crate::store::parked::Retry;
 use crate::store::records::{AlarmFilter, AlarmSummary, file_safe};
+use crate::support::off_runtime;
 
 const MAX_FEEDBACK_BYTES: usize = 16 * 1024;
 
@@ -140,7 +141,7 @@ async fn retry_parked(State(ops): State<Ops>, query: Result<Query<RetryQuery>, Q
 }
 
 async fn metrics(State(ops): State<Ops>) -> Response {
-    let agreement = match ops.store.agreement() {
+    let agreement = match off_runtime(|| ops.store.agreement()) {
         Ok(a) => a,
         Err(e) => return internal(e),
     };
@@ -223,7 +224,7 @@ fn to_csv(alarms: &[AlarmSummary]) -> String {
 }
 
 async fn alarm(State(ops): State<Ops>, Path(alarm_id): Path<String>) -> Response {
-    match ops.store.alarm_detail(&alarm_id) {
+    match off_runtime(|| ops.store.alarm_detail(&alarm_id)) {
         Ok(Some(detail)) => axum::Json(detail).into_response(),
         Ok(None) => unknown_alarm(&alarm_id),
         Err(e) => internal(e),
@@ -231,11 +232,19 @@ async fn alarm(State(ops): State<Ops>, Path(alarm_id): Path<String>) -> Response
 }
 
 async fn evidence(State(ops): State<Ops>, Path(alarm_id): Path<String>) -> Response {
-    stored_jpeg(ops.store.evidence(&alarm_id), "evidence image", &alarm_id)
+    stored_jpeg(
+        off_runtime(|| ops.store.evidence(&alarm_id)),
+        "evidence image",
+        &alarm_id,
+    )
 }
 
 async fn device_snapshot(State(ops): State<Ops>, Path(alarm_id): Path<String>) -> Response {
-    stored_jpeg(ops.store.alarm_snapshot(&alarm_id), "device picture", &alarm_id)
+    stored_jpeg(
+        off_runtime(|| ops.store.alarm_snapshot(&alarm_id)),
+        "device picture",
+        &alarm_id,
+    )
 }
 
 /// A JPEG kept with an alarm's record, or 404 naming what is missing.
@@ -248,7 +257,7 @@ fn stored_jpeg(found: Result<Option<Vec<u8>>, StoreError>, what: &str, alarm_id:
 }
 
 async fn clip(State(ops): State<Ops>, Path(alarm_id): Path<String>) -> Response {
-    let clip = match ops.store.clip(&alarm_id) {
+    let clip = match off_runtime(|| ops.store.clip(&alarm_id)) {
         Ok(Some(clip)) => clip,
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no clip for alarm {alarm_id:?}")),
         Err(e) => return internal(e),
@@ -278,7 +287,7 @@ async fn feedback(
         Ok(b) => b,
         Err(e) => return error(e.status(), e.body_text()),
     };
-    match feedback::take(&ops.store, &alarm_id, &body) {
+    match off_runtime(|| feedback::take(&ops.store, &alarm_id, &body)) {
         Ok(feedback) => (
             StatusCode::OK,
             axum::Json(serde_json::json!({ "alarm_id": alarm_id, "outcome": feedback.outcome })),

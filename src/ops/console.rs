@@ -87,7 +87,7 @@ async fn feedback(
         note: String::new(),
         time: String::new(),
     };
-    match feedback::record(&ops.store, &alarm_id, feedback) {
+    match crate::support::off_runtime(|| feedback::record(&ops.store, &alarm_id, feedback)) {
         Ok(_) => Redirect::to("/#alarms").into_response(),
         Err(e @ FeedbackRefused::UnknownAlarm(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

@@ -19,7 +19,7 @@ use crate::delivery::clips;
 use crate::ingest::camera::StreamKind;
 use crate::intake::alarm::Alarm;
 use crate::store::{Store, Unanswered};
-use crate::support::lock;
+use crate::support::{lock, off_runtime};
 
 /// Of the shutdown bound, what is kept for answering the alarms still in verification and
 /// flushing the outbox, and what is kept after the flush for the last messages and the cameras.
@@ -29,11 +29,14 @@ pub(super) const SHUTDOWN_LAST: Duration = Duration::from_secs(1);
 const CLIP_SETTLE: Duration = Duration::from_millis(700);
 
 /// Starts the verification of an alarm just accepted, or answers it `overloaded` when the queue
-/// of alarms in verification is full.
-pub(super) fn start(shared: &Arc<Shared>, alarm: Alarm) {
+/// of alarms in verification is full. `waiting_ahead`, an alarm dated ahead's place among those
+/// that wait, is held as long as the alarm's tasks wait.
+pub(super) fn start(shared: &Arc<Shared>, alarm: Alarm, waiting_ahead: Option<OwnedSemaphorePermit>) {
     match shared.in_flight.clone().try_acquire_owned() {
         Ok(permit) => {
-            shared.tasks.spawn(handle_alarm(shared.clone(), alarm, permit));
+            shared
+                .tasks
+                .spawn(handle_alarm(shared.clone(), alarm, permit, waiting_ahead));
         }
         Err(_) => {
             let shared = shared.clone();
@@ -48,7 +51,12 @@ pub(super) fn start(shared: &Arc<Shared>, alarm: Alarm) {
     }
 }
 
-async fn handle_alarm(shared: Arc<Shared>, alarm: Alarm, _in_flight: OwnedSemaphorePermit) {
+async fn handle_alarm(
+    shared: Arc<Shared>,
+    alarm: Alarm,
+    _in_flight: OwnedSemaphorePermit,
+    waiting_ahead: Option<OwnedSemaphorePermit>,
+) {
     let deadline = alarm.received_at + shared.deadline;
     let verified = tokio::select! {
         verified = tokio::time::timeout_at(deadline, verify_alarm(&shared, &alarm, deadline)) => verified.ok(),
@@ -70,7 +78,7 @@ async fn handle_alarm(shared: Arc<Shared>, alarm: Alarm, _in_flight: OwnedSemaph
     close_device_alarm(&shared, &alarm);
     deliver(&shared, &alarm, finding).await;
     if shared.max_clip_bytes > 0 {
-        shared.tasks.spawn(keep_clip(shared.clone(), alarm));
+        shared.tasks.spawn(keep_clip(shared.clone(), alarm, waiting_ahead));
     }
 }
 
@@ -118,7 +126,8 @@ async fn deliver(shared: &Shared, alarm: &Alarm, mut finding: Finding) {
         elapsed_ms = finding.doc.latency_ms,
         "verdict"
     );
-    if let Err(e) = shared.outbox.submit(&finding.doc, finding.evidence.as_deref()) {
+    let submitted = off_runtime(|| shared.outbox.submit(&finding.doc, finding.evidence.as_deref()));
+    if let Err(e) = submitted {
         tracing::error!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "verdict not stored; publishing directly");
         if let Err(e) = shared.publisher.verdict_unstored(&finding.doc, finding.evidence).await {
             tracing::error!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "verdict not published");
@@ -127,7 +136,7 @@ async fn deliver(shared: &Shared, alarm: &Alarm, mut finding: Finding) {
 }
 
 /// Once the alarm window's video is in, its packets are remuxed into an MP4 kept with the record.
-async fn keep_clip(shared: Arc<Shared>, alarm: Alarm) {
+async fn keep_clip(shared: Arc<Shared>, alarm: Alarm, _waiting_ahead: Option<OwnedSemaphorePermit>) {
     let Some(camera) = shared.cameras.get(&alarm.camera) else {
         return;
     };
@@ -159,12 +168,13 @@ async fn keep_clip(shared: Arc<Shared>, alarm: Alarm) {
             return;
         }
     };
-    if let Err(e) = shared.store.record_clip(&alarm.record_id, &file, bytes, start) {
+    let recorded = off_runtime(|| shared.store.record_clip(&alarm.record_id, &file, bytes, start));
+    if let Err(e) = recorded {
         tracing::warn!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "clip not recorded");
         let _ = std::fs::remove_file(shared.store.clips_dir().join(&file));
         return;
     }
-    bound_clips(&shared);
+    off_runtime(|| bound_clips(&shared));
 }
 
 /// Deletes the oldest clips while all of them together exceed `store.max_clips_mb`.

@@ -48,7 +48,10 @@ impl Cameras {
         let pipelines = config
             .cameras
             .iter()
-            .map(|c| (c.id.clone(), Camera::start(c, buffer, board.clone())))
+            .map(|c| {
+                let camera = Camera::start(c, buffer, config.clip.ring_byte_cap(), board.clone());
+                (c.id.clone(), camera)
+            })
             .collect();
         let policies = config
             .cameras

@@ -95,6 +95,8 @@ struct Shared {
     mqtt_connected: AtomicBool,
     /// Alarm clips together stay under this; 0: no clips.
     max_clip_bytes: u64,
+    /// Places for alarms dated ahead of this box's clock, each held until its alarm's life ends.
+    waiting_ahead: Arc<Semaphore>,
 }
 
 /// The outbox's delivery task and how to stop it.
@@ -148,8 +150,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         events: main_events,
         task: main_task,
     } = main;
-    serve_until(shutdown, &shared, sink.as_ref(), &topics, main_events, &mut links).await;
-    shared.redundancy.leave_share_group(&mut links, sink.as_ref()).await;
+    serve_until(shutdown, &shared, &sink, &topics, main_events, &mut links).await;
+    shared.redundancy.leave_share_group(&mut links, &sink).await;
 
     let bound = Instant::now() + Duration::from_secs_f64(config.shutdown_timeout_s);
     tracing::info!(
@@ -276,6 +278,7 @@ fn share(
         metrics: Arc::new(Metrics::new()),
         mqtt_connected: AtomicBool::new(false),
         max_clip_bytes: config.store.max_clips_mb.saturating_mul(1024 * 1024),
+        waiting_ahead: Arc::new(Semaphore::new(accept::MAX_WAITING_AHEAD)),
     })
 }
 
@@ -305,7 +308,7 @@ fn start_housekeeping(config: &Config, shared: &Arc<Shared>) -> Housekeeping {
 async fn serve_until(
     shutdown: impl Future<Output = ()>,
     shared: &Shared,
-    sink: &dyn AlarmSink,
+    sink: &Arc<dyn AlarmSink>,
     topics: &Topics,
     mut events: tokio::sync::mpsc::Receiver<LinkEvent>,
     links: &mut redundancy::Links,
@@ -419,7 +422,7 @@ async fn close_intakes(mut intakes: JoinSet<()>, by: Instant) {
 
 async fn purge_periodically(store: Arc<Store>, retention: TimeDelta) {
     loop {
-        match store.purge(retention) {
+        match crate::support::off_runtime(|| store.purge(retention)) {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "old delivered verdicts purged"),
             Err(e) => tracing::warn!(error = %e, "cannot purge old records"),

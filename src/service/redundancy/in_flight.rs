@@ -54,7 +54,7 @@ impl InFlightBoard {
         if ids.is_empty() {
             return;
         }
-        let delivered = match store.delivered_of(&ids) {
+        let delivered = match crate::support::off_runtime(|| store.delivered_of(&ids)) {
             Ok(d) if !d.is_empty() => d,
             Ok(_) => return,
             Err(e) => {

@@ -170,7 +170,7 @@ impl Redundancy {
     /// Leaves the share group before the box stops taking alarms: the broker stops handing this
     /// box alarms, and those already on their way are still recorded and acknowledged, since a
     /// clean session's unacknowledged messages end with it.
-    pub(in crate::service) async fn leave_share_group(&self, links: &mut Links, sink: &dyn AlarmSink) {
+    pub(in crate::service) async fn leave_share_group(&self, links: &mut Links, sink: &Arc<dyn AlarmSink>) {
         let (Some(share), Some(group)) = (&mut links.share, &self.group) else {
             return;
         };

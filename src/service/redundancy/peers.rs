@@ -363,7 +363,8 @@ impl Peers {
                 snapshot: None,
             };
             match sink.accept(arrival) {
-                Err(Refused::ShuttingDown) => {}
+                // Not claimed: the dead box recorded it and answers it when it comes back.
+                Err(Refused::ShuttingDown | Refused::Unstored(_)) => {}
                 _ => taken.push(a.alarm_id),
             }
         }
