@@ -54,7 +54,10 @@ impl HttpConfig {
             ("http.request_timeout_s", self.request_timeout_s),
         ] {
             if !(value.is_finite() && value > 0.0 && value <= 3600.0) {
-                return Err((key.into(), format!("expected seconds above 0 and at most 3600, got {value}")));
+                return Err((
+                    key.into(),
+                    format!("expected seconds above 0 and at most 3600, got {value}"),
+                ));
             }
         }
         if self.max_connections == 0 {
@@ -169,7 +172,9 @@ fn parse_listen(listen: &str) -> Result<Option<SocketAddr>, String> {
 fn check_host_entry(entry: &str) -> Result<(), String> {
     let bad = entry.is_empty()
         || entry.contains("://")
-        || entry.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '@' | '?' | '#'));
+        || entry
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '@' | '?' | '#'));
     if bad {
         return Err(format!(
             "expected a host name or address with an optional port, such as \"nvr-gw.site.example\" or \"alarms.local:8080\", got {entry:?}"

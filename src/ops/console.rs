@@ -68,11 +68,7 @@ struct FeedbackForm {
     outcome: Outcome,
 }
 
-async fn feedback(
-    State(ops): State<Ops>,
-    Path(alarm_id): Path<String>,
-    Form(form): Form<FeedbackForm>,
-) -> Response {
+async fn feedback(State(ops): State<Ops>, Path(alarm_id): Path<String>, Form(form): Form<FeedbackForm>) -> Response {
     let feedback = Feedback {
         outcome: form.outcome,
         operator: "console".into(),

@@ -43,10 +43,7 @@ impl AllowedHosts {
             configured.to_vec()
         };
         let any = entries.iter().any(|e| e.trim() == "*");
-        let names = entries
-            .iter()
-            .filter_map(|e| split_authority(e.trim()))
-            .collect();
+        let names = entries.iter().filter_map(|e| split_authority(e.trim())).collect();
         Self { names, any }
     }
 

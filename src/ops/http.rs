@@ -123,7 +123,10 @@ pub fn app(rules: &ServerRules, routes: Router) -> Router {
     let request_timeout = rules.request_timeout;
     routes
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(Arc::new(rules.token.clone()), require_token))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(rules.token.clone()),
+            require_token,
+        ))
         .layer(middleware::from_fn(guard::refuse_cross_site))
         .layer(middleware::from_fn_with_state(
             Arc::new(rules.hosts.clone()),

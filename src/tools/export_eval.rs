@@ -109,7 +109,10 @@ impl ClipNames {
 
 /// The first 8 hex digits of the id's SHA-1.
 fn short_hash(text: &str) -> String {
-    Sha1::digest(text.as_bytes())[..4].iter().map(|b| format!("{b:02x}")).collect()
+    Sha1::digest(text.as_bytes())[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
