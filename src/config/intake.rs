@@ -200,3 +200,40 @@ pub(super) fn check_onvif_url(value: &str) -> Result<(), String> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(text: &str) -> HttpConfig {
+        toml::from_str(text).expect("an [http] table")
+    }
+
+    #[test]
+    fn http_limits_default_and_bad_ones_name_the_key() {
+        let c = http("");
+        assert_eq!(
+            (c.header_timeout_s, c.request_timeout_s, c.max_connections),
+            (10.0, 30.0, 256)
+        );
+        assert!(c.hosts.is_empty());
+        assert_eq!(c.check_limits(), Ok(()));
+        assert_eq!(
+            http("hosts = [\"alarms.site.example\", \"gw:8443\", \"*\"]\nheader_timeout_s = 1.5").check_limits(),
+            Ok(())
+        );
+        for (text, key) in [
+            ("header_timeout_s = 0", "http.header_timeout_s"),
+            ("request_timeout_s = -1", "http.request_timeout_s"),
+            ("request_timeout_s = inf", "http.request_timeout_s"),
+            ("max_connections = 0", "http.max_connections"),
+            ("hosts = [\"ok.example\", \"http://evil.example\"]", "http.hosts[1]"),
+            ("hosts = [\"\"]", "http.hosts[0]"),
+            ("hosts = [\"a b\"]", "http.hosts[0]"),
+            ("hosts = [\"x/y\"]", "http.hosts[0]"),
+        ] {
+            let err = http(text).check_limits().expect_err(text);
+            assert_eq!(err.0, key, "{text}: {}", err.1);
+        }
+    }
+}
