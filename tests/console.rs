@@ -321,6 +321,39 @@ async fn records_api_metrics_health_and_console_on_a_running_site() {
         let _ = std::fs::copy(&shot, keep);
     }
 
+    // A real form submission: Chromium clicks the console's "Test alarm" button, sending its own
+    // Origin and Sec-Fetch-Site, which the cross-site check lets through to a new alarm.
+    let auth = format!(
+        "Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("operator:{TOKEN}"))
+    );
+    let clicked = Command::new("python3")
+        .arg(root().join("tests/tools/console_form.py"))
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .arg(&auth)
+        .arg("form[action=\"/console/test/entrance\"] button")
+        .output()
+        .expect("python3");
+    let clicked: serde_json::Value = serde_json::from_slice(&clicked.stdout)
+        .unwrap_or_else(|_| panic!("console_form.py: {}", String::from_utf8_lossy(&clicked.stderr)));
+    let posted = clicked["responses"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r[0] == "POST"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(posted[2], 303, "the form post was not taken: {clicked}");
+    assert!(
+        clicked["text"].as_str().unwrap_or_default().contains("Recent alarms"),
+        "{clicked}"
+    );
+    let (_, tests) = api.json("/api/alarms?camera=entrance").await;
+    assert!(
+        tests["alarms"].as_array().is_some_and(|a| a
+            .iter()
+            .any(|a| a["alarm_id"].as_str().is_some_and(|id| id.starts_with("test-")))),
+        "no test alarm from the browser's form: {tests}"
+    );
+
     // export-eval, then eval on the site's own history.
     let config = site.dir.path().join("site.toml");
     let out_dir = site.dir.path().join("history");

@@ -18,6 +18,17 @@ pub struct HttpConfig {
     pub token: Secret,
     /// Name of an environment variable holding the token.
     pub token_env: String,
+    /// Host names (optionally `name:port`) the server answers to, besides IP literals and
+    /// `localhost`, which are always admitted; empty: the machine's host name. A request naming
+    /// another host gets 403, which is what defeats DNS rebinding.
+    pub hosts: Vec<String>,
+    /// Seconds a client has to send a request's head, and to start the next one on a kept-alive
+    /// connection (hyper counts that wait as header reading); past it the connection is closed.
+    pub header_timeout_s: f64,
+    /// Seconds from a request's head to its response (the body read included); past it, 408.
+    pub request_timeout_s: f64,
+    /// Connections served at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -26,11 +37,38 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8080".into(),
             token: Secret::default(),
             token_env: String::new(),
+            hosts: Vec::new(),
+            header_timeout_s: 10.0,
+            request_timeout_s: 30.0,
+            max_connections: 256,
         }
     }
 }
 
 impl HttpConfig {
+    /// Checks the keys of `[http]` beyond the listen address and the token: the key at fault and
+    /// what was expected.
+    pub fn check_limits(&self) -> Result<(), (String, String)> {
+        for (key, value) in [
+            ("http.header_timeout_s", self.header_timeout_s),
+            ("http.request_timeout_s", self.request_timeout_s),
+        ] {
+            if !(value.is_finite() && value > 0.0 && value <= 3600.0) {
+                return Err((
+                    key.into(),
+                    format!("expected seconds above 0 and at most 3600, got {value}"),
+                ));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(("http.max_connections".into(), "expected at least 1".into()));
+        }
+        for (i, host) in self.hosts.iter().enumerate() {
+            check_host_entry(host).map_err(|e| (format!("http.hosts[{i}]"), e))?;
+        }
+        Ok(())
+    }
+
     /// The address to bind, or None when the server is off.
     pub fn address(&self) -> Result<Option<SocketAddr>, String> {
         parse_listen(&self.listen)
@@ -130,6 +168,21 @@ fn parse_listen(listen: &str) -> Result<Option<SocketAddr>, String> {
     })
 }
 
+/// A `http.hosts` entry: a host name or address with an optional port, as a `Host` header has it.
+fn check_host_entry(entry: &str) -> Result<(), String> {
+    let bad = entry.is_empty()
+        || entry.contains("://")
+        || entry
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '@' | '?' | '#'));
+    if bad {
+        return Err(format!(
+            "expected a host name or address with an optional port, such as \"nvr-gw.site.example\" or \"alarms.local:8080\", got {entry:?}"
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn check_onvif_url(value: &str) -> Result<(), String> {
     match url::Url::parse(value) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()) => {
@@ -145,5 +198,42 @@ pub(super) fn check_onvif_url(value: &str) -> Result<(), String> {
         Err(e) => Err(format!(
             "expected an http:// URL of the device service such as http://10.0.0.5/onvif/device_service ({e})"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(text: &str) -> HttpConfig {
+        toml::from_str(text).expect("an [http] table")
+    }
+
+    #[test]
+    fn http_limits_default_and_bad_ones_name_the_key() {
+        let c = http("");
+        assert_eq!(
+            (c.header_timeout_s, c.request_timeout_s, c.max_connections),
+            (10.0, 30.0, 256)
+        );
+        assert!(c.hosts.is_empty());
+        assert_eq!(c.check_limits(), Ok(()));
+        assert_eq!(
+            http("hosts = [\"alarms.site.example\", \"gw:8443\", \"*\"]\nheader_timeout_s = 1.5").check_limits(),
+            Ok(())
+        );
+        for (text, key) in [
+            ("header_timeout_s = 0", "http.header_timeout_s"),
+            ("request_timeout_s = -1", "http.request_timeout_s"),
+            ("request_timeout_s = inf", "http.request_timeout_s"),
+            ("max_connections = 0", "http.max_connections"),
+            ("hosts = [\"ok.example\", \"http://evil.example\"]", "http.hosts[1]"),
+            ("hosts = [\"\"]", "http.hosts[0]"),
+            ("hosts = [\"a b\"]", "http.hosts[0]"),
+            ("hosts = [\"x/y\"]", "http.hosts[0]"),
+        ] {
+            let err = http(text).check_limits().expect_err(text);
+            assert_eq!(err.0, key, "{text}: {}", err.1);
+        }
     }
 }

@@ -380,6 +380,7 @@ impl Config {
             ));
         }
         check_one_source(&self.http.token, &self.http.token_env, "http.token").map_err(|e| invalid("http.token", e))?;
+        self.http.check_limits().map_err(|(key, e)| invalid(&key, e))?;
         self.smtp.address().map_err(|e| invalid("smtp.listen", e))?;
         check_one_source(&self.smtp.password, &self.smtp.password_env, "smtp.password")
             .map_err(|e| invalid("smtp.password", e))?;

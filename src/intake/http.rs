@@ -4,7 +4,9 @@
 //! 202 with `{"alarm_id": ...}` once the alarm is recorded; 404 unknown camera, 400 malformed body,
 //! 409 duplicate `alarm_id`, 413 too large, 429 too many alarms dated ahead, 503 while shutting
 //! down or when the store cannot record it (with `Retry-After`: send it again). Each refusal is
-//! also reported on `{prefix}/errors`.
+//! also reported on `{prefix}/errors`. Before any of that, the server itself answers 401 without
+//! the token and 403 for a foreign `Host` or a cross-site browser request (see `ops::guard`);
+//! those are not reported, since no device sent them.
 
 use std::sync::Arc;
 

@@ -199,28 +199,42 @@ async fn list_alarms(State(ops): State<Ops>, filter: Result<Query<AlarmFilter>, 
     axum::Json(serde_json::json!({ "alarms": alarms })).into_response()
 }
 
-/// RFC 4180 CSV: every field quoted, quotes doubled.
+/// RFC 4180 CSV: every field quoted, quotes doubled, formulas defused.
 fn to_csv(alarms: &[AlarmSummary]) -> String {
     let mut out =
         String::from("alarm_id,camera,alarm_time,received,source,verdict,reason,latency_ms,delivered,feedback\r\n");
-    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
     for a in alarms {
+        let latency = a.latency_ms.map(|l| l.to_string()).unwrap_or_default();
         let fields = [
-            quote(&a.alarm_id),
-            quote(&a.camera),
-            quote(&a.alarm_time),
-            quote(&a.received),
-            quote(a.source.as_deref().unwrap_or_default()),
-            quote(a.verdict.as_deref().unwrap_or_default()),
-            quote(a.reason.as_deref().unwrap_or_default()),
-            quote(&a.latency_ms.map(|l| l.to_string()).unwrap_or_default()),
-            quote(a.delivered.as_deref().unwrap_or_default()),
-            quote(a.feedback.as_deref().unwrap_or_default()),
+            a.alarm_id.as_str(),
+            &a.camera,
+            &a.alarm_time,
+            &a.received,
+            a.source.as_deref().unwrap_or_default(),
+            a.verdict.as_deref().unwrap_or_default(),
+            a.reason.as_deref().unwrap_or_default(),
+            &latency,
+            a.delivered.as_deref().unwrap_or_default(),
+            a.feedback.as_deref().unwrap_or_default(),
         ];
-        out.push_str(&fields.join(","));
+        let quoted: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+        out.push_str(&quoted.join(","));
         out.push_str("\r\n");
     }
     out
+}
+
+/// One quoted CSV field. Ids and sources come from devices, and a spreadsheet runs a field that
+/// starts with `= + - @` (or a tab or CR before one) as a formula, so such a field gets a leading
+/// `'` (OWASP's CSV-injection advice).
+fn csv_field(value: &str) -> String {
+    let defuse = value.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let value = value.replace('"', "\"\"");
+    if defuse {
+        format!("\"'{value}\"")
+    } else {
+        format!("\"{value}\"")
+    }
 }
 
 async fn alarm(State(ops): State<Ops>, Path(alarm_id): Path<String>) -> Response {
@@ -312,5 +326,50 @@ async fn camera_snapshot(State(ops): State<Ops>, Path(camera): Path<String>) -> 
         Ok(Ok(bytes)) => jpeg(bytes),
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
         Err(e) => internal(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_that_a_spreadsheet_would_run_are_defused() {
+        for (raw, field) in [
+            ("=HYPERLINK(\"http://evil\")", "\"'=HYPERLINK(\"\"http://evil\"\")\""),
+            ("+1", "\"'+1\""),
+            ("-2+3", "\"'-2+3\""),
+            ("@SUM(A1)", "\"'@SUM(A1)\""),
+            ("\t=1", "\"'\t=1\""),
+            ("\r=1", "\"'\r=1\""),
+            ("cam-1", "\"cam-1\""),
+            ("a=b", "\"a=b\""),
+            ("", "\"\""),
+        ] {
+            assert_eq!(csv_field(raw), field, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn a_hostile_alarm_id_is_one_defused_field_of_its_row() {
+        let alarm = AlarmSummary {
+            alarm_id: "=cmd|' /C calc'!A0".into(),
+            camera: "entrance".into(),
+            alarm_time: "2026-12-06T00:00:00Z".into(),
+            received: "2026-12-06T00:00:00Z".into(),
+            source: Some("@evil".into()),
+            verdict: Some("verified".into()),
+            reason: None,
+            latency_ms: Some(1200),
+            delivered: None,
+            has_evidence: false,
+            has_clip: false,
+            feedback: None,
+        };
+        let csv = to_csv(&[alarm]);
+        let row = csv.lines().nth(1).expect("a row");
+        assert!(row.starts_with("\"'=cmd|' /C calc'!A0\",\"entrance\","), "{row}");
+        assert!(row.contains(",\"'@evil\","), "{row}");
+        assert!(row.contains(",\"1200\","), "{row}");
     }
 }

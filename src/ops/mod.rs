@@ -14,6 +14,7 @@ use crate::store::Store;
 
 pub mod api;
 pub mod console;
+pub mod guard;
 pub mod http;
 pub mod metrics;
 

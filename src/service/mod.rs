@@ -373,7 +373,8 @@ async fn start_intakes(
         let routes = intake::http::routes(sink.clone())
             .merge(ops::api::routes(ops.clone()))
             .merge(ops::console::routes(ops));
-        intakes.spawn(ops::http::serve(listener, token, routes, stop.clone()));
+        let rules = ops::http::ServerRules::from_config(&config.http, token);
+        intakes.spawn(ops::http::serve(listener, rules, routes, stop.clone()));
     }
     if let Some(address) = config.smtp.address().map_err(|expected| ConfigError::Invalid {
         path: "config".into(),
