@@ -147,6 +147,7 @@ async fn converse(
     let mut session = builder.build(peer.ip(), Mail::new(inner.clone(), peer.ip(), failed_data.clone()));
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
+    tracing::trace!(%peer, "SMTP session opened");
     let ends_at = tokio::time::Instant::now() + inner.max_session;
     write_response(&mut writer, &session.greeting()).await?;
     let mut errors = 0;
