@@ -272,7 +272,10 @@ fn check_config_refuses_an_open_or_passwordless_smtp_server() {
         (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
     let (ok, err) = check("open", "listen = \"0.0.0.0:2525\"", &[]);
-    assert!(!ok && err.contains("smtp.username") && err.contains("0.0.0.0:2525"), "{err}");
+    assert!(
+        !ok && err.contains("smtp.username") && err.contains("0.0.0.0:2525"),
+        "{err}"
+    );
     let (ok, err) = check("no-password", "listen = \"127.0.0.1:2525\"\nusername = \"nvr\"", &[]);
     assert!(!ok && err.contains("`smtp.password`"), "{err}");
     let (ok, err) = check(
@@ -284,11 +287,7 @@ fn check_config_refuses_an_open_or_passwordless_smtp_server() {
         !ok && err.contains("smtp.password_env") && err.contains("not an empty value"),
         "{err}"
     );
-    let (ok, err) = check(
-        "long-session",
-        "listen = \"127.0.0.1:2525\"\nmax_session_s = -1",
-        &[],
-    );
+    let (ok, err) = check("long-session", "listen = \"127.0.0.1:2525\"\nmax_session_s = -1", &[]);
     assert!(!ok && err.contains("smtp.max_session_s"), "{err}");
     let (ok, err) = check(
         "good",

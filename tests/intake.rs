@@ -416,7 +416,11 @@ async fn smtp_limits_hold_and_a_good_alarm_mail_still_gets_its_verdict() {
         HOLD_SESSION,
         &serde_json::json!({"port": smtp, "login": login, "for_s": 15}),
     );
-    assert_eq!(held["codes"].as_array().and_then(|c| c.last()), Some(&421.into()), "{held}");
+    assert_eq!(
+        held["codes"].as_array().and_then(|c| c.last()),
+        Some(&421.into()),
+        "{held}"
+    );
     let at = held["at_s"].as_f64().unwrap_or_default();
     assert!((2.5..6.0).contains(&at), "421 after {at} s: {held}");
     assert!(
@@ -465,9 +469,16 @@ async fn no_smtp_secret_shows_in_the_log_at_trace_level() {
     let broker = alarm_verifier::tools::demo::Broker::start().expect("broker");
     let smtp = free_port().expect("port");
     let dir = tempfile::tempdir().expect("site dir");
-    let extra = format!("[smtp]\nlisten = \"127.0.0.1:{smtp}\"\nusername = \"nvr\"\npassword_env = \"AV_TEST_SMTP_PASSWORD\"\n");
+    let extra = format!(
+        "[smtp]\nlisten = \"127.0.0.1:{smtp}\"\nusername = \"nvr\"\npassword_env = \"AV_TEST_SMTP_PASSWORD\"\n"
+    );
     // A camera that is not there: the logins are what this test is about.
-    let config = site_toml(broker.port(), &[("gate", "rtsp://127.0.0.1:9/none".into())], &extra, dir.path());
+    let config = site_toml(
+        broker.port(),
+        &[("gate", "rtsp://127.0.0.1:9/none".into())],
+        &extra,
+        dir.path(),
+    );
     let service = Service::start_with_env(
         &config,
         dir.path(),

@@ -665,8 +665,16 @@ async fn camera_addresses_on_another_host_are_refused_unless_allowed() {
         "{error}"
     );
     settle().await;
-    assert_eq!(camera.counters().subscriptions, 0, "a subscription was asked for at {xaddr}");
-    assert_eq!(camera.counters().get_services, 0, "GetServices asked after a refused address");
+    assert_eq!(
+        camera.counters().subscriptions,
+        0,
+        "a subscription was asked for at {xaddr}"
+    );
+    assert_eq!(
+        camera.counters().get_services,
+        0,
+        "GetServices asked after a refused address"
+    );
     watch.stop().await;
 
     // The event service on the configured host, the subscription address on another: nothing
@@ -694,7 +702,9 @@ async fn camera_addresses_on_another_host_are_refused_unless_allowed() {
 
     // Allowed: subscribed on the other name, and motion raises its alarm.
     let watch = Watch::start_with(onvif_config_on(&camera, "localhost", true), &password);
-    watch.until_link(EventLinkState::Subscribed, 0, "subscribed when allowed").await;
+    watch
+        .until_link(EventLinkState::Subscribed, 0, "subscribed when allowed")
+        .await;
     camera.emit_motion(true);
     until("an alarm", Duration::from_secs(5), || {
         (watch.sink.alarms() == 1).then_some(())
@@ -721,7 +731,9 @@ async fn a_redirect_is_not_followed_and_the_credentials_stay_with_the_camera() {
                 .ok()
                 .and_then(Result::ok)
                 .unwrap_or(0);
-            seen.lock().expect("lock").extend_from_slice(format!("connection: {n} bytes\n").as_bytes());
+            seen.lock()
+                .expect("lock")
+                .extend_from_slice(format!("connection: {n} bytes\n").as_bytes());
             seen.lock().expect("lock").extend_from_slice(&buf[..n]);
         }
     });
@@ -729,7 +741,9 @@ async fn a_redirect_is_not_followed_and_the_credentials_stay_with_the_camera() {
     let password = CameraOptions::default().password;
     camera.misbehave("GetCapabilities", Some(Misbehaviour::RedirectTo(elsewhere_port)));
     let watch = Watch::start(&camera, &password, &[]);
-    let failed = watch.until_link(EventLinkState::Failed, 0, "the redirect refused").await;
+    let failed = watch
+        .until_link(EventLinkState::Failed, 0, "the redirect refused")
+        .await;
     let error = failed.error.unwrap_or_default();
     let location = format!("http://127.0.0.1:{elsewhere_port}/onvif/device_service");
     assert!(

@@ -395,7 +395,9 @@ impl Config {
         if self.smtp.max_message_bytes < 1024 {
             return Err(invalid("smtp.max_message_bytes", "expected at least 1024".into()));
         }
-        if !(self.smtp.max_session_s.is_finite() && self.smtp.max_session_s > 0.0 && self.smtp.max_session_s <= 86_400.0)
+        if !(self.smtp.max_session_s.is_finite()
+            && self.smtp.max_session_s > 0.0
+            && self.smtp.max_session_s <= 86_400.0)
         {
             return Err(invalid(
                 "smtp.max_session_s",
