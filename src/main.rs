@@ -151,13 +151,7 @@ fn main() -> ExitCode {
         Command::BenchStorm { .. } => "warn",
         _ => "info",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(default_filter);
     match execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -165,6 +159,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to stderr, filtered by RUST_LOG (else `default_filter`), with a cap that RUST_LOG cannot
+/// lift: mailin traces every line it reads, AUTH lines too (base64 credentials), so its trace
+/// level stays off.
+fn init_logging(default_filter: &str) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let wanted = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let never_secrets = tracing_subscriber::filter::Targets::new()
+        .with_default(tracing::Level::TRACE)
+        .with_target("mailin", tracing::Level::DEBUG);
+    tracing_subscriber::registry()
+        .with(never_secrets)
+        .with(wanted)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
 }
 
 fn execute(command: Command) -> Result<()> {

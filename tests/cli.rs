@@ -234,3 +234,65 @@ fn far_people_on_wide_views_are_verified_in_regions_and_their_empty_twins_are_no
         assert_eq!(doc.verdict, VerdictKind::FalseAlarm, "{clip}: {doc:?}");
     }
 }
+
+/// SMTP on the network needs AUTH, and a username needs a password that is not empty:
+/// check-config names the key, as it does for HTTP's token.
+#[test]
+fn check_config_refuses_an_open_or_passwordless_smtp_server() {
+    let example = std::fs::read_to_string(root().join("config/example.toml")).expect("example");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let check = |name: &str, smtp: &str, env: &[(&str, &str)]| {
+        // The example's [smtp] table with its keys in `smtp` instead of the example's own.
+        let replaced = ["listen", "username", "password_env", "password", "max_session_s"];
+        let mut section = String::new();
+        let mut lines = Vec::new();
+        for line in example.lines() {
+            if line.starts_with('[') {
+                section = line.split_whitespace().next().unwrap_or_default().to_owned();
+            }
+            let key = line.split('=').next().unwrap_or_default().trim();
+            if section == "[smtp]" && replaced.contains(&key) {
+                continue;
+            }
+            lines.push(line.to_owned());
+            if line.starts_with("[smtp]") {
+                lines.push(smtp.to_owned());
+            }
+        }
+        let text = lines.join("\n");
+        assert!(text.contains(smtp), "no [smtp] table in the example");
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).expect("write");
+        let out = Command::new(env!("CARGO_BIN_EXE_alarm-verifier"))
+            .arg("check-config")
+            .arg(&path)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run check-config");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, err) = check("open", "listen = \"0.0.0.0:2525\"", &[]);
+    assert!(
+        !ok && err.contains("smtp.username") && err.contains("0.0.0.0:2525"),
+        "{err}"
+    );
+    let (ok, err) = check("no-password", "listen = \"127.0.0.1:2525\"\nusername = \"nvr\"", &[]);
+    assert!(!ok && err.contains("`smtp.password`"), "{err}");
+    let (ok, err) = check(
+        "empty-password",
+        "listen = \"0.0.0.0:2525\"\nusername = \"nvr\"\npassword_env = \"AV_TEST_SMTP_PASSWORD\"",
+        &[("AV_TEST_SMTP_PASSWORD", "")],
+    );
+    assert!(
+        !ok && err.contains("smtp.password_env") && err.contains("not an empty value"),
+        "{err}"
+    );
+    let (ok, err) = check("long-session", "listen = \"127.0.0.1:2525\"\nmax_session_s = -1", &[]);
+    assert!(!ok && err.contains("smtp.max_session_s"), "{err}");
+    let (ok, err) = check(
+        "good",
+        "listen = \"0.0.0.0:2525\"\nusername = \"nvr\"\npassword_env = \"AV_TEST_SMTP_PASSWORD\"",
+        &[("AV_TEST_SMTP_PASSWORD", "Mail-Pass-1")],
+    );
+    assert!(ok, "{err}");
+}

@@ -339,3 +339,171 @@ async fn nvr_alarm_mails_become_alarms_on_the_camera_they_name() {
         "the password leaked into the log"
     );
 }
+
+/// One session kept alive with NOOPs until the server answers something else; prints the codes,
+/// when the first other one came (seconds from the greeting) and whether the server then closed.
+const HOLD_SESSION: &str = r#"
+import json, smtplib, sys, time
+a = json.loads(sys.argv[1])
+s = smtplib.SMTP("127.0.0.1", a["port"], timeout=20)
+start = time.monotonic()
+s.ehlo("nvr.site.local")
+s.login(a["login"][0], a["login"][1])
+out = {"codes": []}
+while time.monotonic() - start < a["for_s"]:
+    code, text = s.noop()
+    out["codes"].append(code)
+    if code != 250:
+        out["at_s"] = time.monotonic() - start
+        out["text"] = text.decode()
+        break
+    time.sleep(0.2)
+try:
+    s.noop()
+    out["closed"] = False
+except smtplib.SMTPServerDisconnected:
+    out["closed"] = True
+print(json.dumps(out))
+"#;
+
+fn run_python(script: &str, args: &serde_json::Value) -> serde_json::Value {
+    let output = Command::new("python3")
+        .args(["-c", script, &args.to_string()])
+        .output()
+        .expect("python3");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|_| panic!("python failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr)))
+}
+
+/// The SMTP limits over a real socket: the 101st recipient of a mail gets 452 and the mail still
+/// goes to the first 100; a session past smtp.max_session_s gets 421 and is closed; a good
+/// alarm mail after both gets its verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_limits_hold_and_a_good_alarm_mail_still_gets_its_verdict() {
+    let smtp = free_port().expect("port");
+    let extra = format!(
+        "[smtp]\nlisten = \"127.0.0.1:{smtp}\"\nusername = \"nvr\"\npassword = \"mail-pass\"\nmax_session_s = 3\n"
+    );
+    let mut site = Site::start_configured(
+        &[("entrance", "vtest.mp4", None)],
+        &extra,
+        &[("entrance", "email_match = \"Camera 02\"")],
+    )
+    .await;
+    let login = serde_json::json!(["nvr", "mail-pass"]);
+
+    // 101 recipients, the camera first: 100 taken, the 101st refused, the mail delivered.
+    let mut to = vec!["entrance@verifier.local".to_owned()];
+    to.extend((1..=100).map(|i| format!("copy{i}@verifier.local")));
+    let many = send_mail(
+        smtp,
+        serde_json::json!({"from": "nvr@site.local", "to": to, "login": login,
+            "subject": "Motion Detection Alarm", "body": "many recipients"}),
+    );
+    let rcpt = many["rcpt"].as_array().expect("rcpt replies");
+    assert_eq!(rcpt.len(), 101, "{many}");
+    assert!(rcpt[..100].iter().all(|r| r[0] == 250), "{many}");
+    assert_eq!(rcpt[100][0], 452, "{many}");
+    assert!(
+        rcpt[100][1].as_str().is_some_and(|t| t.contains("too many recipients")),
+        "{many}"
+    );
+    assert_eq!(many["data"][0], 250, "{many}");
+
+    // A session kept busy past max_session_s (3 s): 421, then the server closes it.
+    let held = run_python(
+        HOLD_SESSION,
+        &serde_json::json!({"port": smtp, "login": login, "for_s": 15}),
+    );
+    assert_eq!(
+        held["codes"].as_array().and_then(|c| c.last()),
+        Some(&421.into()),
+        "{held}"
+    );
+    let at = held["at_s"].as_f64().unwrap_or_default();
+    assert!((2.5..6.0).contains(&at), "421 after {at} s: {held}");
+    assert!(
+        held["text"].as_str().is_some_and(|t| t.contains("smtp.max_session_s")),
+        "{held}"
+    );
+    assert_eq!(held["closed"], true, "{held}");
+
+    // After both, a good alarm mail is taken and verified.
+    site.let_buffers_fill().await;
+    let good = send_mail(
+        smtp,
+        serde_json::json!({"from": "nvr@site.local", "to": ["alarms@verifier.local"], "login": login,
+            "subject": "Motion Detection Alarm: Camera 02", "body": "Alarm Event: Motion Detection"}),
+    );
+    assert_eq!(good["data"][0], 250, "{good}");
+    let verdict = site.verdict(&alarm_id_of(&good), Duration::from_secs(30)).await;
+    assert_eq!(verdict.camera, "entrance");
+    assert_eq!(verdict.verdict, VerdictKind::Verified, "{verdict:?}");
+}
+
+/// Logs in with AUTH PLAIN (smtplib) and AUTH LOGIN (by hand); prints the reply codes.
+const LOGINS: &str = r#"
+import base64, json, smtplib, sys
+a = json.loads(sys.argv[1])
+user, password = a["login"]
+b64 = lambda t: base64.b64encode(t.encode()).decode()
+out = {}
+s = smtplib.SMTP("127.0.0.1", a["port"], timeout=20)
+s.ehlo("nvr.site.local")
+out["plain"] = s.login(user, password)[0]
+s.quit()
+s = smtplib.SMTP("127.0.0.1", a["port"], timeout=20)
+s.ehlo("nvr.site.local")
+out["login"] = [s.docmd("AUTH LOGIN")[0], s.docmd(b64(user))[0], s.docmd(b64(password))[0]]
+s.quit()
+print(json.dumps(out))
+"#;
+
+/// With RUST_LOG=trace, neither the SMTP password nor its base64 forms (AUTH PLAIN's and AUTH
+/// LOGIN's) show in the service's log: mailin traces every line it reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_smtp_secret_shows_in_the_log_at_trace_level() {
+    use base64::Engine as _;
+    const PASSWORD: &str = "Mail-Pass-7731";
+    let broker = alarm_verifier::tools::demo::Broker::start().expect("broker");
+    let smtp = free_port().expect("port");
+    let dir = tempfile::tempdir().expect("site dir");
+    let extra = format!(
+        "[smtp]\nlisten = \"127.0.0.1:{smtp}\"\nusername = \"nvr\"\npassword_env = \"AV_TEST_SMTP_PASSWORD\"\n"
+    );
+    // A camera that is not there: the logins are what this test is about.
+    let config = site_toml(
+        broker.port(),
+        &[("gate", "rtsp://127.0.0.1:9/none".into())],
+        &extra,
+        dir.path(),
+    );
+    let service = Service::start_with_env(
+        &config,
+        dir.path(),
+        &[("RUST_LOG", "trace"), ("AV_TEST_SMTP_PASSWORD", PASSWORD)],
+    );
+    wait_until(service.about("the SMTP port"), Duration::from_secs(20), || {
+        TcpStream::connect(("127.0.0.1", smtp)).is_ok()
+    })
+    .await;
+    let replies = run_python(LOGINS, &serde_json::json!({"port": smtp, "login": ["nvr", PASSWORD]}));
+    assert_eq!(replies["plain"], 235, "{replies}");
+    assert_eq!(replies["login"], serde_json::json!([334, 334, 235]), "{replies}");
+    drop(service);
+
+    let log = std::fs::read_to_string(dir.path().join("service.log")).expect("log");
+    assert!(
+        log.contains("SMTP session opened"),
+        "not logging at trace level:\n{log}"
+    );
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for secret in [
+        PASSWORD.to_owned(),
+        b64.encode(format!("\0nvr\0{PASSWORD}")),
+        b64.encode(PASSWORD),
+    ] {
+        assert!(!log.contains(&secret), "{secret:?} is in the log");
+    }
+}

@@ -72,9 +72,12 @@ struct Watch {
 
 impl Watch {
     fn start(camera: &OnvifCamera, password: &str, topics: &[&str]) -> Self {
+        Self::start_with(onvif_config(camera, password, topics), password)
+    }
+
+    fn start_with(config: OnvifConfig, password: &str) -> Self {
         let sink = Arc::new(Collector::default());
         let stop = CancellationToken::new();
-        let config = onvif_config(camera, password, topics);
         let task = tokio::spawn(alarm_verifier::intake::onvif::watch(
             CAMERA.into(),
             config,
@@ -627,4 +630,142 @@ async fn a_wrong_onvif_password_shows_in_the_camera_state_and_other_alarms_are_a
         "{verdict:?}"
     );
     assert!(!site.service.log().contains(wrong), "the password is in the log");
+}
+
+/// `[camera.onvif]` naming the camera by `host` (another name for the double's 127.0.0.1).
+fn onvif_config_on(camera: &OnvifCamera, host: &str, allow_other_hosts: bool) -> OnvifConfig {
+    let toml = format!(
+        "url = \"{}\"\nusername = \"admin\"\npassword = \"{}\"\nallow_other_hosts = {allow_other_hosts}\n",
+        camera.url_on(host),
+        CameraOptions::default().password
+    );
+    toml::from_str(&toml).expect("onvif config")
+}
+
+/// Addresses the camera gives on another host than the configured one are refused before any
+/// call goes there, and the link says which address and which rule; `allow_other_hosts` lets
+/// them through. The double is configured as `localhost` and names `127.0.0.1`: the same
+/// machine, so that with the key set the whole chain works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn camera_addresses_on_another_host_are_refused_unless_allowed() {
+    capture_logs();
+    let password = CameraOptions::default().password;
+
+    // The event service (XAddr of GetCapabilities) on another host: no subscription is asked for.
+    let camera = OnvifCamera::start(CameraOptions::default()).await;
+    let watch = Watch::start_with(onvif_config_on(&camera, "localhost", false), &password);
+    let failed = watch.until_link(EventLinkState::Failed, 0, "the XAddr refused").await;
+    let error = failed.error.unwrap_or_default();
+    let xaddr = format!("http://127.0.0.1:{}/onvif/events", camera.port());
+    assert!(
+        error.contains("GetCapabilities: refused the event service address (tt:XAddr)")
+            && error.contains(&xaddr)
+            && error.contains("(localhost)")
+            && error.contains("camera.onvif.allow_other_hosts = true"),
+        "{error}"
+    );
+    settle().await;
+    assert_eq!(
+        camera.counters().subscriptions,
+        0,
+        "a subscription was asked for at {xaddr}"
+    );
+    assert_eq!(
+        camera.counters().get_services,
+        0,
+        "GetServices asked after a refused address"
+    );
+    watch.stop().await;
+
+    // The event service on the configured host, the subscription address on another: nothing
+    // is pulled from it.
+    let camera = OnvifCamera::start(CameraOptions {
+        events_host: "localhost".into(),
+        ..CameraOptions::default()
+    })
+    .await;
+    let watch = Watch::start_with(onvif_config_on(&camera, "localhost", false), &password);
+    let failed = watch
+        .until_link(EventLinkState::Failed, 0, "the subscription address refused")
+        .await;
+    let error = failed.error.unwrap_or_default();
+    assert!(
+        error.contains("CreatePullPointSubscription: refused the subscription address (wsa:Address) http://127.0.0.1:")
+            && error.contains("allow_other_hosts"),
+        "{error}"
+    );
+    settle().await;
+    assert!(camera.counters().subscriptions >= 1);
+    let counters = camera.counters();
+    assert_eq!((counters.pulls, counters.renews), (0, 0), "{counters:?}");
+    watch.stop().await;
+
+    // Allowed: subscribed on the other name, and motion raises its alarm.
+    let watch = Watch::start_with(onvif_config_on(&camera, "localhost", true), &password);
+    watch
+        .until_link(EventLinkState::Subscribed, 0, "subscribed when allowed")
+        .await;
+    camera.emit_motion(true);
+    until("an alarm", Duration::from_secs(5), || {
+        (watch.sink.alarms() == 1).then_some(())
+    })
+    .await;
+    watch.stop().await;
+}
+
+/// A camera that answers 307 to elsewhere: the request (its WS-Security header with it) is not
+/// sent there; the link names the redirect; once the camera answers again, the link recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_not_followed_and_the_credentials_stay_with_the_camera() {
+    capture_logs();
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let elsewhere_port = elsewhere.local_addr().expect("address").port();
+    let visits = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let seen = Arc::clone(&visits);
+    let listener = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = elsewhere.accept().await {
+            use tokio::io::AsyncReadExt as _;
+            let mut buf = vec![0u8; 64 * 1024];
+            let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(0);
+            seen.lock()
+                .expect("lock")
+                .extend_from_slice(format!("connection: {n} bytes\n").as_bytes());
+            seen.lock().expect("lock").extend_from_slice(&buf[..n]);
+        }
+    });
+    let camera = OnvifCamera::start(CameraOptions::default()).await;
+    let password = CameraOptions::default().password;
+    camera.misbehave("GetCapabilities", Some(Misbehaviour::RedirectTo(elsewhere_port)));
+    let watch = Watch::start(&camera, &password, &[]);
+    let failed = watch
+        .until_link(EventLinkState::Failed, 0, "the redirect refused")
+        .await;
+    let error = failed.error.unwrap_or_default();
+    let location = format!("http://127.0.0.1:{elsewhere_port}/onvif/device_service");
+    assert!(
+        error.contains("GetCapabilities: the camera answered HTTP 307 Temporary Redirect")
+            && error.contains(&location)
+            && error.contains("redirects are not followed"),
+        "{error}"
+    );
+    // A retry (after the 1 s backoff) is redirected too, and goes nowhere either.
+    until("a second redirected GetCapabilities", Duration::from_secs(10), || {
+        (camera.counters().get_capabilities >= 2).then_some(())
+    })
+    .await;
+    settle().await;
+    let visits_text = String::from_utf8_lossy(&visits.lock().expect("lock")).into_owned();
+    assert!(visits_text.is_empty(), "the redirect was followed: {visits_text}");
+    assert_eq!(camera.counters().get_services, 0, "GetServices asked after a redirect");
+    let seen = watch.sink.links().len();
+    camera.misbehave("GetCapabilities", None);
+    watch
+        .until_link(EventLinkState::Subscribed, seen, "recovery after the redirect")
+        .await;
+    watch.stop().await;
+    listener.abort();
 }

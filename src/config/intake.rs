@@ -98,6 +98,8 @@ pub struct SmtpConfig {
     pub max_message_bytes: usize,
     /// The name the server gives in its greeting.
     pub hostname: String,
+    /// A session is closed with 421 after this many seconds, whatever the client is doing.
+    pub max_session_s: f64,
 }
 
 impl Default for SmtpConfig {
@@ -109,6 +111,7 @@ impl Default for SmtpConfig {
             password_env: String::new(),
             max_message_bytes: 10 * 1024 * 1024,
             hostname: "alarm-verifier".into(),
+            max_session_s: 300.0,
         }
     }
 }
@@ -144,6 +147,10 @@ pub struct OnvifConfig {
     /// data item, e.g. `tns1:RuleEngine/FieldDetector/ObjectsInside`.
     #[serde(default)]
     pub topics: Vec<String>,
+    /// Whether the event service and subscription addresses the camera gives may be on another
+    /// host than `url`'s. Off, such an address is refused: the credentials would go there.
+    #[serde(default)]
+    pub allow_other_hosts: bool,
 }
 
 impl OnvifConfig {

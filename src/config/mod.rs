@@ -381,17 +381,50 @@ impl Config {
         }
         check_one_source(&self.http.token, &self.http.token_env, "http.token").map_err(|e| invalid("http.token", e))?;
         self.http.check_limits().map_err(|(key, e)| invalid(&key, e))?;
-        self.smtp.address().map_err(|e| invalid("smtp.listen", e))?;
+        let smtp = self.smtp.address().map_err(|e| invalid("smtp.listen", e))?;
         check_one_source(&self.smtp.password, &self.smtp.password_env, "smtp.password")
             .map_err(|e| invalid("smtp.password", e))?;
-        if self.smtp.username.is_empty() && !(self.smtp.password.is_empty() && self.smtp.password_env.is_empty()) {
+        let has_password = !(self.smtp.password.is_empty() && self.smtp.password_env.is_empty());
+        if self.smtp.username.is_empty() && has_password {
             return Err(invalid(
                 "smtp.username",
                 "expected a username with smtp.password or smtp.password_env".into(),
             ));
         }
+        // As HTTP needs a token off loopback: anyone on the network could otherwise raise alarms.
+        if let Some(addr) = smtp
+            && !addr.ip().is_loopback()
+            && self.smtp.username.is_empty()
+        {
+            return Err(invalid(
+                "smtp.username",
+                format!(
+                    "expected a username and password (smtp.username with smtp.password_env or smtp.password): \
+                     smtp.listen {addr} is reachable from the network"
+                ),
+            ));
+        }
+        // A username with no password would let anyone log in with an empty one.
+        if !self.smtp.username.is_empty() && !has_password {
+            return Err(invalid(
+                "smtp.password",
+                "expected a password for smtp.username (smtp.password_env or smtp.password), not an empty one".into(),
+            ));
+        }
         if self.smtp.max_message_bytes < 1024 {
             return Err(invalid("smtp.max_message_bytes", "expected at least 1024".into()));
+        }
+        if !(self.smtp.max_session_s.is_finite()
+            && self.smtp.max_session_s > 0.0
+            && self.smtp.max_session_s <= 86_400.0)
+        {
+            return Err(invalid(
+                "smtp.max_session_s",
+                format!(
+                    "expected a number of seconds greater than 0 and at most 86400, got {}",
+                    self.smtp.max_session_s
+                ),
+            ));
         }
         Ok(())
     }
@@ -581,6 +614,11 @@ url = "rtsp://user:pass@10.0.0.5:554/stream1"
         let cases = [
             ("[smtp]\nlisten = \"127.0.0.1:25x\"\n", "smtp.listen"),
             ("[smtp]\npassword = \"p\"\n", "smtp.username"),
+            ("[smtp]\nlisten = \"0.0.0.0:2525\"\n", "smtp.username"),
+            ("[smtp]\nusername = \"nvr\"\n", "smtp.password"),
+            ("[smtp]\nusername = \"nvr\"\npassword = \"\"\n", "smtp.password"),
+            ("[smtp]\nmax_session_s = 0\n", "smtp.max_session_s"),
+            ("[smtp]\nmax_session_s = 1e300\n", "smtp.max_session_s"),
             ("[http]\ntoken = \"a\"\ntoken_env = \"B\"\n", "http.token"),
         ];
         for (snippet, key) in cases {

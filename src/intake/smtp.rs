@@ -6,6 +6,11 @@
 //! so "Camera 12" beats "Camera 1"). The first JPEG attachment is kept with the alarm as the NVR's
 //! own picture. A mail that matches no camera gets 550, one over `smtp.max_message_bytes` gets 552;
 //! both are reported on `{prefix}/errors`.
+//!
+//! Limits on what a client may do: 100 recipients per message (the 101st gets 452, RFC 5321
+//! 4.5.3.1.8), `smtp.max_session_s` per session and [`IDLE_TIMEOUT`] per command (then 421 and
+//! the connection closes), [`MAX_LINE`] bytes per line, [`MAX_CONNECTIONS`] sessions at once and
+//! [`MAX_ERRORS`] bad commands per session.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -31,6 +36,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_CONNECTIONS: usize = 32;
 /// A client that keeps sending bad commands is not an NVR; it is disconnected.
 const MAX_ERRORS: u32 = 20;
+/// RFC 5321 4.5.3.1.8: a server must take at least 100 recipients, and may refuse more with 452.
+const MAX_RECIPIENTS: usize = 100;
+/// Time to write the closing reply once the session's time is up, for a client that reads nothing.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// How much of the text body is kept with the alarm's record.
 const KEPT_TEXT: usize = 4096;
 
@@ -43,6 +52,7 @@ struct Inner {
     hostname: String,
     login: Option<(String, Secret)>,
     max_message_bytes: usize,
+    max_session: Duration,
     cameras: Vec<MailCamera>,
     sink: Arc<dyn AlarmSink>,
     connections: Arc<Semaphore>,
@@ -66,6 +76,8 @@ impl Server {
                 hostname: config.hostname.clone(),
                 login,
                 max_message_bytes: config.max_message_bytes,
+                // The config check keeps it finite and positive; the fallback is the default.
+                max_session: Duration::try_from_secs_f64(config.max_session_s).unwrap_or(Duration::from_secs(300)),
                 cameras: cameras
                     .iter()
                     .map(|c| MailCamera {
@@ -103,8 +115,13 @@ impl Server {
                         .await;
                     return;
                 };
-                if let Err(e) = converse(inner, stream, peer, stop).await {
-                    tracing::debug!(%peer, error = %e, "SMTP session ended");
+                // The reads inside stop at the session's end; this also bounds a client that
+                // stops reading our replies.
+                let limit = inner.max_session + CLOSE_GRACE;
+                match tokio::time::timeout(limit, converse(inner, stream, peer, stop)).await {
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "SMTP session ended"),
+                    Err(_) => tracing::info!(%peer, "SMTP session cut: its client stopped reading"),
+                    Ok(Ok(())) => {}
                 }
             });
         }
@@ -130,6 +147,8 @@ async fn converse(
     let mut session = builder.build(peer.ip(), Mail::new(inner.clone(), peer.ip(), failed_data.clone()));
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
+    tracing::trace!(%peer, "SMTP session opened");
+    let ends_at = tokio::time::Instant::now() + inner.max_session;
     write_response(&mut writer, &session.greeting()).await?;
     let mut errors = 0;
     let mut line = Vec::new();
@@ -139,6 +158,13 @@ async fn converse(
         let read = tokio::select! {
             _ = stop.cancelled() => {
                 writer.write_all(b"421 4.3.2 service shutting down\r\n").await?;
+                return Ok(());
+            }
+            () = tokio::time::sleep_until(ends_at) => {
+                tracing::info!(%peer, limit_s = inner.max_session.as_secs_f64(), "SMTP session too long; closed");
+                writer
+                    .write_all(b"421 4.4.2 session too long (smtp.max_session_s), closing\r\n")
+                    .await?;
                 return Ok(());
             }
             read = tokio::time::timeout(IDLE_TIMEOUT, limited.read_until(b'\n', &mut line)) => read,
@@ -246,7 +272,8 @@ impl Mail {
         let Some((user, secret)) = &self.inner.login else {
             return mailin::response::INVALID_CREDENTIALS;
         };
-        if username == user && secret.matches(password) {
+        // An empty secret matches nothing: the config check refuses it, and this holds regardless.
+        if username == user && !secret.is_empty() && secret.matches(password) {
             mailin::response::AUTH_OK
         } else {
             tracing::warn!(peer = %self.peer, username, "SMTP login refused");
@@ -353,6 +380,12 @@ impl Handler for Mail {
             return Response::custom(
                 550,
                 "5.7.1 relaying is not allowed: this server takes alarm mails for its cameras only".into(),
+            );
+        }
+        if self.to.len() >= MAX_RECIPIENTS {
+            return Response::custom(
+                452,
+                format!("4.5.3 too many recipients: at most {MAX_RECIPIENTS} per message"),
             );
         }
         self.to.push(to.to_owned());

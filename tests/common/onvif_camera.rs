@@ -63,6 +63,11 @@ pub struct CameraOptions {
     pub granted: Duration,
     /// `Created` times further than this from the camera's clock are refused.
     pub max_created_skew: TimeDelta,
+    /// The host the camera names in its event service address (XAddr); the double serves on
+    /// 127.0.0.1 whatever this says, so `localhost` reaches it under another name.
+    pub events_host: String,
+    /// The host the camera names in its subscription addresses (wsa:Address).
+    pub subscription_host: String,
 }
 
 impl Default for CameraOptions {
@@ -73,6 +78,8 @@ impl Default for CameraOptions {
             clock_skew: TimeDelta::hours(1),
             granted: Duration::from_secs(6),
             max_created_skew: TimeDelta::seconds(5),
+            events_host: "127.0.0.1".into(),
+            subscription_host: "127.0.0.1".into(),
         }
     }
 }
@@ -88,6 +95,9 @@ pub enum Misbehaviour {
     Huge,
     /// HTTP 500 with an HTML page, as a web server in front of a crashed ONVIF service sends.
     HtmlError,
+    /// HTTP 307 to the device service path on this port of 127.0.0.1: a redirect that a client
+    /// following it would answer by sending the same request, credentials and all, there.
+    RedirectTo(u16),
 }
 
 /// What happened so far.
@@ -166,7 +176,12 @@ impl OnvifCamera {
 
     /// The device service address, for `[camera.onvif] url`.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}{DEVICE_PATH}", self.shared.port)
+        self.url_on("127.0.0.1")
+    }
+
+    /// The device service address with another name for this machine, e.g. `localhost`.
+    pub fn url_on(&self, host: &str) -> String {
+        format!("http://{host}:{}{DEVICE_PATH}", self.shared.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -439,8 +454,16 @@ impl Shared {
         Utc::now() + self.options.clock_skew
     }
 
-    fn address(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+    fn address(&self, host: &str, path: &str) -> String {
+        format!("http://{host}:{}{path}", self.port)
+    }
+
+    fn events_address(&self, path: &str) -> String {
+        self.address(&self.options.events_host, path)
+    }
+
+    fn subscription_address(&self, path: &str) -> String {
+        self.address(&self.options.subscription_host, path)
     }
 
     /// Checks the UsernameToken as ONVIF Core 5.12 asks: digest, clock window, fresh nonce.
@@ -640,6 +663,11 @@ async fn handle(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap,
              <hr>nginx</body></html>",
         )
             .into_response(),
+        Some(Misbehaviour::RedirectTo(port)) => (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, format!("http://127.0.0.1:{port}{DEVICE_PATH}"))],
+        )
+            .into_response(),
     }
 }
 
@@ -695,7 +723,7 @@ async fn answer(shared: &Arc<Shared>, path: &str, request: &Request) -> Reply {
         .and_then(|id| id.parse::<u64>().ok());
     if let Some(id) = subscription {
         let to = request.header(WSA, "To").map(|t| t.text.trim().to_owned());
-        let expected = shared.address(path);
+        let expected = shared.subscription_address(path);
         if to.as_deref() != Some(expected.as_str()) {
             return Reply::fault(
                 StatusCode::BAD_REQUEST,
@@ -762,7 +790,7 @@ fn capabilities(shared: &Shared) -> Reply {
          <tt:WSPullPointSupport>true</tt:WSPullPointSupport>\
          <tt:WSPausableSubscriptionManagerInterfaceSupport>false</tt:WSPausableSubscriptionManagerInterfaceSupport>\
          </tt:Events></tds:Capabilities></tds:GetCapabilitiesResponse>",
-        shared.address(EVENTS_PATH)
+        shared.events_address(EVENTS_PATH)
     );
     Reply::ok(&format!("{TDS}/GetCapabilitiesResponse"), &body)
 }
@@ -773,7 +801,7 @@ fn services(shared: &Shared) -> Reply {
         format!(
             "<tds:Service><tds:Namespace>{namespace}</tds:Namespace><tds:XAddr>{}</tds:XAddr>\
              <tds:Version><tt:Major>2</tt:Major><tt:Minor>60</tt:Minor></tds:Version></tds:Service>",
-            shared.address(path)
+            shared.events_address(path)
         )
     };
     let body = format!(
@@ -807,7 +835,7 @@ fn create_subscription(shared: &Shared, request: &Request) -> Reply {
         "<tev:CreatePullPointSubscriptionResponse><tev:SubscriptionReference><wsa:Address>{}</wsa:Address>\
          </tev:SubscriptionReference><wsnt:CurrentTime>{}</wsnt:CurrentTime>\
          <wsnt:TerminationTime>{}</wsnt:TerminationTime></tev:CreatePullPointSubscriptionResponse>",
-        shared.address(&format!("{SUBSCRIPTION_PATH}{id}")),
+        shared.subscription_address(&format!("{SUBSCRIPTION_PATH}{id}")),
         time(now),
         time(termination)
     );

@@ -8,6 +8,10 @@
 //! UsernameToken with a PasswordDigest whose `Created` time is on the camera's clock. Any failure
 //! shows in the camera's event link state, and the subscription is made again with backoff.
 //!
+//! The credentials go only where the config says: redirects are not followed (a 3xx is an error
+//! naming it), and the event service and subscription addresses the camera gives must be on the
+//! host of `camera.onvif.url` (any port) unless `allow_other_hosts` is set.
+//!
 //! A false→true change of a motion topic (or of a topic in `config.topics`) raises one alarm.
 //!
 //! This module owns the public entry point, the operations called and the errors they end in.
@@ -73,6 +77,25 @@ enum OnvifError {
     TooLarge { op: Operation, limit: usize },
     #[error("{op}: the camera's reply has no {what}")]
     Missing { op: Operation, what: String },
+    #[error(
+        "{op}: the camera answered HTTP {status}, a redirect to {location}; redirects are not followed, as they \
+         would carry the credentials on: set camera.onvif.url to the camera's own address"
+    )]
+    Redirected {
+        op: Operation,
+        status: String,
+        location: String,
+    },
+    #[error(
+        "{op}: refused {what} {address}: it is not on the host of camera.onvif.url ({host}), and the credentials \
+         would go there; set camera.onvif.allow_other_hosts = true if the camera's services really are there"
+    )]
+    OtherHost {
+        op: Operation,
+        what: &'static str,
+        address: String,
+        host: String,
+    },
     #[error("no event service in GetCapabilities/GetServices ({0})")]
     NoEventService(String),
     #[error("cannot set up the HTTP client: {0}")]
@@ -84,7 +107,12 @@ impl OnvifError {
     fn is_final(&self) -> bool {
         matches!(
             self,
-            Self::Unreachable { .. } | Self::TimedOut { .. } | Self::Broken { .. } | Self::NotAuthorized { .. }
+            Self::Unreachable { .. }
+                | Self::TimedOut { .. }
+                | Self::Broken { .. }
+                | Self::NotAuthorized { .. }
+                | Self::Redirected { .. }
+                | Self::OtherHost { .. }
         )
     }
 

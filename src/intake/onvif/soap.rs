@@ -63,6 +63,8 @@ impl Transport {
             .connect_timeout(CONNECT_TIMEOUT)
             // Cameras are on the site network; a proxy from the environment would not reach them.
             .no_proxy()
+            // A redirect would re-send the request, WS-Security header and all, wherever it points.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("alarm-verifier/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| OnvifError::Client(root_cause(&e)))?;
@@ -98,6 +100,9 @@ impl Transport {
             .await
             .map_err(|e| transport_error(op, url, timeout, &e))?;
         let status = response.status();
+        if status.is_redirection() {
+            return Err(redirected(op, &response));
+        }
         let bytes = read_capped(op, url, timeout, response).await?;
         interpret_reply(op, status, bytes)
     }
@@ -195,6 +200,20 @@ fn transport_error(op: Operation, url: &str, timeout: Duration, e: &reqwest::Err
             url: url.to_owned(),
             reason: root_cause(e),
         }
+    }
+}
+
+fn redirected(op: Operation, response: &reqwest::Response) -> OnvifError {
+    let location = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .map(|l| excerpt(&String::from_utf8_lossy(l.as_bytes())))
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| "nowhere given".to_owned());
+    OnvifError::Redirected {
+        op,
+        status: response.status().to_string(),
+        location,
     }
 }
 

@@ -18,6 +18,7 @@ use super::messages::{
 };
 use super::soap::{CameraClock, Credentials, Reply, Transport};
 use super::topics::Rule;
+use super::xml::excerpt;
 use super::{OnvifError, Operation};
 use crate::config::{OnvifConfig, Secret};
 use crate::intake::alarm::Alarm;
@@ -92,6 +93,7 @@ struct Watcher {
     device_url: String,
     rules: Vec<Rule>,
     transport: Transport,
+    hosts: HostRule,
     sink: Arc<dyn AlarmSink>,
 }
 
@@ -121,6 +123,7 @@ impl Watcher {
             device_url: config.url.clone(),
             rules: Rule::all(&config.topics),
             transport: Transport::new(credentials)?,
+            hosts: HostRule::new(config),
             sink,
         })
     }
@@ -248,14 +251,18 @@ impl Watcher {
         let op = Operation::GetCapabilities;
         let body = "<tds:GetCapabilities><tds:Category>Events</tds:Category></tds:GetCapabilities>";
         let reply = self.call(op, &self.device_url, clock, "", body).await?;
-        parse_capabilities(&reply.payload)
+        let url = parse_capabilities(&reply.payload)?;
+        self.hosts.check(op, "the event service address (tt:XAddr)", &url)?;
+        Ok(url)
     }
 
     async fn events_from_services(&self, clock: &CameraClock) -> Result<String, OnvifError> {
         let op = Operation::GetServices;
         let body = "<tds:GetServices><tds:IncludeCapability>false</tds:IncludeCapability></tds:GetServices>";
         let reply = self.call(op, &self.device_url, clock, "", body).await?;
-        parse_services(&reply.payload)
+        let url = parse_services(&reply.payload)?;
+        self.hosts.check(op, "the event service address (tds:XAddr)", &url)?;
+        Ok(url)
     }
 
     async fn create_subscription(&self, events_url: &str, clock: &CameraClock) -> Result<Subscription, OnvifError> {
@@ -267,6 +274,9 @@ impl Watcher {
         let reply = self.call(op, events_url, clock, "", &body).await?;
         let received = Instant::now();
         let created = parse_subscription(&reply.payload)?;
+        // Refused before the first call to it: that call would carry the credentials.
+        self.hosts
+            .check(op, "the subscription address (wsa:Address)", &created.address)?;
         Ok(Subscription {
             address: created.address,
             reference_headers: created.reference_headers,
@@ -402,6 +412,43 @@ impl Watcher {
     ) -> Result<Reply, OnvifError> {
         self.transport.call(op, url, clock, headers, body, CALL_TIMEOUT).await
     }
+}
+
+/// Where the camera may send the client, with its credentials: the host of `camera.onvif.url` (on
+/// any port, as cameras serve events on ports of their own), unless `allow_other_hosts`.
+#[derive(Debug)]
+enum HostRule {
+    Any,
+    /// The configured host; None (a URL without one) matches nothing.
+    Only(Option<url::Host<String>>),
+}
+
+impl HostRule {
+    fn new(config: &OnvifConfig) -> Self {
+        if config.allow_other_hosts {
+            return Self::Any;
+        }
+        Self::Only(host_of(&config.url))
+    }
+
+    fn check(&self, op: Operation, what: &'static str, address: &str) -> Result<(), OnvifError> {
+        let Self::Only(host) = self else { return Ok(()) };
+        match (host, host_of(address)) {
+            (Some(host), Some(given)) if *host == given => Ok(()),
+            _ => Err(OnvifError::OtherHost {
+                op,
+                what,
+                address: excerpt(address),
+                host: host.as_ref().map_or_else(|| "none".to_owned(), ToString::to_string),
+            }),
+        }
+    }
+}
+
+/// The host of a URL, normalised (lower-case names, canonical addresses) so equal hosts compare
+/// equal.
+fn host_of(url: &str) -> Option<url::Host<String>> {
+    url::Url::parse(url).ok()?.host().map(|h| h.to_owned())
 }
 
 /// The time left on a subscription, counted on the camera's clock (its CurrentTime when given).
@@ -545,6 +592,51 @@ mod tests {
         assert!(state.observe(key(), PropertyOperation::Changed, true), "false→true");
         assert!(!state.observe(key(), PropertyOperation::Deleted, false));
         assert!(state.observe(key(), PropertyOperation::Changed, true), "unknown→true");
+    }
+
+    #[test]
+    fn camera_addresses_must_be_on_the_configured_host_unless_allowed() {
+        let config = |url: &str, allow: bool| OnvifConfig {
+            url: url.into(),
+            username: String::new(),
+            password: Secret::default(),
+            password_env: String::new(),
+            topics: Vec::new(),
+            allow_other_hosts: allow,
+        };
+        let op = Operation::CreatePullPointSubscription;
+        let rule = HostRule::new(&config("http://Camera.Local/onvif/device_service", false));
+        for same in [
+            "http://camera.local/onvif/Subscription?Idx=0",
+            "http://CAMERA.local:8899/events",
+            "https://camera.local/x",
+        ] {
+            assert!(rule.check(op, "the subscription address", same).is_ok(), "{same}");
+        }
+        for other in [
+            "http://10.0.0.9/onvif/Subscription?Idx=0",
+            "http://camera.local.evil.example/x",
+            "http://evil.example/?camera.local",
+            "http://camera.local@evil.example/x",
+            "not a url",
+        ] {
+            let error = rule
+                .check(op, "the subscription address", other)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                error.contains("the subscription address") && error.contains("allow_other_hosts"),
+                "{other}: {error}"
+            );
+        }
+        let ip = HostRule::new(&config("http://10.0.0.5/onvif/device_service", false));
+        assert!(ip.check(op, "x", "http://10.0.0.5:8080/e").is_ok());
+        assert!(ip.check(op, "x", "http://10.0.0.50/e").is_err());
+        let any = HostRule::new(&config("http://10.0.0.5/onvif/device_service", true));
+        assert!(any.check(op, "x", "http://192.168.1.2/e").is_ok());
+        let broken = HostRule::new(&config("not a url", false));
+        assert!(broken.check(op, "x", "http://10.0.0.5/e").is_err());
     }
 
     #[test]
