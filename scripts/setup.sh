@@ -7,6 +7,11 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SHARED="${ALARM_VERIFIER_SHARED:-$ROOT/../shared}"
 ORT_VERSION=1.31.1
+# sha256 of onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl, the one wheel the platform tags
+# below select; pip refuses any other file (--require-hashes).
+ORT_WHEEL_SHA256=5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f
+# The advisory checker .ci/run runs offline against security/advisory-db.
+CARGO_AUDIT_VERSION=0.22.2
 ORT_DIR="$ROOT/third_party/onnxruntime"
 MODEL_SHA256=e8af074932d4ed7e232278e3055cefcdea3edf178874a3694ae292649fb464dd
 MODEL_URL=https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/yolox_nano.onnx
@@ -37,7 +42,7 @@ APT_PACKAGES=(
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
-  mosquitto python3 chromium
+  mosquitto python3 python3-yaml chromium
   # tests/install.rs checks the package's unit with systemd-analyze (Debian 12 has it, containers may not).
   systemd
   # tests/transports.rs: VLC's RTSP server, which refuses RTP over TCP as many older cameras do.
@@ -71,6 +76,16 @@ install_rust_tools() {
   rustup component add rustfmt clippy
 }
 
+# cargo-audit, for the supply-chain check of .ci/run; building it takes minutes, once.
+install_cargo_audit() {
+  # It names itself "cargo-audit-audit 0.22.2" when run as `cargo audit`.
+  if cargo audit --version 2>/dev/null | grep -q " $CARGO_AUDIT_VERSION\$"; then
+    log "cargo-audit $CARGO_AUDIT_VERSION: present"; return
+  fi
+  log "cargo-audit $CARGO_AUDIT_VERSION: building from crates.io (a few minutes, once)"
+  cargo install --locked --quiet cargo-audit --version "$CARGO_AUDIT_VERSION"
+}
+
 install_onnxruntime() {
   local lib="$ORT_DIR/libonnxruntime.so.$ORT_VERSION"
   if [ -f "$lib" ]; then log "onnxruntime $ORT_VERSION: present"; return; fi
@@ -81,7 +96,10 @@ install_onnxruntime() {
   local tmp; tmp="$(mktemp -d)"
   python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
     --platform manylinux_2_27_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
-    -d "$tmp" "onnxruntime==$ORT_VERSION"
+    --require-hashes -d "$tmp" -r /dev/stdin <<<"onnxruntime==$ORT_VERSION --hash=sha256:$ORT_WHEEL_SHA256"
+  # pip checked the hash; this checks that the file kept is the one it checked.
+  echo "$ORT_WHEEL_SHA256  $(ls "$tmp"/onnxruntime-*.whl)" | sha256sum --check --status \
+    || { echo "setup: the onnxruntime wheel does not have sha256 $ORT_WHEEL_SHA256" >&2; exit 1; }
   mkdir -p "$ORT_DIR"
   unzip -q -o -j "$tmp"/onnxruntime-*.whl 'onnxruntime/capi/libonnxruntime.so*' -d "$ORT_DIR"
   rm -rf "$tmp"
@@ -226,6 +244,7 @@ install_devset() {
 
 install_system_packages
 install_rust_tools
+install_cargo_audit
 install_onnxruntime
 install_model
 install_footage

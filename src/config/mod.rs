@@ -199,13 +199,7 @@ impl Config {
         if self.mqtt.port == 0 {
             return Err(invalid("mqtt.port", "expected a port from 1 to 65535".into()));
         }
-        let prefix = &self.mqtt.topic_prefix;
-        if prefix.is_empty() || prefix.contains(['+', '#']) || prefix.starts_with('/') || prefix.ends_with('/') {
-            return Err(invalid(
-                "mqtt.topic_prefix",
-                format!("expected a topic prefix without wildcards or leading/trailing '/', got {prefix:?}"),
-            ));
-        }
+        check_topic_prefix(&self.mqtt.topic_prefix).map_err(|e| invalid("mqtt.topic_prefix", e))?;
         for (key, value) in [
             ("mqtt.share_group", &self.mqtt.share_group),
             ("mqtt.client_id", &self.mqtt.client_id),
@@ -434,6 +428,32 @@ impl Config {
 /// Names that become MQTT topic levels (the site, box and camera ids) follow the one id rule.
 fn check_topic_level(value: &str) -> Result<(), String> {
     crate::support::ids::check_id(value).map_err(|e| format!("{e} (the name is an MQTT topic level)"))
+}
+
+/// The longest topic prefix, in bytes: with it and the longest ids, every topic stays far below
+/// MQTT's 65,535 bytes.
+const MAX_TOPIC_PREFIX_BYTES: usize = 1024;
+
+/// The prefix is '/'-separated topic levels, each following the one id rule, so no topic built on
+/// it carries a wildcard, a control character or an empty level (found by tests/fuzz.rs: a prefix
+/// with a NUL was accepted, and the broker refuses every topic built on it).
+fn check_topic_prefix(prefix: &str) -> Result<(), String> {
+    let expected = "expected a topic prefix of '/'-separated levels, each printable, without wildcards";
+    if prefix.len() > MAX_TOPIC_PREFIX_BYTES {
+        return Err(format!(
+            "{expected}, of at most {MAX_TOPIC_PREFIX_BYTES} bytes, got {} bytes",
+            prefix.len()
+        ));
+    }
+    if prefix.starts_with('$') {
+        return Err(format!(
+            "{expected}, not starting with '$' (the broker's own topics), got {prefix:?}"
+        ));
+    }
+    for level in prefix.split('/') {
+        crate::support::ids::check_id(level).map_err(|e| format!("{expected}; level {level:?}: {e}"))?;
+    }
+    Ok(())
 }
 
 fn check_fraction(v: f32) -> Result<(), String> {

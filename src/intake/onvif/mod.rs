@@ -19,6 +19,8 @@
 //! HTTP transport), [`messages`] (what the replies say), [`topics`] (which events count) and
 //! [`xml`] (the document tree the replies are read into).
 
+#[doc(hidden)]
+pub mod fuzz;
 mod messages;
 mod soap;
 mod topics;
