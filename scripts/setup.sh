@@ -11,7 +11,6 @@ ORT_VERSION=1.31.1
 # below select; pip refuses any other file (--require-hashes).
 ORT_WHEEL_SHA256=5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f
 # The advisory checker .ci/run runs offline against security/advisory-db.
-CARGO_AUDIT_VERSION=0.22.2
 ORT_DIR="$ROOT/third_party/onnxruntime"
 MODEL_SHA256=e8af074932d4ed7e232278e3055cefcdea3edf178874a3694ae292649fb464dd
 MODEL_URL=https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/yolox_nano.onnx
@@ -74,16 +73,6 @@ install_rust_tools() {
   fi
   log "rustfmt and clippy: installing"
   rustup component add rustfmt clippy
-}
-
-# cargo-audit, for the supply-chain check of .ci/run; building it takes minutes, once.
-install_cargo_audit() {
-  # It names itself "cargo-audit-audit 0.22.2" when run as `cargo audit`.
-  if cargo audit --version 2>/dev/null | grep -q " $CARGO_AUDIT_VERSION\$"; then
-    log "cargo-audit $CARGO_AUDIT_VERSION: present"; return
-  fi
-  log "cargo-audit $CARGO_AUDIT_VERSION: building from crates.io (a few minutes, once)"
-  cargo install --locked --quiet cargo-audit --version "$CARGO_AUDIT_VERSION"
 }
 
 install_onnxruntime() {
@@ -244,7 +233,6 @@ install_devset() {
 
 install_system_packages
 install_rust_tools
-install_cargo_audit
 install_onnxruntime
 install_model
 install_footage

@@ -4,7 +4,8 @@
 //!
 //! An id is 1 to [`MAX_ID_BYTES`] bytes of printable characters: no control character (a broker
 //! refuses a topic with one and closes the connection), no Unicode non-character, and none of the
-//! MQTT topic separators and wildcards `/ + #`.
+//! MQTT topic separators and wildcards `/ + #`; and not `.` or `..`, which a browser or a file
+//! path resolves as a step rather than a name.
 
 /// The longest id, in bytes (UTF-8). Far below MQTT's 65,535-byte topic limit, with room for the
 /// prefix and the record suffix.
@@ -19,6 +20,8 @@ pub enum IdError {
     TooLong(usize),
     #[error("expected an id without '/', '+' or '#' (MQTT topic separators), got {0:?}")]
     TopicCharacter(String),
+    #[error("expected a name, not the path step {0:?}")]
+    PathStep(String),
     #[error("expected printable characters, got {what} U+{code:04X} at byte {at}")]
     Unprintable { what: &'static str, code: u32, at: usize },
 }
@@ -40,6 +43,9 @@ pub fn check_id(id: &str) -> Result<(), IdError> {
     }
     if id.contains(['/', '+', '#']) {
         return Err(IdError::TopicCharacter(id.to_owned()));
+    }
+    if id == "." || id == ".." {
+        return Err(IdError::PathStep(id.to_owned()));
     }
     Ok(())
 }
@@ -78,6 +84,9 @@ mod tests {
     #[test]
     fn hostile_ids_are_refused_with_what_was_expected() {
         assert_eq!(check_id(""), Err(IdError::Empty));
+        assert_eq!(check_id(".."), Err(IdError::PathStep("..".into())));
+        assert_eq!(check_id("."), Err(IdError::PathStep(".".into())));
+        assert_eq!(check_id("..."), Ok(()));
         assert_eq!(check_id("   "), Err(IdError::Empty));
         assert_eq!(check_id(&"x".repeat(129)), Err(IdError::TooLong(129)));
         assert_eq!(check_id(&"x".repeat(70_000)), Err(IdError::TooLong(70_000)));
