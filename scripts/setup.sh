@@ -222,6 +222,21 @@ install_devset() {
   rm -rf "$DEVSET_DIR" && mv "$DEVSET_DIR.part" "$DEVSET_DIR"
 }
 
+# The Python modules the DC-09 tests talk to: pysiaalarm (a real SIA DC-09 receiver, standing in
+# for the alarm receiving centre), in a venv of its own beside ONNX Runtime.
+TEST_VENV="$ROOT/third_party/test-venv"
+PYSIAALARM_VERSION=3.2.2
+install_test_python() {
+  if "$TEST_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('pysiaalarm') != '$PYSIAALARM_VERSION')" 2>/dev/null; then
+    log "test venv (pysiaalarm $PYSIAALARM_VERSION): present"; return
+  fi
+  log "test venv: installing pysiaalarm $PYSIAALARM_VERSION"
+  rm -rf "$TEST_VENV"
+  python3 -m venv "$TEST_VENV" \
+    || { as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; python3 -m venv "$TEST_VENV"; }
+  "$TEST_VENV/bin/python" -m pip install --quiet "pysiaalarm==$PYSIAALARM_VERSION"
+}
+
 install_system_packages
 install_rust_tools
 install_onnxruntime
@@ -229,4 +244,5 @@ install_model
 install_footage
 install_storm_footage
 install_devset
+install_test_python
 log "ready"
