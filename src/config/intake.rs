@@ -18,6 +18,9 @@ pub struct HttpConfig {
     pub token: Secret,
     /// Name of an environment variable holding the token.
     pub token_env: String,
+    /// The address others reach this server at, for links sent out (DC-09 `[V…]`); empty: built
+    /// from `listen`.
+    pub public_url: String,
 }
 
 impl Default for HttpConfig {
@@ -26,11 +29,29 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8080".into(),
             token: Secret::default(),
             token_env: String::new(),
+            public_url: String::new(),
         }
     }
 }
 
 impl HttpConfig {
+    /// The base of links sent out: `public_url`, or `http://{listen}` (a wildcard address becomes
+    /// the host's name).
+    pub fn public_base(&self) -> String {
+        if !self.public_url.trim().is_empty() {
+            return self.public_url.trim().trim_end_matches('/').to_owned();
+        }
+        match self.address() {
+            Ok(Some(addr)) if addr.ip().is_unspecified() => {
+                let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+                let host = host.trim();
+                format!("http://{}:{}", if host.is_empty() { "localhost" } else { host }, addr.port())
+            }
+            Ok(Some(addr)) => format!("http://{addr}"),
+            _ => String::new(),
+        }
+    }
+
     /// The address to bind, or None when the server is off.
     pub fn address(&self) -> Result<Option<SocketAddr>, String> {
         parse_listen(&self.listen)

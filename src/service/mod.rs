@@ -369,7 +369,7 @@ async fn start_intakes(
         let listener = bind("http.listen", address).await?;
         let routes = intake::http::routes(sink.clone())
             .merge(ops::api::routes(ops.clone()))
-            .merge(ops::console::routes(ops));
+            .merge(ops::console::routes(ops.clone()));
         intakes.spawn(ops::http::serve(listener, token, routes, stop.clone()));
     }
     if let Some(address) = config.smtp.address().map_err(|expected| ConfigError::Invalid {
@@ -381,6 +381,13 @@ async fn start_intakes(
         let listener = bind("smtp.listen", address).await?;
         let server = intake::smtp::Server::new(&config.smtp, password, &config.cameras, sink.clone());
         intakes.spawn(server.serve(listener, stop.clone()));
+    }
+    if let Some(address) = config.dc09.address().map_err(|expected| ConfigError::Invalid {
+        path: "config".into(),
+        key: "dc09.listen".into(),
+        expected,
+    })? {
+        intakes.spawn(intake::dc09::start(config, address, sink.clone(), ops.store.clone(), stop.clone()).await?);
     }
     for (i, camera) in config.cameras.iter().enumerate() {
         let Some(onvif) = &camera.onvif else { continue };
