@@ -118,6 +118,9 @@ async fn deliver(shared: &Shared, alarm: &Alarm, mut finding: Finding) {
         elapsed_ms = finding.doc.latency_ms,
         "verdict"
     );
+    if let Some(arc) = &shared.arc {
+        arc.enqueue(alarm, finding.doc.verdict, &finding.doc.reason);
+    }
     if let Err(e) = shared.outbox.submit(&finding.doc, finding.evidence.as_deref()) {
         tracing::error!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "verdict not stored; publishing directly");
         if let Err(e) = shared.publisher.verdict_unstored(&finding.doc, finding.evidence).await {

@@ -32,6 +32,7 @@ use crate::analysis::live::LiveAnalyser;
 use crate::analysis::verify::Verifier;
 use crate::analysis::workers::Workers;
 use crate::config::{Config, ConfigError};
+use crate::delivery::arc::ArcQueue;
 use crate::delivery::publish::{Outbox, Publisher};
 use crate::intake::{self, AlarmSink, EventLink, EventLinkState};
 use crate::mqtt::{self, Connection, LinkEvent, MqttError, Session, Topics};
@@ -95,6 +96,8 @@ struct Shared {
     mqtt_connected: AtomicBool,
     /// Alarm clips together stay under this; 0: no clips.
     max_clip_bytes: u64,
+    /// Verdicts for the alarm receiving centre over DC-09, when `[dc09.arc]` is set.
+    arc: Option<ArcQueue>,
 }
 
 /// The outbox's delivery task and how to stop it.
@@ -124,6 +127,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (redundancy, mut links) = Redundancy::connect(&config.mqtt, &topics, &box_id, group, &camera_ids)?;
     let outbox = start_outbox(&config, &topics, &box_id, &store)?;
     let publisher = Publisher::new(main.client.clone(), topics.clone());
+    let arc = ArcQueue::new(&config, store.clone())?;
     let shared = share(
         &config,
         detector,
@@ -132,9 +136,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         publisher.clone(),
         redundancy,
         &outbox,
+        arc,
     );
     let housekeeping = start_housekeeping(&config, &shared);
     let sink: Arc<dyn AlarmSink> = Arc::new(ServiceSink(shared.clone()));
+    if let Some(arc) = &shared.arc {
+        // Stored events outlive the process: what is not ACKed at shutdown goes after the restart.
+        tokio::spawn(arc.clone().deliver(sink.clone()));
+    }
     let stop_intake = CancellationToken::new();
     let redundancy_tasks = shared
         .redundancy
@@ -245,6 +254,7 @@ fn start_outbox(config: &Config, topics: &Topics, box_id: &str, store: &Arc<Stor
 }
 
 /// Starts the cameras and the analysis workers, and gathers what the service's parts share.
+#[allow(clippy::too_many_arguments)] // each is one part the service starts with
 fn share(
     config: &Config,
     detector: Detector,
@@ -253,6 +263,7 @@ fn share(
     publisher: Publisher,
     redundancy: Redundancy,
     outbox: &OutboxRun,
+    arc: Option<ArcQueue>,
 ) -> Arc<Shared> {
     let cameras = Cameras::start(config);
     let verifier = Arc::new(Verifier::new(Arc::new(detector), config, decoders));
@@ -276,6 +287,7 @@ fn share(
         metrics: Arc::new(Metrics::new()),
         mqtt_connected: AtomicBool::new(false),
         max_clip_bytes: config.store.max_clips_mb.saturating_mul(1024 * 1024),
+        arc,
     })
 }
 
