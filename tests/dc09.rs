@@ -44,8 +44,11 @@ struct ArcReceiver {
 impl ArcReceiver {
     fn start(port: u16, protocol: &str, key: Option<&str>) -> Self {
         let mut cmd = Command::new(python());
-        cmd.arg(root().join("tests/tools/sia_arc.py"))
-            .args([port.to_string(), protocol.to_owned(), ACCOUNT.to_owned()]);
+        cmd.arg(root().join("tests/tools/sia_arc.py")).args([
+            port.to_string(),
+            protocol.to_owned(),
+            ACCOUNT.to_owned(),
+        ]);
         if let Some(key) = key {
             cmd.arg(key);
         }
@@ -83,11 +86,19 @@ impl ArcReceiver {
             .collect()
     }
 
-    async fn wait_event(&self, needle: &str, timeout: Duration) -> Value {
-        wait_for(format!("ARC event with {needle}"), timeout, async || {
-            self.events_with(needle).into_iter().next()
-        })
-        .await
+    async fn wait_event(&self, needle: &str, timeout: Duration, service: &Service) -> Value {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(event) = self.events_with(needle).into_iter().next() {
+                return event;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let lines = self.lines.lock().expect("lines").clone();
+        panic!(
+            "no ARC event with {needle} within {timeout:?}; the ARC got {lines:?}; service log:\n{}",
+            service.log()
+        )
     }
 
     fn stop(mut self) {
@@ -177,7 +188,11 @@ async fn panel_alarms_are_verified_and_the_verdicts_reach_the_arc() {
     let answers = panel(
         dc09_port,
         "tcp",
-        &[alarm("0001", "003", &stamp), alarm("0002", "004", &stamp), alarm("0001", "003", &stamp)],
+        &[
+            alarm("0001", "003", &stamp),
+            alarm("0002", "004", &stamp),
+            alarm("0001", "003", &stamp),
+        ],
     );
     assert_eq!(answers.len(), 3, "{answers:?}");
     for a in &answers {
@@ -195,12 +210,23 @@ async fn panel_alarms_are_verified_and_the_verdicts_reach_the_arc() {
 
     // The verdicts at the ARC: BV and BG, each once, with the link to the record.
     let link = |id: &str| format!("Vhttp://127.0.0.1:{http_port}/api/alarms/{id}/clip.mp4");
-    let bv = arc.wait_event(&link(&entrance_id), Duration::from_secs(20)).await;
-    let bg = arc.wait_event(&link(&garden_id), Duration::from_secs(20)).await;
-    assert_eq!((bv["code"].as_str(), bv["account"].as_str()), (Some("BV"), Some(ACCOUNT)), "{bv}");
+    let bv = arc
+        .wait_event(&link(&entrance_id), Duration::from_secs(20), &site.service)
+        .await;
+    let bg = arc
+        .wait_event(&link(&garden_id), Duration::from_secs(20), &site.service)
+        .await;
+    assert_eq!(
+        (bv["code"].as_str(), bv["account"].as_str()),
+        (Some("BV"), Some(ACCOUNT)),
+        "{bv}"
+    );
     assert_eq!(bg["code"].as_str(), Some("BG"), "{bg}");
     assert_eq!(bv["encrypted"], true);
-    assert!(bv["x_data"].as_str().is_some_and(|x| x.contains("Iverified: person")), "{bv}");
+    assert!(
+        bv["x_data"].as_str().is_some_and(|x| x.contains("Iverified: person")),
+        "{bv}"
+    );
     let alarm_to_arc = Utc::now();
 
     // Hostile and stale input: no ACK, and the service goes on.
@@ -219,16 +245,24 @@ async fn panel_alarms_are_verified_and_the_verdicts_reach_the_arc() {
         ],
     );
     let tokens: Vec<&Value> = refused.iter().map(|a| &a["token"]).collect();
-    assert_eq!(tokens, [&Value::Null, &json!("NAK"), &json!("NAK"), &json!("NAK")], "{refused:?}");
-    let udp = panel(dc09_port, "udp", &[json!({"seq": "0000", "account": ACCOUNT, "token": "NULL", "key_hex": PANEL_KEY})]);
+    assert_eq!(
+        tokens,
+        [&Value::Null, &json!("NAK"), &json!("NAK"), &json!("NAK")],
+        "{refused:?}"
+    );
+    let udp = panel(
+        dc09_port,
+        "udp",
+        &[json!({"seq": "0000", "account": ACCOUNT, "token": "NULL", "key_hex": PANEL_KEY})],
+    );
     assert_eq!(udp.first().map(|a| &a["token"]), Some(&json!("*ACK")), "{udp:?}");
 
     // The retried message was verified once: one verdict for it, and nothing more at the ARC.
     site.probe.pump(Duration::from_secs(2)).await;
     let verdicts = format!("{PREFIX}/verdicts/");
-    let again = site.probe.backlog_take(|m| {
-        m.topic.starts_with(&verdicts) && String::from_utf8_lossy(&m.payload).contains(&entrance_id)
-    });
+    let again = site
+        .probe
+        .backlog_take(|m| m.topic.starts_with(&verdicts) && String::from_utf8_lossy(&m.payload).contains(&entrance_id));
     assert!(again.is_none(), "a second verdict for the repeated message");
     assert_eq!(arc.events_with(&link(&entrance_id)).len(), 1);
     assert_eq!(arc.events_with(&link(&garden_id)).len(), 1);
@@ -243,8 +277,11 @@ async fn panel_alarms_are_verified_and_the_verdicts_reach_the_arc() {
     tokio::time::sleep(arc_down.saturating_sub(down_since.elapsed())).await;
     let arc = ArcReceiver::start(arc_port, "tcp", Some(ARC_KEY));
     let back = Instant::now();
-    let first = arc.wait_event(&link("while-arc-down-1"), Duration::from_secs(30)).await;
-    arc.wait_event(&link("while-arc-down-2"), Duration::from_secs(30)).await;
+    let first = arc
+        .wait_event(&link("while-arc-down-1"), Duration::from_secs(30), &site.service)
+        .await;
+    arc.wait_event(&link("while-arc-down-2"), Duration::from_secs(30), &site.service)
+        .await;
     let after_return = back.elapsed();
     assert_eq!(first["code"].as_str(), Some("BV"), "{first}");
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -267,8 +304,11 @@ async fn panel_alarms_are_verified_and_the_verdicts_reach_the_arc() {
         "DC-09 panel message to ACK over {} messages: p50 {p50:.1} ms, p95 {p95:.1} ms; \
          alarm to ARC receipt (first pair): {:.1} s; ARC back after {arc_down:?} down: both verdicts in {after_return:?}",
         ms.len(),
-        (alarm_to_arc - chrono::DateTime::parse_from_rfc3339(&entrance.alarm_time).map(|t| t.to_utc()).unwrap_or(alarm_to_arc))
-            .num_milliseconds() as f64
+        (alarm_to_arc
+            - chrono::DateTime::parse_from_rfc3339(&entrance.alarm_time)
+                .map(|t| t.to_utc())
+                .unwrap_or(alarm_to_arc))
+        .num_milliseconds() as f64
             / 1000.0
     );
     assert!(p95 < 1000.0, "p95 {p95} ms");

@@ -222,19 +222,27 @@ impl ArcConfig {
             }
         }
         if let Some(backup) = &self.backup
-            && backup.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            && backup
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
         {
             return Err(("backup".into(), format!("expected \"host:port\", got {backup:?}")));
         }
         for (key, value) in [("ack_timeout_s", self.ack_timeout_s), ("retry_s", self.retry_s)] {
             if !(value.is_finite() && value > 0.0) {
-                return Err((key.into(), format!("expected a number of seconds greater than 0, got {value}")));
+                return Err((
+                    key.into(),
+                    format!("expected a number of seconds greater than 0, got {value}"),
+                ));
             }
         }
         if !(self.heartbeat_s.is_finite() && self.heartbeat_s >= 0.0) {
             return Err((
                 "heartbeat_s".into(),
-                format!("expected a number of seconds, 0 (off) or more, got {}", self.heartbeat_s),
+                format!(
+                    "expected a number of seconds, 0 (off) or more, got {}",
+                    self.heartbeat_s
+                ),
             ));
         }
         Ok(())

@@ -45,7 +45,11 @@ impl HttpConfig {
             Ok(Some(addr)) if addr.ip().is_unspecified() => {
                 let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
                 let host = host.trim();
-                format!("http://{}:{}", if host.is_empty() { "localhost" } else { host }, addr.port())
+                format!(
+                    "http://{}:{}",
+                    if host.is_empty() { "localhost" } else { host },
+                    addr.port()
+                )
             }
             Ok(Some(addr)) => format!("http://{addr}"),
             _ => String::new(),

@@ -101,7 +101,12 @@ impl ArcQueue {
             .iter()
             .filter_map(|c| {
                 let d = c.dc09.as_ref()?;
-                let zone = d.zones.iter().find(|z| *z != "*").cloned().unwrap_or_else(|| NO_ZONE.into());
+                let zone = d
+                    .zones
+                    .iter()
+                    .find(|z| *z != "*")
+                    .cloned()
+                    .unwrap_or_else(|| NO_ZONE.into());
                 Some((c.id.clone(), (d.account.clone(), zone)))
             })
             .collect();
@@ -137,7 +142,10 @@ impl ArcQueue {
         );
         let xdata = vec![
             format!("V{}", field_text(&link, 256)),
-            format!("I{}", field_text(&format!("{}: {reason}", verdict.as_str()), ALARM_TEXT_MAX)),
+            format!(
+                "I{}",
+                field_text(&format!("{}: {reason}", verdict.as_str()), ALARM_TEXT_MAX)
+            ),
             format!("H{}", alarm.time.format("%H:%M:%S,%m-%d-%Y")),
         ];
         match q.store.arc_enqueue(&alarm.record_id, &account, &data, &xdata) {
@@ -175,7 +183,8 @@ impl ArcQueue {
     /// Sends the queue to the ARC, forever; `sink` reports DUHs on `errors`.
     pub async fn deliver(self, sink: Arc<dyn AlarmSink>) {
         let mut link = Link::new(&self.inner.config);
-        let heartbeat = (self.inner.config.heartbeat_s > 0.0).then(|| Duration::from_secs_f64(self.inner.config.heartbeat_s));
+        let heartbeat =
+            (self.inner.config.heartbeat_s > 0.0).then(|| Duration::from_secs_f64(self.inner.config.heartbeat_s));
         let retry = Duration::from_secs_f64(self.inner.config.retry_s);
         let mut last_sent = tokio::time::Instant::now();
         loop {
@@ -209,7 +218,10 @@ impl ArcQueue {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Ok(Answer::Duh) => {
-                    let reason = format!("the ARC at {} did not understand the event (DUH); parked", link.target());
+                    let reason = format!(
+                        "the ARC at {} did not understand the event (DUH); parked",
+                        link.target()
+                    );
                     tracing::error!(record_id = %event.record_id, "{reason}");
                     let _ = self.inner.store.arc_park(event.id, &reason);
                     sink.report("dc09.arc", &reason, event.data.as_bytes());
@@ -227,7 +239,7 @@ impl ArcQueue {
     async fn link_test(&self, link: &mut Link) {
         let header = self.header(Token::Null, "0000", "0000".into());
         let frame = frame::encode(&header, "", &[], Utc::now(), self.inner.key.as_ref());
-        match link.exchange(&frame, "0000", &self.inner).await {
+        match link.exchange(&frame, "0000").await {
             Ok(_) => self.set_up(link),
             Err(e) => {
                 self.set_down(link, &e.to_string());
@@ -257,7 +269,7 @@ impl ArcQueue {
         let header = self.header(token, &seq, event.account.clone());
         // A fresh timestamp on every attempt: the ARC NAKs a stale one.
         let frame = frame::encode(&header, &event.data, &event.xdata, Utc::now(), self.inner.key.as_ref());
-        let answer = link.exchange(&frame, &seq, &self.inner).await?;
+        let answer = link.exchange(&frame, &seq).await?;
         self.set_up(link);
         Ok(answer)
     }
@@ -312,8 +324,8 @@ impl Link {
     }
 
     /// Sends `frame` and waits for the answer to `seq` (a NAK carries 0000).
-    async fn exchange(&mut self, frame: &[u8], seq: &str, queue: &Queue) -> Result<Answer, SendError> {
-        let result = tokio::time::timeout(self.timeout, self.exchange_inner(frame, seq, queue)).await;
+    async fn exchange(&mut self, frame: &[u8], seq: &str) -> Result<Answer, SendError> {
+        let result = tokio::time::timeout(self.timeout, self.exchange_inner(frame, seq)).await;
         match result {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => {
@@ -327,7 +339,7 @@ impl Link {
         }
     }
 
-    async fn exchange_inner(&mut self, frame: &[u8], seq: &str, queue: &Queue) -> Result<Answer, SendError> {
+    async fn exchange_inner(&mut self, frame: &[u8], seq: &str) -> Result<Answer, SendError> {
         let target = self.target();
         match self.protocol {
             ArcProtocol::Udp => {
@@ -337,7 +349,7 @@ impl Link {
                 let mut buf = vec![0u8; MAX_ANSWER];
                 loop {
                     let n = socket.recv(&mut buf).await?;
-                    if let Some(answer) = read_answer(buf.get(..n).unwrap_or_default(), seq, queue) {
+                    if let Some(answer) = read_answer(buf.get(..n).unwrap_or_default(), seq) {
                         return Ok(answer);
                     }
                 }
@@ -359,7 +371,7 @@ impl Link {
                     if buf.len() > MAX_ANSWER {
                         continue;
                     }
-                    if let Some(answer) = read_answer(&buf, seq, queue) {
+                    if let Some(answer) = read_answer(&buf, seq) {
                         return Ok(answer);
                     }
                 }
@@ -368,38 +380,30 @@ impl Link {
     }
 }
 
-/// The ARC's answer to `seq`, as far as its CRC proves it: a receiver may write odd receiver or
-/// line fields. None for a frame that is not an answer to this message.
-fn read_answer(raw: &[u8], seq: &str, queue: &Queue) -> Option<Answer> {
-    match frame::decode(raw, |_| queue.key.clone()) {
-        Ok(m) => match m.header.token {
-            Token::Ack if m.header.seq == seq => Some(Answer::Ack),
-            Token::Nak => Some(Answer::Nak),
-            Token::Duh if m.header.seq == seq || m.header.seq == "0000" => Some(Answer::Duh),
-            _ => None,
-        },
-        Err(frame::FrameError::Crc { .. }) => None,
-        // The CRC held; the body did not parse (e.g. an encrypted ACK body we cannot read).
-        Err(
-            frame::FrameError::Body { header, .. }
-            | frame::FrameError::Decrypt(header)
-            | frame::FrameError::NoKey(header),
-        ) => match header.token {
-            Token::Ack if header.seq == seq => Some(Answer::Ack),
-            Token::Nak => Some(Answer::Nak),
-            Token::Duh => Some(Answer::Duh),
-            _ => None,
-        },
-        Err(_) => {
-            // A bare `"NAK"` or `"DUH"` without a frame, as some receivers send for an unknown account.
-            let text = String::from_utf8_lossy(raw);
-            let text = text.trim();
-            match text {
-                "\"NAK\"" => Some(Answer::Nak),
-                "\"DUH\"" => Some(Answer::Duh),
-                _ => None,
-            }
-        }
+/// The ARC's answer to `seq`, as far as its CRC proves it: the ID token and the sequence. The rest
+/// is not read, as receivers write it variously (pysiaalarm writes `None` for a missing receiver
+/// number). None for a frame that is not an answer to this message.
+fn read_answer(raw: &[u8], seq: &str) -> Option<Answer> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let text = text.trim_matches(|c| c == '\n' || c == '\r' || c == '\0');
+    // A bare `"NAK"` or `"DUH"` without a frame, as some receivers send for an unknown account.
+    match text {
+        "\"NAK\"" => return Some(Answer::Nak),
+        "\"DUH\"" => return Some(Answer::Duh),
+        _ => {}
+    }
+    let (crc, span) = (text.get(..4)?, text.get(8..)?);
+    if !crc.eq_ignore_ascii_case(&frame::crc_hex(span.as_bytes())) {
+        return None;
+    }
+    let rest = span.strip_prefix('"')?;
+    let (token, rest) = rest.split_once('"')?;
+    let answered = rest.get(..4)?;
+    match token.trim_start_matches('*') {
+        "ACK" if answered == seq => Some(Answer::Ack),
+        "NAK" => Some(Answer::Nak),
+        "DUH" if answered == seq || answered == "0000" => Some(Answer::Duh),
+        _ => None,
     }
 }
 
@@ -440,6 +444,20 @@ mod tests {
         assert_eq!(event_data(ArcFormat::AdmCid, "BV", "003"), "1139 00 003");
         assert_eq!(event_data(ArcFormat::AdmCid, "BG", "7"), "3139 00 007");
         assert_eq!(event_data(ArcFormat::AdmCid, "1130", "12"), "1130 00 012");
+    }
+
+    #[test]
+    fn answers_count_as_far_as_their_crc_goes() {
+        // pysiaalarm's ACK without a receiver number, and the standard's NAK.
+        let span = "\"*ACK\"0002NoneL0#4711[00112233";
+        let ack = format!("\n{}{:04X}{span}\r", frame::crc_hex(span.as_bytes()), span.len());
+        assert_eq!(read_answer(ack.as_bytes(), "0002"), Some(Answer::Ack));
+        assert_eq!(read_answer(ack.as_bytes(), "0003"), None);
+        let bad = ack.replacen("*ACK", "*ACL", 1);
+        assert_eq!(read_answer(bad.as_bytes(), "0002"), None);
+        let nak = frame::nak(Utc::now());
+        assert_eq!(read_answer(&nak, "0002"), Some(Answer::Nak));
+        assert_eq!(read_answer(b"\"DUH\"", "0002"), Some(Answer::Duh));
     }
 
     #[test]

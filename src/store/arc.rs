@@ -96,8 +96,10 @@ impl Store {
     }
 
     pub fn arc_attempted(&self, id: i64) -> Result<(), StoreError> {
-        self.conn()
-            .execute("UPDATE arc_events SET attempts = attempts + 1 WHERE id = ?1", params![id])?;
+        self.conn().execute(
+            "UPDATE arc_events SET attempts = attempts + 1 WHERE id = ?1",
+            params![id],
+        )?;
         Ok(())
     }
 
@@ -138,7 +140,10 @@ mod tests {
         let a = store.arc_enqueue("r1", "4711", "NBV003", &x).expect("a");
         let b = store.arc_enqueue("r2", "4711", "NBG003", &[]).expect("b");
         let first = store.arc_next().expect("next").expect("one");
-        assert_eq!((first.id, first.xdata.clone(), first.seq()), (a, x, format!("{:04}", a + 1)));
+        assert_eq!(
+            (first.id, first.xdata.clone(), first.seq()),
+            (a, x, format!("{:04}", a + 1))
+        );
         store.arc_attempted(a).expect("attempt");
         assert_eq!(store.arc_next().expect("next").map(|e| e.attempts), Some(1));
         store.arc_delivered(a).expect("acked");

@@ -330,7 +330,9 @@ fn parse_header(head: &str) -> Result<Header, FrameError> {
     };
     let token = Token::parse(id).ok_or_else(|| malformed("expected SIA-DCS, ADM-CID, NULL, ACK, NAK or DUH"))?;
     let seq = rest.get(..4).filter(|s| s.bytes().all(|b| b.is_ascii_digit()));
-    let seq = seq.ok_or_else(|| malformed("expected a four-digit sequence"))?.to_owned();
+    let seq = seq
+        .ok_or_else(|| malformed("expected a four-digit sequence"))?
+        .to_owned();
     let rest = &rest[4..];
     let (receiver, rest) = match rest.strip_prefix('R') {
         Some(after) => {
@@ -352,7 +354,10 @@ fn parse_header(head: &str) -> Result<Header, FrameError> {
         None if rest.is_empty() || (rest.starts_with('A') && token == Token::Nak) => None,
         None => return Err(malformed("unexpected characters")),
     };
-    let alnum = |v: &Option<String>| v.as_deref().is_none_or(|v| v.bytes().all(|b| b.is_ascii_alphanumeric()));
+    let alnum = |v: &Option<String>| {
+        v.as_deref()
+            .is_none_or(|v| v.bytes().all(|b| b.is_ascii_alphanumeric()))
+    };
     if !(alnum(&receiver) && alnum(&line) && alnum(&account)) {
         return Err(malformed("expected letters and digits in receiver, line and account"));
     }
@@ -382,7 +387,10 @@ fn decrypt_body(header: &Header, body: &str, key_for: &impl Fn(&str) -> Option<K
     if !key.decrypt(&mut bytes) {
         return Err(failed());
     }
-    let plain = String::from_utf8(bytes).ok().filter(|p| p.is_ascii()).ok_or_else(failed)?;
+    let plain = String::from_utf8(bytes)
+        .ok()
+        .filter(|p| p.is_ascii())
+        .ok_or_else(failed)?;
     // The pad ends at the first '|' (a message) or ']' (an answer); the pad holds neither.
     let start = plain.find(['|', ']']).ok_or_else(failed)?;
     Ok(plain[start..].to_owned())
@@ -457,7 +465,10 @@ mod tests {
             crc_hex(b"\"*NULL\"0000R0L0#AAAB[B4BC8B40D0E6D959D6BEA78E88CC0B2155741A3C44FBB96D476A3E557CAD64D9"),
             "76D8"
         );
-        assert_eq!(crc_hex(b"\"SIA-DCS\"5268L0#AAA[Nri1/WA000]_08:40:47,07-08-2020"), "E9A4");
+        assert_eq!(
+            crc_hex(b"\"SIA-DCS\"5268L0#AAA[Nri1/WA000]_08:40:47,07-08-2020"),
+            "E9A4"
+        );
     }
 
     #[test]
@@ -523,7 +534,10 @@ mod tests {
             line: Some("3".into()),
             account: Some("4711".into()),
         };
-        let xdata = vec!["Vhttp://box/api/alarms/a/clip.mp4".to_owned(), "Iverified: person".to_owned()];
+        let xdata = vec![
+            "Vhttp://box/api/alarms/a/clip.mp4".to_owned(),
+            "Iverified: person".to_owned(),
+        ];
         for key in [None, Some(pysia_key())] {
             let frame = encode(&header, "Nri1/BV003", &xdata, at(1, 2, 3), key.as_ref());
             assert!(frame.starts_with(b"\n") && frame.ends_with(b"\r"));

@@ -25,11 +25,13 @@ pub async fn start(
     let mut keys = Vec::new();
     for (i, panel) in config.dc09.panels.iter().enumerate() {
         let key = match panel.resolve_key(i)? {
-            Some(secret) => Some(frame::Key::from_hex(secret.expose()).map_err(|expected| ConfigError::Invalid {
-                path: "environment".into(),
-                key: format!("dc09.panel[{i}].key_env"),
-                expected,
-            })?),
+            Some(secret) => Some(
+                frame::Key::from_hex(secret.expose()).map_err(|expected| ConfigError::Invalid {
+                    path: "environment".into(),
+                    key: format!("dc09.panel[{i}].key_env"),
+                    expected,
+                })?,
+            ),
             None => None,
         };
         keys.push(key);

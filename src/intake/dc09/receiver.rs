@@ -267,7 +267,9 @@ impl Receiver {
             match self.kind(&event) {
                 Kind::Alarm => stored &= self.raise(account, &message.header, &event, message.timestamp, raw, now),
                 Kind::Restore => self.record_restore(account, &event, raw),
-                Kind::Other => tracing::info!(account, code = %event.code, zone = %event.zone, "DC-09 event: not an alarm"),
+                Kind::Other => {
+                    tracing::info!(account, code = %event.code, zone = %event.zone, "DC-09 event: not an alarm")
+                }
             }
         }
         stored
@@ -344,7 +346,9 @@ impl Receiver {
         let source = format!("dc09:{account}:{}", event.code);
         let restore = Alarm::new(into.clone(), "", Utc::now(), source);
         match self.inner.store.record_joined_event(&into, &restore, raw) {
-            Ok(()) => tracing::info!(account, alarm_id = %into, code = %event.code, "DC-09 restore recorded on the alarm"),
+            Ok(()) => {
+                tracing::info!(account, alarm_id = %into, code = %event.code, "DC-09 restore recorded on the alarm")
+            }
             Err(e) => tracing::warn!(account, alarm_id = %into, error = %e, "DC-09 restore not recorded"),
         }
     }
