@@ -144,7 +144,7 @@ impl Key {
     /// Decrypts whole blocks; false when the length is not whole blocks.
     fn decrypt(&self, blocks: &mut [u8]) -> bool {
         let iv = [0u8; BLOCK];
-        if blocks.is_empty() || blocks.len() % BLOCK != 0 {
+        if blocks.is_empty() || !blocks.len().is_multiple_of(BLOCK) {
             return false;
         }
         let done = match self.0.len() {
