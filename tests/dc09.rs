@@ -313,3 +313,73 @@ async fn panel_alarms_are_verified_and_the_verdicts_reach_the_arc() {
     );
     assert!(p95 < 1000.0, "p95 {p95} ms");
 }
+
+/// The AlarmSink the transmitter reports through, for a transmitter without a service.
+struct Reports(Mutex<Vec<String>>);
+
+impl alarm_verifier::intake::AlarmSink for Reports {
+    fn knows_camera(&self, _: &str) -> bool {
+        true
+    }
+    fn accept(
+        &self,
+        _: alarm_verifier::intake::Arrival,
+    ) -> Result<alarm_verifier::intake::Accepted, alarm_verifier::intake::Refused> {
+        Err(alarm_verifier::intake::Refused::ShuttingDown)
+    }
+    fn report(&self, _: &str, error: &str, _: &[u8]) {
+        self.0.lock().expect("reports").push(error.to_owned());
+    }
+    fn event_link(&self, _: &str, _: alarm_verifier::intake::EventLink) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_verdicts_reach_the_arc_over_udp() {
+    let arc_port = free_port();
+    let arc = ArcReceiver::start(arc_port, "udp", None);
+    let dir = tempfile::tempdir().expect("dir");
+    let text = format!(
+        "[store]\npath = \"{}\"\n[http]\npublic_url = \"https://box.example/\"\n\
+         [dc09.arc]\nhost = \"127.0.0.1\"\nport = {arc_port}\nprotocol = \"udp\"\nreceiver = \"12\"\n\
+         [[camera]]\nid = \"yard\"\nurl = \"rtsp://10.0.0.6/s\"\n[camera.dc09]\naccount = \"{ACCOUNT}\"\nzones = [\"7\"]\n",
+        dir.path().join("s.db").display()
+    );
+    let config = alarm_verifier::config::Config::parse(&text, "site.toml").expect("config");
+    let store = Arc::new(alarm_verifier::store::Store::open(&config.store.path).expect("store"));
+    let queue = alarm_verifier::delivery::arc::ArcQueue::new(&config, store)
+        .expect("arc")
+        .expect("configured");
+    let alarm = alarm_verifier::intake::alarm::Alarm::new("udp-1".into(), "yard", Utc::now(), "mqtt".into());
+    queue.enqueue(&alarm, VerdictKind::Verified, "person in 3 of 3 frames");
+    let reports = Arc::new(Reports(Mutex::new(Vec::new())));
+    let task = tokio::spawn(queue.clone().deliver(reports.clone()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let event = loop {
+        if let Some(e) = arc
+            .events_with("Vhttps://box.example/api/alarms/udp-1/clip.mp4")
+            .into_iter()
+            .next()
+        {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no event at the ARC: {:?}",
+            arc.lines.lock().expect("lines")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // pysiaalarm hands the event over before it sends its ACK.
+    wait_until("the ARC's ACK recorded", Duration::from_secs(10), || {
+        queue.pending() == 0
+    })
+    .await;
+    task.abort();
+    // pysiaalarm's ADM-CID parser takes one extended data block only, so this is SIA-DCS: BV on
+    // the camera's zone 007.
+    assert_eq!(event["encrypted"], false, "{event}");
+    assert_eq!(event["code"].as_str(), Some("BV"), "{event}");
+    assert_eq!(event["message"].as_str(), Some("007"), "{event}");
+    assert!(queue.state().up && queue.state().last_ack.is_some());
+    assert!(reports.0.lock().expect("reports").is_empty());
+}

@@ -10,6 +10,16 @@ import sys
 
 from pysiaalarm import CommunicationsProtocol, SIAAccount
 from pysiaalarm.aio import SIAClient
+from pysiaalarm.aio.server import SIAServerUDP
+
+
+def _udp_connection_made(self, transport):
+    # pysiaalarm 3.2.2 asserts the transport is an asyncio.DatagramTransport, which the selector
+    # transport of Python 3.11 is not; the assertion fails and it never answers over UDP.
+    self.transport = transport
+
+
+SIAServerUDP.connection_made = _udp_connection_made
 
 
 async def main():
