@@ -10,7 +10,6 @@ ORT_VERSION=1.31.1
 # sha256 of onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl, the one wheel the platform tags
 # below select; pip refuses any other file (--require-hashes).
 ORT_WHEEL_SHA256=5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f
-# The advisory checker .ci/run runs offline against security/advisory-db.
 ORT_DIR="$ROOT/third_party/onnxruntime"
 MODEL_SHA256=e8af074932d4ed7e232278e3055cefcdea3edf178874a3694ae292649fb464dd
 MODEL_URL=https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/yolox_nano.onnx
@@ -231,6 +230,21 @@ install_devset() {
   rm -rf "$DEVSET_DIR" && mv "$DEVSET_DIR.part" "$DEVSET_DIR"
 }
 
+# The Python modules the DC-09 tests talk to: pysiaalarm (a real SIA DC-09 receiver, standing in
+# for the alarm receiving centre), in a venv of its own beside ONNX Runtime.
+TEST_VENV="$ROOT/third_party/test-venv"
+PYSIAALARM_VERSION=3.2.2
+install_test_python() {
+  if "$TEST_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('pysiaalarm') != '$PYSIAALARM_VERSION')" 2>/dev/null; then
+    log "test venv (pysiaalarm $PYSIAALARM_VERSION): present"; return
+  fi
+  log "test venv: installing pysiaalarm $PYSIAALARM_VERSION"
+  rm -rf "$TEST_VENV"
+  python3 -m venv "$TEST_VENV" \
+    || { as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; python3 -m venv "$TEST_VENV"; }
+  "$TEST_VENV/bin/python" -m pip install --quiet "pysiaalarm==$PYSIAALARM_VERSION"
+}
+
 install_system_packages
 install_rust_tools
 install_onnxruntime
@@ -238,4 +252,5 @@ install_model
 install_footage
 install_storm_footage
 install_devset
+install_test_python
 log "ready"

@@ -19,7 +19,11 @@ fn database() -> Database {
 
 fn settings() -> Settings {
     Settings {
-        informational_warnings: vec![Informational::Unmaintained, Informational::Unsound, Informational::Notice],
+        informational_warnings: vec![
+            Informational::Unmaintained,
+            Informational::Unsound,
+            Informational::Notice,
+        ],
         ..Default::default()
     }
 }
@@ -30,7 +34,12 @@ fn findings(report: &Report) -> Vec<String> {
         .vulnerabilities
         .list
         .iter()
-        .map(|v| format!("{} {} {}: {}", v.advisory.id, v.package.name, v.package.version, v.advisory.title))
+        .map(|v| {
+            format!(
+                "{} {} {}: {}",
+                v.advisory.id, v.package.name, v.package.version, v.advisory.title
+            )
+        })
         .collect();
     for (kind, warnings) in &report.warnings {
         for w in warnings {

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{OnvifConfig, PolicyOverride};
+use super::{CameraDc09, OnvifConfig, PolicyOverride};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +26,9 @@ pub struct CameraConfig {
     /// The camera's own ONVIF events raise alarms.
     #[serde(default)]
     pub onvif: Option<OnvifConfig>,
+    /// The alarm panel zones that are this camera's (SIA DC-09).
+    #[serde(default)]
+    pub dc09: Option<CameraDc09>,
     /// This camera's changes to the site policy.
     #[serde(default)]
     pub policy: PolicyOverride,

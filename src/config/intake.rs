@@ -29,6 +29,9 @@ pub struct HttpConfig {
     pub request_timeout_s: f64,
     /// Connections served at once; further clients wait in the listen backlog.
     pub max_connections: usize,
+    /// The address others reach this server at, for links sent out (DC-09 `[V…]`); empty: built
+    /// from `listen`.
+    pub public_url: String,
 }
 
 impl Default for HttpConfig {
@@ -41,6 +44,7 @@ impl Default for HttpConfig {
             header_timeout_s: 10.0,
             request_timeout_s: 30.0,
             max_connections: 256,
+            public_url: String::new(),
         }
     }
 }
@@ -67,6 +71,27 @@ impl HttpConfig {
             check_host_entry(host).map_err(|e| (format!("http.hosts[{i}]"), e))?;
         }
         Ok(())
+    }
+
+    /// The base of links sent out: `public_url`, or `http://{listen}` (a wildcard address becomes
+    /// the host's name).
+    pub fn public_base(&self) -> String {
+        if !self.public_url.trim().is_empty() {
+            return self.public_url.trim().trim_end_matches('/').to_owned();
+        }
+        match self.address() {
+            Ok(Some(addr)) if addr.ip().is_unspecified() => {
+                let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+                let host = host.trim();
+                format!(
+                    "http://{}:{}",
+                    if host.is_empty() { "localhost" } else { host },
+                    addr.port()
+                )
+            }
+            Ok(Some(addr)) => format!("http://{addr}"),
+            _ => String::new(),
+        }
     }
 
     /// The address to bind, or None when the server is off.

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 mod camera;
 mod clip;
+mod dc09;
 mod delivery;
 mod detector;
 mod intake;
@@ -21,6 +22,9 @@ mod secret;
 
 pub use camera::{CameraConfig, RtspTransport, redact_url};
 pub use clip::{ClipConfig, MIN_RING_BYTES};
+pub use dc09::{
+    ArcConfig, ArcFormat, ArcProtocol, CameraDc09, CodesConfig, DEFAULT_ALARM_CODES, Dc09Config, PanelConfig,
+};
 pub use delivery::{EvidenceConfig, StoreConfig, VerdictConfig};
 pub use detector::{ChannelOrder, DetectorConfig, Layout, Optimization, Provider, ResizeMode};
 pub use intake::{HttpConfig, OnvifConfig, SmtpConfig};
@@ -74,6 +78,8 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub smtp: SmtpConfig,
+    #[serde(default)]
+    pub dc09: Dc09Config,
     #[serde(default, rename = "camera")]
     pub cameras: Vec<CameraConfig>,
 }
@@ -124,6 +130,7 @@ impl Config {
             store: StoreConfig::default(),
             http: HttpConfig::default(),
             smtp: SmtpConfig::default(),
+            dc09: Dc09Config::default(),
             cameras: Vec::new(),
         }
     }
@@ -320,6 +327,7 @@ impl Config {
             ));
         }
         self.validate_intake(origin)?;
+        self.dc09.validate().map_err(|(k, e)| invalid(&k, e))?;
         let mut seen = HashSet::new();
         for (i, camera) in self.cameras.iter().enumerate() {
             check_topic_level(&camera.id).map_err(|e| invalid(&format!("camera[{i}].id"), e))?;
@@ -343,6 +351,10 @@ impl Config {
                     &format!("camera[{i}].email_match"),
                     "expected a non-empty text found in the camera's alarm e-mails".into(),
                 ));
+            }
+            if let Some(dc09) = &camera.dc09 {
+                dc09.validate()
+                    .map_err(|(k, e)| invalid(&format!("camera[{i}].dc09.{k}"), e))?;
             }
             check_positive(camera.stall_timeout_s, false)
                 .map_err(|e| invalid(&format!("camera[{i}].stall_timeout_s"), e))?;

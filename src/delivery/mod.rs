@@ -1,5 +1,6 @@
 //! Delivery: the durable record of alarms and verdicts, and sending verdicts, camera state, errors
 //! and status to the monitoring centre.
 
+pub mod arc;
 pub mod clips;
 pub mod publish;

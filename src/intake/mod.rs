@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 pub mod alarm;
+pub mod dc09;
 pub mod feedback;
 pub mod http;
 pub mod mqtt;

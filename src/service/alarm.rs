@@ -126,6 +126,9 @@ async fn deliver(shared: &Shared, alarm: &Alarm, mut finding: Finding) {
         elapsed_ms = finding.doc.latency_ms,
         "verdict"
     );
+    if let Some(arc) = &shared.arc {
+        off_runtime(|| arc.enqueue(alarm, finding.doc.verdict, &finding.doc.reason));
+    }
     let submitted = off_runtime(|| shared.outbox.submit(&finding.doc, finding.evidence.as_deref()));
     if let Err(e) = submitted {
         tracing::error!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "verdict not stored; publishing directly");

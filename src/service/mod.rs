@@ -32,6 +32,7 @@ use crate::analysis::live::LiveAnalyser;
 use crate::analysis::verify::Verifier;
 use crate::analysis::workers::Workers;
 use crate::config::{Config, ConfigError};
+use crate::delivery::arc::ArcQueue;
 use crate::delivery::publish::{Outbox, Publisher};
 use crate::intake::{self, AlarmSink, EventLink, EventLinkState};
 use crate::mqtt::{self, Connection, LinkEvent, MqttError, Session, Topics};
@@ -97,6 +98,8 @@ struct Shared {
     max_clip_bytes: u64,
     /// Places for alarms dated ahead of this box's clock, each held until its alarm's life ends.
     waiting_ahead: Arc<Semaphore>,
+    /// Verdicts for the alarm receiving centre over DC-09, when `[dc09.arc]` is set.
+    arc: Option<ArcQueue>,
 }
 
 /// The outbox's delivery task and how to stop it.
@@ -126,6 +129,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (redundancy, mut links) = Redundancy::connect(&config.mqtt, &topics, &box_id, group, &camera_ids)?;
     let outbox = start_outbox(&config, &topics, &box_id, &store)?;
     let publisher = Publisher::new(main.client.clone(), topics.clone());
+    let arc = ArcQueue::new(&config, store.clone())?;
     let shared = share(
         &config,
         detector,
@@ -134,9 +138,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         publisher.clone(),
         redundancy,
         &outbox,
+        arc,
     );
     let housekeeping = start_housekeeping(&config, &shared);
     let sink: Arc<dyn AlarmSink> = Arc::new(ServiceSink(shared.clone()));
+    if let Some(arc) = &shared.arc {
+        // Stored events outlive the process: what is not ACKed at shutdown goes after the restart.
+        tokio::spawn(arc.clone().deliver(sink.clone()));
+    }
     let stop_intake = CancellationToken::new();
     let redundancy_tasks = shared
         .redundancy
@@ -247,6 +256,7 @@ fn start_outbox(config: &Config, topics: &Topics, box_id: &str, store: &Arc<Stor
 }
 
 /// Starts the cameras and the analysis workers, and gathers what the service's parts share.
+#[allow(clippy::too_many_arguments)] // each is one part the service starts with
 fn share(
     config: &Config,
     detector: Detector,
@@ -255,6 +265,7 @@ fn share(
     publisher: Publisher,
     redundancy: Redundancy,
     outbox: &OutboxRun,
+    arc: Option<ArcQueue>,
 ) -> Arc<Shared> {
     let cameras = Cameras::start(config);
     let verifier = Arc::new(Verifier::new(Arc::new(detector), config, decoders));
@@ -279,6 +290,7 @@ fn share(
         mqtt_connected: AtomicBool::new(false),
         max_clip_bytes: config.store.max_clips_mb.saturating_mul(1024 * 1024),
         waiting_ahead: Arc::new(Semaphore::new(accept::MAX_WAITING_AHEAD)),
+        arc,
     })
 }
 
@@ -372,7 +384,7 @@ async fn start_intakes(
         let listener = bind("http.listen", address).await?;
         let routes = intake::http::routes(sink.clone())
             .merge(ops::api::routes(ops.clone()))
-            .merge(ops::console::routes(ops));
+            .merge(ops::console::routes(ops.clone()));
         let rules = ops::http::ServerRules::from_config(&config.http, token);
         intakes.spawn(ops::http::serve(listener, rules, routes, stop.clone()));
     }
@@ -385,6 +397,13 @@ async fn start_intakes(
         let listener = bind("smtp.listen", address).await?;
         let server = intake::smtp::Server::new(&config.smtp, password, &config.cameras, sink.clone());
         intakes.spawn(server.serve(listener, stop.clone()));
+    }
+    if let Some(address) = config.dc09.address().map_err(|expected| ConfigError::Invalid {
+        path: "config".into(),
+        key: "dc09.listen".into(),
+        expected,
+    })? {
+        intakes.spawn(intake::dc09::start(config, address, sink.clone(), ops.store.clone(), stop.clone()).await?);
     }
     for (i, camera) in config.cameras.iter().enumerate() {
         let Some(onvif) = &camera.onvif else { continue };

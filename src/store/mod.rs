@@ -19,6 +19,7 @@ use crate::analysis::verdict::{VerdictDocument, rfc3339};
 use crate::intake::alarm::Alarm;
 use crate::support::lock;
 
+pub mod arc;
 pub mod parked;
 pub mod records;
 

@@ -413,6 +413,7 @@ pub fn site_config(broker_port: u16, server: &RtspCameraServer, cameras: &[&str]
             stall_timeout_s: 10.0,
             email_match: None,
             onvif: None,
+            dc09: None,
             policy: Default::default(),
         })
         .collect();
