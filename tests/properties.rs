@@ -60,6 +60,8 @@ proptest! {
 
     #[test]
     fn well_formed_alarms_round_trip(id in "[A-Za-z0-9_.:-]{1,40}", offset_s in -3000i64..3000, source in proptest::option::of("[ -~]{0,30}")) {
+        // "." and ".." are path steps, refused on purpose (ids become file names and links).
+        prop_assume!(id != "." && id != "..");
         let now = Utc::now();
         let time = now + TimeDelta::seconds(offset_s);
         let payload = serde_json::json!({"alarm_id": id, "time": time.to_rfc3339(), "source": source});
