@@ -253,6 +253,10 @@ fn execute(command: Command) -> Result<()> {
                 report.recall() >= 1.0,
                 "a real intrusion was missed: recall is below 100%"
             );
+            anyhow::ensure!(
+                report.lost_views_kept() >= 1.0,
+                "a lost view (labelled unverifiable) was dismissed as a false alarm"
+            );
             Ok(())
         }
         Command::MakeDevset { footage, images, out } => {

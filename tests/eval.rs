@@ -43,6 +43,15 @@ fn eval_on_the_development_set_has_full_recall_and_filters_false_alarms() {
     };
     assert_eq!(percent("recall on real intrusions:"), 100.0, "{summary}");
     assert!(percent("false alarms filtered:") >= 95.0, "{summary}");
+    // Covered, torch-blinded and sprayed views: never dismissed as false alarms.
+    let lost = summary
+        .split("lost views not dismissed: ")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .expect("lost views count");
+    let (kept, total) = lost.split_once('/').expect("n/m");
+    assert!(total.parse::<usize>().expect("a number") >= 3, "{summary}");
+    assert_eq!(kept, total, "{summary}");
     let clips = stdout
         .lines()
         .filter(|l| l.starts_with("| ") && (l.contains("| yes |") || l.contains("| NO |")))

@@ -96,7 +96,13 @@ fn assert_topics(topics: &Topics, camera: &str, alarm_id: &str) {
 
 /// The verdict document and an error report about it are JSON that reads back the same ids.
 fn assert_documents(alarm: &alarm::Alarm, payload: &[u8]) {
-    let doc = VerdictDocument::unverifiable(alarm, "site", "model", "fuzz");
+    let doc = VerdictDocument::unverifiable(
+        alarm,
+        "site",
+        "model",
+        alarm_verifier::analysis::verdict::Cause::NoVideo,
+        "fuzz",
+    );
     let json: serde_json::Value = serde_json::from_str(&doc.to_json()).expect("verdict JSON");
     assert_eq!(json["alarm_id"], alarm.alarm_id.as_str());
     assert_eq!(json["camera"], alarm.camera.as_str());

@@ -22,7 +22,13 @@ fn seed_poison_verdict(db: &Path) {
     let store = Store::open(db).expect("store");
     let alarm = Alarm::new("old\u{1}id".into(), "entrance", chrono::Utc::now(), "test".into());
     store.record_alarm(&alarm, b"{}", None).expect("alarm");
-    let mut doc = VerdictDocument::unverifiable(&alarm, "test-site", "model", "from before the id rule");
+    let mut doc = VerdictDocument::unverifiable(
+        &alarm,
+        "test-site",
+        "model",
+        alarm_verifier::analysis::verdict::Cause::NoVideo,
+        "from before the id rule",
+    );
     doc.record_id = alarm.alarm_id.clone();
     doc.evidence_topic = Some(topics().evidence(&doc.record_id));
     store

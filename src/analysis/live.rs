@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::analysis::clip::{self, ClipError, Flow, Frame, FrameSink, LiveDecoder, SinkError, Window};
-use crate::analysis::verdict::{VerdictKind, rfc3339};
+use crate::analysis::verdict::{Cause, VerdictKind, rfc3339};
 use crate::analysis::verify::{Analysis, Finding, Verifier};
 use crate::analysis::workers::{Permit, Workers};
 use crate::ingest::camera::{Camera, StreamKind};
@@ -98,10 +98,11 @@ impl LiveAnalyser {
             .push(job.clone());
         let _close = CloseOnDrop {
             job: &job,
-            fallback: Some(
-                self.verifier
-                    .unverifiable(alarm, "overloaded: the analysis was stopped before its window was seen"),
-            ),
+            fallback: Some(self.verifier.unverifiable(
+                alarm,
+                Cause::Overloaded,
+                "overloaded: the analysis was stopped before its window was seen",
+            )),
         };
         let finding = self.run(camera, alarm, &job, deadline).await;
         job.result.send_replace(Some(finding.clone()));
@@ -149,9 +150,11 @@ impl LiveAnalyser {
                 match finding {
                     Some(f) => (f, lead),
                     None => {
-                        return self
-                            .verifier
-                            .unverifiable(alarm, "the shared analysis ended without a verdict");
+                        return self.verifier.unverifiable(
+                            alarm,
+                            Cause::Overloaded,
+                            "the shared analysis ended without a verdict",
+                        );
                     }
                 }
             }
@@ -180,7 +183,9 @@ impl LiveAnalyser {
         let mut note = None;
         let finding = loop {
             if let Some(offline) = camera.offline() {
-                break self.verifier.unverifiable(alarm, &offline.to_string());
+                break self
+                    .verifier
+                    .unverifiable(alarm, Cause::CameraOffline, &offline.to_string());
             }
             if kind == StreamKind::Detect && !camera.stream_online(StreamKind::Detect) {
                 let why = camera
@@ -209,11 +214,13 @@ impl LiveAnalyser {
                     kind = StreamKind::Main;
                 }
                 Err(Broke::StreamLost) => {
-                    break self
-                        .verifier
-                        .unverifiable(alarm, "the camera's video broke off during the alarm window");
+                    break self.verifier.unverifiable(
+                        alarm,
+                        Cause::StreamBroken,
+                        "the camera's video broke off during the alarm window",
+                    );
                 }
-                Err(Broke::Failed(reason)) => break self.verifier.unverifiable(alarm, &reason),
+                Err(Broke::Failed(cause, reason)) => break self.verifier.unverifiable(alarm, cause, &reason),
             }
         };
         self.workers.record_alarm_cost(spent);
@@ -233,11 +240,10 @@ impl LiveAnalyser {
     ) -> Result<Analysis, Broke> {
         let from = analysis.window().from;
         let no_video = || {
-            Broke::Failed(format!(
-                "camera {} has no buffered video on its {}",
-                camera.id(),
-                kind.name()
-            ))
+            Broke::Failed(
+                Cause::NoVideo,
+                format!("camera {} has no buffered video on its {}", camera.id(), kind.name()),
+            )
         };
         let mut cursor = camera.cursor_before(kind, from).ok_or_else(no_video)?;
         let caps = camera.caps(kind).ok_or_else(no_video)?;
@@ -247,6 +253,7 @@ impl LiveAnalyser {
             let units = camera.read(kind, &mut cursor).map_err(|e| match e {
                 ReadError::Broken => Broke::StreamLost,
                 ReadError::Gone => Broke::Failed(
+                    Cause::Overloaded,
                     "overloaded: the alarm's video left the camera's buffer before it could be analysed".into(),
                 ),
             })?;
@@ -269,10 +276,11 @@ impl LiveAnalyser {
                 let flow = feed(&mut decoder, &caps, &decoders, &units, done, &mut analysis);
                 (analysis, decoder, flow, started.elapsed())
             });
-            let (analysis, decoder, flow, took) =
-                step.await.map_err(|e| Broke::Failed(format!("analysis failed: {e}")))?;
+            let (analysis, decoder, flow, took) = step
+                .await
+                .map_err(|e| Broke::Failed(Cause::StreamBroken, format!("analysis failed: {e}")))?;
             *spent += took;
-            let flow = flow.map_err(|e| Broke::Failed(format!("cannot analyse the clip: {e}")))?;
+            let flow = flow.map_err(|e| Broke::Failed(Cause::StreamBroken, format!("cannot analyse the clip: {e}")))?;
             if flow == Flow::Stop || done || analysis.is_verified() {
                 return Ok(analysis);
             }
@@ -285,7 +293,7 @@ impl LiveAnalyser {
         self.workers
             .acquire(deadline, need)
             .await
-            .map_err(|e| Broke::Failed(e.to_string()))
+            .map_err(|e| Broke::Failed(Cause::Overloaded, e.to_string()))
     }
 
     /// The verdict and its evidence; for a detect-stream analysis the evidence frame is decoded
@@ -348,8 +356,10 @@ impl LiveAnalyser {
                 *spent += took;
                 finding
             }
-            Ok((Err(e), _)) => self.verifier.unverifiable(&alarm, &e.to_string()),
-            Err(e) => self.verifier.unverifiable(&alarm, &format!("analysis failed: {e}")),
+            Ok((Err(e), _)) => self.verifier.unverifiable(&alarm, e.cause(), &e.to_string()),
+            Err(e) => self
+                .verifier
+                .unverifiable(&alarm, Cause::StreamBroken, &format!("analysis failed: {e}")),
         }
     }
 
@@ -388,7 +398,7 @@ impl Drop for CloseOnDrop<'_> {
 enum Broke {
     /// The analysed stream's ring was cleared or broke off (offline, new stream parameters).
     StreamLost,
-    Failed(String),
+    Failed(Cause, String),
 }
 
 /// One worker step: decodes `units` into `analysis`, starting the decoder on the first, and drains

@@ -9,4 +9,5 @@ pub mod policy;
 pub mod regions;
 pub mod verdict;
 pub mod verify;
+pub mod view;
 pub mod workers;

@@ -37,6 +37,55 @@ impl From<Outcome> for VerdictKind {
     }
 }
 
+/// Why an alarm is `unverifiable`, for machines (the reason line says it for people).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// The camera was offline (or unknown) when the alarm came.
+    CameraOffline,
+    /// The camera's video broke off, or could not be decoded, during the window.
+    StreamBroken,
+    /// The box could not analyse it in time (queue full, deadline, video left the buffer).
+    Overloaded,
+    /// There was no video of the window to analyse.
+    NoVideo,
+    /// The view became dark or flat (covered, painted over, lights cut) around the alarm.
+    ViewBlocked,
+    /// The view became saturated (a torch or lamp shone into the lens) around the alarm.
+    ViewBlinded,
+    /// The view lost its edges (sprayed, smeared or knocked out of focus) around the alarm.
+    ViewDefocused,
+    /// The service stopped or restarted before the alarm was analysed.
+    Interrupted,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 8] = [
+        Self::CameraOffline,
+        Self::StreamBroken,
+        Self::Overloaded,
+        Self::NoVideo,
+        Self::ViewBlocked,
+        Self::ViewBlinded,
+        Self::ViewDefocused,
+        Self::Interrupted,
+    ];
+
+    /// The name in the verdict document.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CameraOffline => "camera_offline",
+            Self::StreamBroken => "stream_broken",
+            Self::Overloaded => "overloaded",
+            Self::NoVideo => "no_video",
+            Self::ViewBlocked => "view_blocked",
+            Self::ViewBlinded => "view_blinded",
+            Self::ViewDefocused => "view_defocused",
+            Self::Interrupted => "interrupted",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReportedDetection {
     pub label: String,
@@ -61,6 +110,9 @@ pub struct VerdictDocument {
     pub site: String,
     pub alarm_time: String,
     pub verdict: VerdictKind,
+    /// For `unverifiable`: why, as a machine-readable cause. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
     pub reason: String,
     pub detections: Vec<ReportedDetection>,
     pub frames_analyzed: usize,
@@ -70,6 +122,9 @@ pub struct VerdictDocument {
     /// Which of the camera's streams was analysed: `detect` or `main`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
+    /// Most analysed frames were grey (an IR camera at night); the policy's night rules applied.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub night: bool,
     pub model: String,
     pub latency_ms: u64,
     pub evidence_topic: Option<String>,
@@ -103,12 +158,13 @@ impl VerdictDocument {
             detections,
             frames_analyzed: frames.len(),
             inferences: frames.len(),
-            ..Self::unverifiable(alarm, site, model, "")
+            cause: None,
+            ..Self::unverifiable(alarm, site, model, Cause::NoVideo, "")
         }
     }
 
     /// A verdict for an alarm that could not be checked, with why.
-    pub fn unverifiable(alarm: &Alarm, site: &str, model: &str, reason: &str) -> Self {
+    pub fn unverifiable(alarm: &Alarm, site: &str, model: &str, cause: Cause, reason: &str) -> Self {
         Self {
             schema: SCHEMA.into(),
             alarm_id: alarm.alarm_id.clone(),
@@ -117,11 +173,13 @@ impl VerdictDocument {
             site: site.into(),
             alarm_time: rfc3339(alarm.time),
             verdict: VerdictKind::Unverifiable,
+            cause: Some(cause),
             reason: reason.into(),
             detections: Vec::new(),
             frames_analyzed: 0,
             inferences: 0,
             stream: None,
+            night: false,
             model: model.into(),
             latency_ms: 0,
             evidence_topic: None,
@@ -162,6 +220,16 @@ mod tests {
             VerdictKind::Unverifiable,
         ] {
             assert_eq!(serde_json::to_value(kind).ok(), Some(serde_json::json!(kind.as_str())));
+        }
+    }
+
+    #[test]
+    fn cause_names_match_the_document() {
+        for cause in Cause::ALL {
+            assert_eq!(
+                serde_json::to_value(cause).ok(),
+                Some(serde_json::json!(cause.as_str()))
+            );
         }
     }
 }

@@ -20,7 +20,8 @@ use crate::analysis::detect::{DetectError, Detector};
 use crate::analysis::evidence::{self, Annotations};
 use crate::analysis::policy::{Decision, FrameDetections, Outcome, Policy, Role};
 use crate::analysis::regions::{self, Motion, Region};
-use crate::analysis::verdict::{VerdictDocument, rfc3339};
+use crate::analysis::verdict::{Cause, VerdictDocument, VerdictKind, rfc3339};
+use crate::analysis::view::{self, Loss, ViewCheck};
 use crate::config::{ClipConfig, Config, EvidenceConfig};
 use crate::intake::alarm::Alarm;
 
@@ -31,6 +32,15 @@ pub enum VerifyError {
     Clip(ClipError),
     #[error("no video frames in the alarm window")]
     NoFrames,
+}
+
+impl VerifyError {
+    pub fn cause(&self) -> Cause {
+        match self {
+            Self::Clip(_) => Cause::StreamBroken,
+            Self::NoFrames => Cause::NoVideo,
+        }
+    }
 }
 
 /// A verdict with its evidence JPEG, when there is a frame to show.
@@ -102,9 +112,9 @@ impl Verifier {
         self.window_at(alarm.time)
     }
 
-    pub fn unverifiable(&self, alarm: &Alarm, reason: &str) -> Finding {
+    pub fn unverifiable(&self, alarm: &Alarm, cause: Cause, reason: &str) -> Finding {
         Finding {
-            doc: VerdictDocument::unverifiable(alarm, &self.site, self.model_name(), reason),
+            doc: VerdictDocument::unverifiable(alarm, &self.site, self.model_name(), cause, reason),
             evidence: None,
         }
     }
@@ -124,6 +134,7 @@ impl Verifier {
             notes: Vec::new(),
             stream: None,
             motion: Motion::default(),
+            view: ViewCheck::default(),
             passes: Vec::new(),
             inferences: 0,
         }
@@ -206,6 +217,8 @@ pub struct Analysis {
     notes: Vec<String>,
     stream: Option<String>,
     motion: Motion,
+    /// What the camera could see in each analysed frame.
+    view: ViewCheck,
     /// Per analysed frame: the regions detected in, and for each detection the region it came from
     /// (None: the whole-frame pass).
     passes: Vec<(Vec<Region>, Vec<Option<usize>>)>,
@@ -218,6 +231,7 @@ impl FrameSink for Analysis {
     }
 
     fn frame(&mut self, frame: Frame) -> Result<Flow, SinkError> {
+        self.view.observe(view::measure(&frame.image, frame.time));
         let (detections, regions, origins) = self.detect(&frame.image)?;
         tracing::debug!(
             alarm_id = %self.alarm.alarm_id,
@@ -384,12 +398,32 @@ impl Analysis {
         );
         doc.stream = self.stream.clone();
         doc.inferences = self.inferences;
+        doc.night = self.view.is_night();
+        // Nobody seen is only "nobody there" if the camera could see: detections still win.
+        if decision.outcome == Outcome::FalseAlarm
+            && let Some(lost) = self.view.lost(self.alarm.time - TimeDelta::seconds(1))
+        {
+            tracing::warn!(camera = %self.alarm.camera, alarm_id = %self.alarm.alarm_id, reason = %lost.reason, "view lost at the alarm");
+            doc.verdict = VerdictKind::Unverifiable;
+            doc.cause = Some(match lost.loss {
+                Loss::Blocked => Cause::ViewBlocked,
+                Loss::Blinded => Cause::ViewBlinded,
+                Loss::Defocused => Cause::ViewDefocused,
+            });
+            doc.reason = format!("{}; nobody seen before it", lost.reason);
+            for note in &self.notes {
+                doc.reason.push_str("; ");
+                doc.reason.push_str(note);
+            }
+            decision.reason = doc.reason.clone();
+        }
+        let verdict = doc.verdict;
         let evidence = decision.evidence_frame.and_then(|i| {
             let (image, time) = match main_frame {
                 Some(main) => (main.image, main.time),
                 None => (self.images.get(i).cloned().flatten()?, self.frames.get(i)?.time),
             };
-            self.render_evidence(policy, &decision, i, image, time)
+            self.render_evidence(policy, &decision, verdict, i, image, time)
                 .map_err(|e| tracing::warn!(alarm_id = %self.alarm.alarm_id, error = %e, "no evidence image"))
                 .ok()
         });
@@ -401,6 +435,7 @@ impl Analysis {
         &self,
         policy: &Policy,
         decision: &Decision,
+        verdict: VerdictKind,
         index: usize,
         image: RgbImage,
         shown: DateTime<Utc>,
@@ -424,9 +459,10 @@ impl Analysis {
             })
             .zip(decision.roles[index].iter().copied())
             .collect();
-        let verdict = match decision.outcome {
-            Outcome::Verified => "VERIFIED",
-            Outcome::FalseAlarm => "FALSE ALARM",
+        let verdict = match verdict {
+            VerdictKind::Verified => "VERIFIED",
+            VerdictKind::FalseAlarm => "FALSE ALARM",
+            VerdictKind::Unverifiable => "UNVERIFIABLE",
         };
         // The regions the causes were found in, scaled like the boxes.
         let regions: Vec<BoxPx> = self

@@ -201,8 +201,9 @@ async fn list_alarms(State(ops): State<Ops>, filter: Result<Query<AlarmFilter>, 
 
 /// RFC 4180 CSV: every field quoted, quotes doubled, formulas defused.
 fn to_csv(alarms: &[AlarmSummary]) -> String {
-    let mut out =
-        String::from("alarm_id,camera,alarm_time,received,source,verdict,reason,latency_ms,delivered,feedback\r\n");
+    let mut out = String::from(
+        "alarm_id,camera,alarm_time,received,source,verdict,cause,reason,latency_ms,delivered,feedback\r\n",
+    );
     for a in alarms {
         let latency = a.latency_ms.map(|l| l.to_string()).unwrap_or_default();
         let fields = [
@@ -212,6 +213,7 @@ fn to_csv(alarms: &[AlarmSummary]) -> String {
             &a.received,
             a.source.as_deref().unwrap_or_default(),
             a.verdict.as_deref().unwrap_or_default(),
+            a.cause.as_deref().unwrap_or_default(),
             a.reason.as_deref().unwrap_or_default(),
             &latency,
             a.delivered.as_deref().unwrap_or_default(),
@@ -359,6 +361,7 @@ mod tests {
             received: "2026-12-06T00:00:00Z".into(),
             source: Some("@evil".into()),
             verdict: Some("verified".into()),
+            cause: None,
             reason: None,
             latency_ms: Some(1200),
             delivered: None,

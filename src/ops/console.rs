@@ -120,6 +120,10 @@ fn render(site: &str, components: &Components, cameras: &[CameraInfo], alarms: &
                     }
                     section #alarms {
                         h2 { "Recent alarms " span.count { "last " (alarms.len()) } }
+                        @let causes = unverifiable_by_cause(alarms);
+                        @if !causes.is_empty() {
+                            p.causes { "Unverifiable: " @for (i, (cause, n)) in causes.iter().enumerate() { @if i > 0 { ", " } span.cause { (cause.replace('_', " ")) } " " (n) } }
+                        }
                         @if alarms.is_empty() { p.empty { "No alarms yet. Use a camera's “Test alarm” to try one." } }
                         div.alarms { @for a in alarms { (alarm_row(a)) } }
                         p.links { a href="/api/alarms?format=csv&limit=10000" { "Export CSV" } " · " a href="/metrics" { "Metrics" } " · " a href="/healthz" { "Health" } }
@@ -189,6 +193,19 @@ fn camera_card(c: &CameraInfo) -> Markup {
     }
 }
 
+/// The recent alarms' unverifiable verdicts counted by cause, most frequent first.
+fn unverifiable_by_cause(alarms: &[AlarmSummary]) -> Vec<(String, usize)> {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for cause in alarms.iter().filter_map(|a| a.cause.as_deref()) {
+        match counts.iter_mut().find(|(c, _)| c == cause) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((cause.to_owned(), 1)),
+        }
+    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    counts
+}
+
 fn alarm_row(a: &AlarmSummary) -> Markup {
     let id = segment(&a.alarm_id);
     let (class, label) = match a.verdict.as_deref() {
@@ -207,6 +224,7 @@ fn alarm_row(a: &AlarmSummary) -> Markup {
             div.body {
                 div.head {
                     span class=(format!("verdict {class}")) { (label) }
+                    @if let Some(cause) = &a.cause { " " span.cause { (cause.replace('_', " ")) } }
                     " " strong { (a.camera) }
                     " " span.time { (short_time(&a.alarm_time)) }
                 }
@@ -279,6 +297,7 @@ article.alarm .body { flex:1; min-width:0; }
 .verdict { display:inline-block; padding:2px 10px; border-radius:4px; font-weight:700; font-size:13px; letter-spacing:.03em; }
 .verdict.verified { background:var(--red); color:#fff; } .verdict.false { background:#24452f; color:var(--green); }
 .verdict.unverifiable { background:var(--amber); color:#000; } .verdict.pending { background:#23384f; color:var(--blue); }
+.cause { color:var(--amber); font-size:.85em; text-transform:uppercase; letter-spacing:.03em; } p.causes { margin:.2em 0 .6em; }
 .time { color:var(--dim); font-size:13px; } .reason { margin:4px 0; } .meta { color:var(--dim); font-size:13px; }
 .meta a, .links a { color:var(--blue); } .warnText { color:var(--amber); }
 .feedback { margin-top:6px; } .feedback form { display:flex; gap:8px; }
@@ -303,6 +322,7 @@ mod tests {
             received: "2026-12-06T00:00:00Z".into(),
             source: None,
             verdict: None,
+            cause: None,
             reason: None,
             latency_ms: None,
             delivered: None,

@@ -21,6 +21,12 @@ struct VerdictLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    camera: String,
+    cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
     source: String,
 }
@@ -34,6 +40,7 @@ struct DisagreementLabels {
 pub struct Metrics {
     registry: Registry,
     verdicts: Family<VerdictLabels, Counter>,
+    unverifiable: Family<CauseLabels, Counter>,
     alarms: Family<SourceLabels, Counter>,
     verification: Histogram,
     queue_depth: Gauge,
@@ -59,6 +66,12 @@ impl Metrics {
         let mut registry = Registry::with_prefix("alarm_verifier");
         let verdicts = Family::<VerdictLabels, Counter>::default();
         registry.register("verdicts", "Verdicts sent, by camera and verdict", verdicts.clone());
+        let unverifiable = Family::<CauseLabels, Counter>::default();
+        registry.register(
+            "unverifiable",
+            "Unverifiable verdicts, by camera and cause (camera_offline, stream_broken, overloaded, no_video, view_blocked, view_blinded, view_defocused, interrupted)",
+            unverifiable.clone(),
+        );
         let alarms = Family::<SourceLabels, Counter>::default();
         registry.register(
             "alarms",
@@ -113,6 +126,7 @@ impl Metrics {
         Self {
             registry,
             verdicts,
+            unverifiable,
             alarms,
             verification,
             queue_depth,
@@ -128,13 +142,22 @@ impl Metrics {
         }
     }
 
-    pub fn verdict(&self, camera: &str, verdict: &str, seconds: f64) {
+    /// Counts a verdict sent; `cause` for an unverifiable one.
+    pub fn verdict(&self, camera: &str, verdict: &str, cause: Option<&str>, seconds: f64) {
         self.verdicts
             .get_or_create(&VerdictLabels {
                 camera: camera.to_owned(),
                 verdict: verdict.to_owned(),
             })
             .inc();
+        if let Some(cause) = cause {
+            self.unverifiable
+                .get_or_create(&CauseLabels {
+                    camera: camera.to_owned(),
+                    cause: cause.to_owned(),
+                })
+                .inc();
+        }
         self.verification.observe(seconds);
     }
 

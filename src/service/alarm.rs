@@ -14,6 +14,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::Shared;
+use crate::analysis::verdict::Cause;
 use crate::analysis::verify::Finding;
 use crate::delivery::clips;
 use crate::ingest::camera::StreamKind;
@@ -41,9 +42,11 @@ pub(super) fn start(shared: &Arc<Shared>, alarm: Alarm, waiting_ahead: Option<Ow
         Err(_) => {
             let shared = shared.clone();
             shared.tasks.clone().spawn(async move {
-                let finding = shared
-                    .verifier
-                    .unverifiable(&alarm, "overloaded: too many alarms in verification");
+                let finding = shared.verifier.unverifiable(
+                    &alarm,
+                    Cause::Overloaded,
+                    "overloaded: too many alarms in verification",
+                );
                 close_device_alarm(&shared, &alarm);
                 deliver(&shared, &alarm, finding).await;
             });
@@ -62,6 +65,7 @@ async fn handle_alarm(
         verified = tokio::time::timeout_at(deadline, verify_alarm(&shared, &alarm, deadline)) => verified.ok(),
         _ = shared.stop_alarms.cancelled() => Some(shared.verifier.unverifiable(
             &alarm,
+            Cause::Interrupted,
             "the service was stopped before this alarm was verified",
         )),
     };
@@ -69,6 +73,7 @@ async fn handle_alarm(
         Some(finding) => finding,
         None => shared.verifier.unverifiable(
             &alarm,
+            Cause::Overloaded,
             &format!(
                 "overloaded: not verified within the {} s deadline",
                 shared.deadline.as_secs_f64()
@@ -84,7 +89,9 @@ async fn handle_alarm(
 
 async fn verify_alarm(shared: &Arc<Shared>, alarm: &Alarm, deadline: Instant) -> Finding {
     let Some(camera) = shared.cameras.get(&alarm.camera) else {
-        return shared.verifier.unverifiable(alarm, "unknown camera");
+        return shared
+            .verifier
+            .unverifiable(alarm, Cause::CameraOffline, "unknown camera");
     };
     shared.live.analyse(camera, alarm, deadline).await
 }
@@ -116,12 +123,14 @@ async fn deliver(shared: &Shared, alarm: &Alarm, mut finding: Finding) {
     shared.metrics.verdict(
         &alarm.camera,
         finding.doc.verdict.as_str(),
+        finding.doc.cause.map(Cause::as_str),
         alarm.received_at.elapsed().as_secs_f64(),
     );
     tracing::info!(
         camera = %alarm.camera,
         alarm_id = %alarm.alarm_id,
         verdict = ?finding.doc.verdict,
+        cause = finding.doc.cause.map(Cause::as_str),
         reason = %finding.doc.reason,
         elapsed_ms = finding.doc.latency_ms,
         "verdict"
@@ -238,9 +247,11 @@ pub(super) fn answer_interrupted_alarms(shared: &Shared, unanswered: Vec<Unanswe
             continue;
         }
         tracing::warn!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, "alarm interrupted by a restart");
-        let finding = shared
-            .verifier
-            .unverifiable(&alarm, "the service restarted before this alarm was verified");
+        let finding = shared.verifier.unverifiable(
+            &alarm,
+            Cause::Interrupted,
+            "the service restarted before this alarm was verified",
+        );
         if let Err(e) = shared.outbox.submit(&finding.doc, None) {
             tracing::error!(alarm_id = %alarm.alarm_id, error = %e, "cannot store verdict for interrupted alarm");
         }
@@ -252,6 +263,7 @@ fn record_handed_over(shared: &Shared, alarm: &Alarm) {
     tracing::info!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, "interrupted alarm was answered by another box of the group");
     let finding = shared.verifier.unverifiable(
         alarm,
+        Cause::Interrupted,
         "taken over by another box of the share group while this box was down; its verdict is in that box's records",
     );
     let kept = shared

@@ -602,7 +602,13 @@ mod tests {
     }
 
     fn doc(id: &str) -> VerdictDocument {
-        VerdictDocument::unverifiable(&alarm(id), "site", "model", "test")
+        VerdictDocument::unverifiable(
+            &alarm(id),
+            "site",
+            "model",
+            crate::analysis::verdict::Cause::NoVideo,
+            "test",
+        )
     }
 
     #[test]

@@ -105,7 +105,13 @@ mod tests {
     fn verdict(store: &Store, id: &str) {
         let alarm = Alarm::new(id.into(), "gate", Utc::now(), "test".into());
         store.record_alarm(&alarm, b"{}", None).expect("alarm");
-        let doc = VerdictDocument::unverifiable(&alarm, "site", "model", "test");
+        let doc = VerdictDocument::unverifiable(
+            &alarm,
+            "site",
+            "model",
+            crate::analysis::verdict::Cause::NoVideo,
+            "test",
+        );
         store.record_verdict(&doc, None).expect("verdict");
     }
 

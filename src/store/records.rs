@@ -21,6 +21,8 @@ pub struct AlarmSummary {
     pub source: Option<String>,
     /// `verified`, `false_alarm`, `unverifiable`, or None while in verification.
     pub verdict: Option<String>,
+    /// For `unverifiable`: the verdict document's `cause`.
+    pub cause: Option<String>,
     pub reason: Option<String>,
     pub latency_ms: Option<u64>,
     /// When the broker acknowledged the verdict (PUBACK).
@@ -186,6 +188,7 @@ fn summary_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlarmSummary> {
         received: r.get(3)?,
         source: r.get(4)?,
         verdict: r.get(5)?,
+        cause: doc.as_ref().and_then(|d| d.cause).map(|c| c.as_str().to_owned()),
         reason: doc.as_ref().map(|d| d.reason.clone()),
         latency_ms: doc.as_ref().map(|d| d.latency_ms),
         delivered: r.get(7)?,

@@ -83,7 +83,29 @@ pub fn run(config: &Config, options: &BenchOptions) -> Result<String, BenchError
         rows.push(bench_frame(&detector, config, options, &name, image)?);
     }
     let (clip_time, frames) = bench_clip(&detector, config, &options.clip)?;
-    Ok(report(config, &detector, options, &rows, clip_time, frames))
+    let small = image::imageops::resize(&frame, 640, 360, image::imageops::FilterType::Triangle);
+    let views =
+        [("640x360", &small), ("1920x1080", &full_hd)].map(|(name, image)| (name, bench_view(image, options.runs)));
+    let mut out = report(config, &detector, options, &rows, clip_time, frames);
+    out.push_str("view check per frame (median):");
+    for (name, took) in views {
+        out.push_str(&format!(" {name} {:.1} µs;", took.as_secs_f64() * 1e6));
+    }
+    out.push('\n');
+    Ok(out)
+}
+
+/// The median time of the view check (brightness, contrast, edges, change) on one frame.
+fn bench_view(image: &RgbImage, runs: usize) -> Duration {
+    let now = chrono::Utc::now();
+    let samples = (0..runs.max(1))
+        .map(|_| {
+            let started = Instant::now();
+            std::hint::black_box(crate::analysis::view::measure(image, now));
+            started.elapsed()
+        })
+        .collect();
+    median(samples)
 }
 
 fn bench_frame(

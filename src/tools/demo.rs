@@ -208,19 +208,11 @@ impl RtspCameraServer {
         port: u16,
         protocols: Option<gstreamer_rtsp_server::gst_rtsp::RTSPLowerTrans>,
     ) -> Result<Self, DemoError> {
-        gst_support::init().map_err(|e| DemoError::Rtsp(e.to_string()))?;
-        let context = glib::MainContext::new();
-        let server = rtsp::RTSPServer::new();
-        server.set_address("127.0.0.1");
-        server.set_service(&port.to_string());
-        let mount_points = server
-            .mount_points()
-            .ok_or_else(|| DemoError::Rtsp("no mount points".into()))?;
+        let mut launches = Vec::new();
         for (name, file) in mounts {
             if !file.is_file() {
                 return Err(DemoError::Footage(file.to_path_buf()));
             }
-            let factory = rtsp::RTSPMediaFactory::new();
             let location = file.display().to_string().replace('"', "\\\"");
             let codec = match mp4_video_codec(file) {
                 Ok(Some(c)) => c,
@@ -232,13 +224,61 @@ impl RtspCameraServer {
                 }
                 Err(e) => return Err(DemoError::Rtsp(format!("{}: {e}", file.display()))),
             };
-            factory.set_launch(&format!(
-                "( filesrc location=\"{location}\" ! qtdemux ! {codec}parse ! rtp{codec}pay name=pay0 pt=96 config-interval=-1 )"
+            launches.push((
+                (*name).to_owned(),
+                format!(
+                    "( filesrc location=\"{location}\" ! qtdemux ! {codec}parse ! rtp{codec}pay name=pay0 pt=96 config-interval=-1 )"
+                ),
             ));
+        }
+        Self::serve_launches(&launches, port, protocols, None)
+    }
+
+    /// A live camera at `rtsp://127.0.0.1:{port}/{name}` showing a test card (640x360, 15 fps),
+    /// whose view a test can black out and bring back, as a hand over the lens would.
+    pub fn start_test_card(name: &str) -> Result<(Self, ViewSwitch), DemoError> {
+        let switch = ViewSwitch::default();
+        let launch = "( videotestsrc is-live=true pattern=smpte ! video/x-raw,width=640,height=360,framerate=15/1 \
+             ! videobalance name=view ! videoconvert ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 bframes=0 threads=1 \
+             ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1 )";
+        let server = Self::serve_launches(&[(name.to_owned(), launch.to_owned())], 0, None, Some(&switch))?;
+        Ok((server, switch))
+    }
+
+    fn serve_launches(
+        launches: &[(String, String)],
+        port: u16,
+        protocols: Option<gstreamer_rtsp_server::gst_rtsp::RTSPLowerTrans>,
+        switch: Option<&ViewSwitch>,
+    ) -> Result<Self, DemoError> {
+        gst_support::init().map_err(|e| DemoError::Rtsp(e.to_string()))?;
+        let context = glib::MainContext::new();
+        let server = rtsp::RTSPServer::new();
+        server.set_address("127.0.0.1");
+        server.set_service(&port.to_string());
+        let mount_points = server
+            .mount_points()
+            .ok_or_else(|| DemoError::Rtsp("no mount points".into()))?;
+        for (name, launch) in launches {
+            let factory = rtsp::RTSPMediaFactory::new();
+            factory.set_launch(launch);
             // One pipeline for all viewers, as a real camera has.
             factory.set_shared(true);
             if let Some(protocols) = protocols {
                 factory.set_protocols(protocols);
+            }
+            if let Some(switch) = switch {
+                let slot = switch.balance.clone();
+                factory.connect_media_configure(move |_, media| {
+                    let found = media
+                        .element()
+                        .downcast::<gstreamer::Bin>()
+                        .ok()
+                        .and_then(|bin| bin.by_name("view"));
+                    if let Ok(mut slot) = slot.lock() {
+                        *slot = found;
+                    }
+                });
             }
             mount_points.add_factory(&format!("/{name}"), factory);
         }
@@ -287,6 +327,33 @@ impl Drop for RtspCameraServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Blacks out a test card camera's view ([`RtspCameraServer::start_test_card`]) and brings it back.
+#[derive(Clone, Default)]
+pub struct ViewSwitch {
+    balance: std::sync::Arc<std::sync::Mutex<Option<gstreamer::Element>>>,
+}
+
+impl ViewSwitch {
+    /// Black from now on: no light, no contrast. False until a client has started the camera.
+    pub fn black_out(&self) -> bool {
+        self.set(-1.0, 0.0, 0.0)
+    }
+
+    /// The test card again.
+    pub fn restore(&self) -> bool {
+        self.set(0.0, 1.0, 1.0)
+    }
+
+    fn set(&self, brightness: f64, contrast: f64, saturation: f64) -> bool {
+        let Ok(slot) = self.balance.lock() else { return false };
+        let Some(balance) = slot.as_ref() else { return false };
+        balance.set_property("brightness", brightness);
+        balance.set_property("contrast", contrast);
+        balance.set_property("saturation", saturation);
+        true
     }
 }
 

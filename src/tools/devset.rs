@@ -230,6 +230,7 @@ pub fn build(sources: &Sources, out: &Path) -> Result<usize, DevsetError> {
         })?;
         add(&format!("{name}.mp4"), "false_alarm", ALARM_AT, note);
     }
+    entries.extend(view_cases(&plate, &walker_a, out)?);
     // Far targets on wide views, with their empty twins and small animals.
     entries.extend(far_targets(sources, &plate, out)?);
 
@@ -243,6 +244,151 @@ pub fn build(sources: &Sources, out: &Path) -> Result<usize, DevsetError> {
         reason: e.to_string(),
     })?;
     Ok(entries.len())
+}
+
+/// Lost views (a covered lens, a torch, paint), labelled `unverifiable`, and the changes of light
+/// that must not pass for them (headlights, the IR switch, a night that is always dark, a
+/// flickering lamp), labelled `false_alarm`. A view lost after someone was seen stays `verified`.
+fn view_cases(plate: &RgbImage, walker: &RgbImage, out: &Path) -> Result<Vec<Entry>, DevsetError> {
+    let mut entries = Vec::new();
+    let mut add = |clip: &str, expected, note| {
+        entries.push(Entry {
+            clip: clip.to_owned(),
+            expected,
+            alarm_at: ALARM_AT,
+            note,
+        })
+    };
+    // A hand over the lens from 4.6 s: two frames of it coming closer, then a dark blur.
+    let covered = |i: u32| match i {
+        ..46 => with_sensor_noise(plate, i),
+        46 => with_sensor_noise(&scaled_brightness(plate, 0.45), i),
+        47 => with_sensor_noise(&scaled_brightness(plate, 0.15), i),
+        _ => with_sensor_noise(&hand_over_lens(), i),
+    };
+    write_clip(&out.join("covered.mp4"), |i| Ok(covered(i)))?;
+    add("covered.mp4", "unverifiable", "the lens covered just before the alarm");
+    write_clip(&out.join("seen_then_covered.mp4"), |i| {
+        Ok(if i < 46 {
+            appearing(plate, walker, (60.0, 250.0), (560.0, 280.0), 0, i)
+        } else {
+            covered(i)
+        })
+    })?;
+    add(
+        "seen_then_covered.mp4",
+        "verified",
+        "a person walks in, then the lens is covered",
+    );
+    write_clip(&out.join("torch.mp4"), |i| {
+        Ok(if i < 49 {
+            with_sensor_noise(plate, i)
+        } else {
+            torch(plate, i - 49, i)
+        })
+    })?;
+    add("torch.mp4", "unverifiable", "a torch shone into the lens at the alarm");
+    let sprayed = sprayed(plate);
+    write_clip(&out.join("sprayed.mp4"), |i| {
+        Ok(match i {
+            ..44 => with_sensor_noise(plate, i),
+            44..48 => with_sensor_noise(&blend(plate, &sprayed, (i - 43) as f32 / 5.0), i),
+            _ => with_sensor_noise(&sprayed, i),
+        })
+    })?;
+    add(
+        "sprayed.mp4",
+        "unverifiable",
+        "the lens sprayed with paint before the alarm",
+    );
+
+    let night = scaled_brightness(&infrared(plate), 0.6);
+    write_clip(&out.join("headlights.mp4"), |i| Ok(headlights(&night, i)))?;
+    add(
+        "headlights.mp4",
+        "false_alarm",
+        "headlights sweep the empty yard at night (IR)",
+    );
+    let dusk = scaled_brightness(plate, 0.4);
+    write_clip(&out.join("ir_switch.mp4"), |i| {
+        Ok(with_sensor_noise(if i < 48 { &dusk } else { &night }, i))
+    })?;
+    add(
+        "ir_switch.mp4",
+        "false_alarm",
+        "the camera switches from colour to IR at the alarm",
+    );
+    let dark = scaled_brightness(&infrared(plate), 0.25);
+    write_clip(&out.join("night_dark.mp4"), |i| Ok(with_sensor_noise(&dark, i)))?;
+    add("night_dark.mp4", "false_alarm", "a dark night, always dark (IR)");
+    write_clip(&out.join("flicker.mp4"), |i| {
+        Ok(with_sensor_noise(
+            &scaled_brightness(plate, if (i / 2) % 3 == 0 { 0.3 } else { 1.0 }),
+            i,
+        ))
+    })?;
+    add(
+        "flicker.mp4",
+        "false_alarm",
+        "a failing lamp flickering over the empty site",
+    );
+    Ok(entries)
+}
+
+/// A hand over the lens: dark, a little skin colour leaking in at one edge, no detail.
+fn hand_over_lens() -> RgbImage {
+    RgbImage::from_fn(W, H, |x, _| {
+        let leak = (12.0 * (1.0 - x as f32 / W as f32)).max(0.0) as u8;
+        Rgb([6 + leak, 4 + leak / 2, 3])
+    })
+}
+
+/// A torch close to the lens, `k` frames after it was switched on: a white core that swamps most
+/// of the picture, and a glare around it.
+fn torch(plate: &RgbImage, k: u32, i: u32) -> RgbImage {
+    let mut out = with_sensor_noise(plate, i);
+    let (cx, cy) = (360.0 + 8.0 * (i as f32).sin(), 300.0 + 6.0 * (i as f32 * 1.3).cos());
+    let core = (240.0 + 60.0 * (k.min(3) as f32)).min(420.0);
+    for (x, y, p) in out.enumerate_pixels_mut() {
+        let d = ((x as f32 - cx).powi(2) + (y as f32 - cy).powi(2)).sqrt() / core;
+        let glare = if d < 1.0 { 1.0 } else { (2.0 - d).max(0.0) };
+        *p = Rgb(p.0.map(|c| (c as f32 + glare * 400.0).min(255.0) as u8));
+    }
+    out
+}
+
+/// The scene through a sprayed lens: no edges left, a grey-blue film over it.
+fn sprayed(plate: &RgbImage) -> RgbImage {
+    let small = imageops::resize(plate, W / 16, H / 16, imageops::FilterType::Triangle);
+    let soft = imageops::resize(&small, W, H, imageops::FilterType::Gaussian);
+    let film = RgbImage::from_pixel(W, H, Rgb([70, 78, 90]));
+    blend(&soft, &film, 0.55)
+}
+
+/// `a` mixed with `share` of `b`.
+fn blend(a: &RgbImage, b: &RgbImage, share: f32) -> RgbImage {
+    let mut out = a.clone();
+    for (o, v) in out.iter_mut().zip(b.iter()) {
+        *o = (*o as f32 * (1.0 - share) + *v as f32 * share).round() as u8;
+    }
+    out
+}
+
+/// A car's headlights sweeping across the yard at night: a bright cone moving from left to right
+/// between 3 s and 7 s.
+fn headlights(night: &RgbImage, i: u32) -> RgbImage {
+    let mut out = with_sensor_noise(night, i);
+    if !(30..70).contains(&i) {
+        return out;
+    }
+    let cx = -100.0 + (i - 30) as f32 * 25.0;
+    let cy = 330.0;
+    for (x, y, p) in out.enumerate_pixels_mut() {
+        let (dx, dy) = ((x as f32 - cx) / 220.0, (y as f32 - cy) / 90.0);
+        let glow = (1.0 - (dx * dx + dy * dy)).max(0.0);
+        *p = Rgb(p.0.map(|c| (c as f32 + glow * 220.0).min(255.0) as u8));
+    }
+    out
 }
 
 /// The per-pixel median of frames spread over the video: the scene without what moves in it.

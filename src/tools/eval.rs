@@ -1,7 +1,9 @@
 //! `alarm-verifier eval DIR`: the verify-clip path over a labelled set of clips, scored.
 //!
 //! `DIR/labels.tsv` has one clip a line: `clip<TAB>expected<TAB>alarm_at_s[<TAB>note]`, with
-//! `expected` one of `verified` and `false_alarm`, and `#` starting a comment line.
+//! `expected` one of `verified`, `false_alarm` and `unverifiable`, and `#` starting a comment line.
+//! `unverifiable` labels a clip whose view was lost (covered, blinded, sprayed): anything but
+//! `false_alarm` is right for it, since nobody can say that nobody was there.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,7 +29,7 @@ pub enum EvalError {
 pub enum LineProblem {
     #[error("expected clip<TAB>expected<TAB>alarm_at_s[<TAB>note]")]
     Columns,
-    #[error("expected verdict `verified` or `false_alarm`, got {0:?}")]
+    #[error("expected verdict `verified`, `false_alarm` or `unverifiable`, got {0:?}")]
     Verdict(String),
     #[error("expected the alarm time in seconds, got {0:?}")]
     AlarmTime(String),
@@ -78,6 +80,7 @@ pub fn read_labels(dir: &Path) -> Result<Vec<Case>, EvalError> {
         let expected = match *expected {
             "verified" => VerdictKind::Verified,
             "false_alarm" => VerdictKind::FalseAlarm,
+            "unverifiable" => VerdictKind::Unverifiable,
             other => {
                 return Err(line_err(LineProblem::Verdict(other.to_owned())));
             }
@@ -131,6 +134,17 @@ fn name(kind: VerdictKind) -> &'static str {
     }
 }
 
+impl Outcome {
+    /// Right: the expected verdict, or for a lost view anything but `false_alarm`.
+    pub fn is_right(&self) -> bool {
+        match (&self.got, self.case.expected) {
+            (Ok(got), VerdictKind::Unverifiable) => *got != VerdictKind::FalseAlarm,
+            (Ok(got), expected) => *got == expected,
+            (Err(_), _) => false,
+        }
+    }
+}
+
 impl Report {
     fn count(&self, expected: VerdictKind, got: Option<VerdictKind>) -> usize {
         self.outcomes
@@ -149,6 +163,21 @@ impl Report {
             self.count(VerdictKind::Verified, Some(VerdictKind::Verified)),
             self.total(VerdictKind::Verified),
         )
+    }
+
+    /// Lost views not dismissed as `false_alarm`, as a fraction (1 when there are none).
+    pub fn lost_views_kept(&self) -> f64 {
+        let (right, total) = self.lost_views();
+        ratio(right, total)
+    }
+
+    fn lost_views(&self) -> (usize, usize) {
+        let cases = self
+            .outcomes
+            .iter()
+            .filter(|o| o.case.expected == VerdictKind::Unverifiable);
+        let right = cases.clone().filter(|o| o.is_right()).count();
+        (right, cases.count())
     }
 
     /// False alarms answered `false_alarm`, as a fraction.
@@ -174,11 +203,7 @@ impl Report {
                 Ok(k) => name(*k).to_owned(),
                 Err(_) => "error".to_owned(),
             };
-            let ok = if o.got.as_ref().ok() == Some(&o.case.expected) {
-                "yes"
-            } else {
-                "NO"
-            };
+            let ok = if o.is_right() { "yes" } else { "NO" };
             let clip = o
                 .case
                 .clip
@@ -194,7 +219,14 @@ impl Report {
             ));
         }
         out.push_str("\nconfusion (rows: expected, columns: got)\n\n| | verified | false_alarm | unverifiable | error |\n|---|---|---|---|---|\n");
-        for expected in [VerdictKind::Verified, VerdictKind::FalseAlarm] {
+        for expected in [
+            VerdictKind::Verified,
+            VerdictKind::FalseAlarm,
+            VerdictKind::Unverifiable,
+        ] {
+            if expected == VerdictKind::Unverifiable && self.total(expected) == 0 {
+                continue;
+            }
             let errors = self
                 .outcomes
                 .iter()
@@ -214,8 +246,9 @@ impl Report {
 
     /// The one line CI and the README quote.
     pub fn summary(&self) -> String {
+        let (kept, lost) = self.lost_views();
         format!(
-            "recall on real intrusions: {}/{} ({:.1}%); false alarms filtered: {}/{} ({:.1}%); latency per clip: median {} ms, p95 {} ms",
+            "recall on real intrusions: {}/{} ({:.1}%); lost views not dismissed: {kept}/{lost}; false alarms filtered: {}/{} ({:.1}%); latency per clip: median {} ms, p95 {} ms",
             self.count(VerdictKind::Verified, Some(VerdictKind::Verified)),
             self.total(VerdictKind::Verified),
             self.recall() * 100.0,

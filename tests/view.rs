@@ -1,0 +1,58 @@
+//! The view check on a live camera: a real mosquitto broker, a test card served by the in-process
+//! RTSP server whose view the test blacks out (as a hand over the lens would), the real model, and
+//! the service binary as a child process.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use alarm_verifier::analysis::verdict::{Cause, VerdictKind};
+use alarm_verifier::tools::demo::{Broker, Probe, RtspCameraServer};
+use common::{Service, alarm_json, site_toml, topics, wait_camera_online, wait_pre_alarm_buffered};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_blacked_out_at_the_alarm_is_unverifiable_not_a_false_alarm() {
+    let broker = Broker::start().expect("broker");
+    let (server, view) = RtspCameraServer::start_test_card("door").expect("rtsp server");
+    let t = topics();
+    let mut probe = Probe::connect(broker.port(), &[t.verdict("+"), t.camera_state("+"), t.errors()])
+        .await
+        .expect("probe");
+    let dir = tempfile::tempdir().expect("site dir");
+    let config = site_toml(broker.port(), &[("door", server.url("door"))], "", dir.path());
+    let service = Service::start(&config, dir.path());
+    wait_camera_online(&mut probe, "door", &service).await;
+    let mut states = Probe::connect(broker.port(), &[t.camera_state("+")])
+        .await
+        .expect("state probe");
+    wait_pre_alarm_buffered(&mut states, &config, &service).await;
+
+    // The control: the same view, left alone, is cleared as a false alarm.
+    probe
+        .publish(&t.alarm("door"), alarm_json("card-seen"))
+        .await
+        .expect("publish");
+    let seen = common::wait_verdict(&mut probe, "card-seen", Duration::from_secs(20), &service).await;
+    assert_eq!(seen.verdict, VerdictKind::FalseAlarm, "{seen:?}");
+    assert_eq!(seen.cause, None, "{seen:?}");
+
+    // A hand over the lens right after the alarm.
+    probe
+        .publish(&t.alarm("door"), alarm_json("card-covered"))
+        .await
+        .expect("publish");
+    let raised = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(view.black_out(), "the camera's pipeline is not running");
+    let covered = common::wait_verdict(&mut probe, "card-covered", Duration::from_secs(20), &service).await;
+    let took = raised.elapsed();
+    assert_eq!(covered.verdict, VerdictKind::Unverifiable, "{covered:?}");
+    assert_eq!(covered.cause, Some(Cause::ViewBlocked), "{covered:?}");
+    assert!(covered.reason.starts_with("view blocked from "), "{}", covered.reason);
+    assert!(covered.reason.contains("dark"), "{}", covered.reason);
+    // The usual deadline of a false alarm: its window (4 s after the alarm) and the analysis.
+    assert!(took < Duration::from_secs(8), "answered after {took:?}");
+    println!("blacked-out view answered in {took:?}: {}", covered.reason);
+    view.restore();
+    drop(server);
+}
