@@ -5,13 +5,16 @@
 //! Each alarm's analysis alternates between waiting for video (holding nothing) and analysing
 //! what has arrived (holding a worker permit, see [`Workers`]). Alarms on one camera whose windows
 //! overlap share one analysis: a PIR, a motion and a line-crossing alarm fired together cost one.
+//! Each of them is still answered on its own window: the analysis runs on a task of its own, and
+//! an alarm's verdict goes out as soon as the video past its window's end has been analysed (all
+//! of them at once when a frame verifies the alarm), never waiting for a later alarm's window.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::analysis::clip::{self, ClipError, Flow, Frame, FrameSink, LiveDecoder, SinkError, Window};
@@ -31,13 +34,24 @@ const LATE_VIDEO: Duration = Duration::from_secs(3);
 /// this long before the analysis's own alarm must be answered; otherwise it starts its own.
 const JOIN_MARGIN: Duration = Duration::from_secs(2);
 /// How far joined alarms may stretch an analysis past its own alarm's window (the default
-/// `clip.post_s`): the first alarm's answer waits for the stretched window.
+/// `clip.post_s`). Each alarm is answered at the end of its own window all the same.
 const MAX_STRETCH: Duration = Duration::from_secs(4);
 
-/// The shared analysis of one camera window: its reach (joined alarms extend it) and its result.
+/// An alarm waiting for its verdict from a shared analysis.
+struct Member {
+    alarm: Alarm,
+    /// The end of the alarm's own window: its verdict is due once the video past it is analysed.
+    due: DateTime<Utc>,
+    deadline: Instant,
+    answer: oneshot::Sender<Finding>,
+}
+
+/// The shared analysis of one camera window: its reach (joined alarms extend it), the alarms
+/// still waiting for their verdicts, and the lead alarm's verdict once made.
 struct Job {
     window: Mutex<Window>,
-    /// None while the analysis runs (alarms may join it), then its verdict.
+    members: Mutex<Members>,
+    /// The lead alarm's verdict, once made (a later alarm verified in its own window reuses it).
     result: watch::Sender<Option<Finding>>,
     lead: String,
     /// How far joined alarms may stretch the window: short of the lead alarm's deadline, and at
@@ -45,17 +59,50 @@ struct Job {
     reach_limit: DateTime<Utc>,
 }
 
+/// The alarms a job answers.
+struct Members {
+    /// Alarms may still join: the analysis has not reached the end of its window.
+    open: bool,
+    /// Alarms not answered yet.
+    waiting: Vec<Member>,
+}
+
 impl Job {
     /// Still running: an overlapping alarm can join it.
     fn is_open(&self) -> bool {
-        self.result.borrow().is_none()
+        lock(&self.members).open
     }
-}
 
-/// What a joined alarm's verdict is made from.
-enum Joined {
-    Running(watch::Receiver<Option<Finding>>, String),
-    Verified(Box<Finding>, String),
+    /// No alarm joins any more (the analysis is about to conclude its whole window).
+    fn stop_joining(&self) {
+        lock(&self.members).open = false;
+    }
+
+    /// The most urgent deadline among the alarms still waiting.
+    fn deadline(&self) -> Option<Instant> {
+        lock(&self.members).waiting.iter().map(|m| m.deadline).min()
+    }
+
+    /// Takes out the waiting alarms that `is_due` picks.
+    fn take_due(&self, is_due: impl Fn(&Member) -> bool) -> Vec<Member> {
+        let mut members = lock(&self.members);
+        let (due, waiting): (Vec<Member>, Vec<Member>) =
+            std::mem::take(&mut members.waiting).into_iter().partition(is_due);
+        members.waiting = waiting;
+        due
+    }
+
+    /// Whether every alarm that waited has gone (answered, or gave up on its deadline).
+    fn all_answered(&self) -> bool {
+        lock(&self.members).waiting.iter().all(|m| m.answer.is_closed())
+    }
+
+    /// Ends the job: no alarm joins; returns those still waiting.
+    fn close(&self) -> Vec<Member> {
+        let mut members = lock(&self.members);
+        members.open = false;
+        std::mem::take(&mut members.waiting)
+    }
 }
 
 pub struct LiveAnalyser {
@@ -65,12 +112,12 @@ pub struct LiveAnalyser {
 }
 
 impl LiveAnalyser {
-    pub fn new(verifier: Arc<Verifier>, workers: Arc<Workers>) -> Self {
-        Self {
+    pub fn new(verifier: Arc<Verifier>, workers: Arc<Workers>) -> Arc<Self> {
+        Arc::new(Self {
             verifier,
             workers,
             jobs: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     pub fn verifier(&self) -> &Arc<Verifier> {
@@ -78,52 +125,77 @@ impl LiveAnalyser {
     }
 
     /// Verifies `alarm` on `camera`, answering by `deadline` (unverifiable when it cannot).
-    pub async fn analyse(&self, camera: &Camera, alarm: &Alarm, deadline: Instant) -> Finding {
+    pub async fn analyse(self: &Arc<Self>, camera: &Arc<Camera>, alarm: &Alarm, deadline: Instant) -> Finding {
         let window = self.verifier.window(alarm);
         self.forget_old(&alarm.camera);
-        if let Some(joined) = self.join(alarm, window) {
-            return self.joined_verdict(alarm, joined).await;
+        let (answer, verdict) = oneshot::channel();
+        let member = Member {
+            alarm: alarm.clone(),
+            due: window.to,
+            deadline,
+            answer,
+        };
+        match self.join(member, window) {
+            Joined::Waiting(lead) => return self.joined_verdict(alarm, verdict, &lead).await,
+            Joined::Verified(finding, lead) => return relabel(*finding, alarm, &lead),
+            Joined::No(member) => self.start_job(camera, member, window),
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let job = Arc::new(Job {
-            window: Mutex::new(window),
-            result: watch::channel(None).0,
-            lead: alarm.alarm_id.clone(),
-            reach_limit: (Utc::now() + TimeDelta::from_std(left.saturating_sub(JOIN_MARGIN)).unwrap_or_default())
-                .min(window.to + TimeDelta::from_std(MAX_STRETCH).unwrap_or_default()),
-        });
-        lock(&self.jobs)
-            .entry(alarm.camera.clone())
-            .or_default()
-            .push(job.clone());
-        let _close = CloseOnDrop {
-            job: &job,
-            fallback: Some(self.verifier.unverifiable(
+        verdict.await.unwrap_or_else(|_| {
+            self.verifier.unverifiable(
                 alarm,
                 Cause::Overloaded,
                 "overloaded: the analysis was stopped before its window was seen",
-            )),
-        };
-        let finding = self.run(camera, alarm, &job, deadline).await;
-        job.result.send_replace(Some(finding.clone()));
-        finding
+            )
+        })
+    }
+
+    /// Starts a new analysis led by `member`'s alarm, on a task of its own: it goes on after the
+    /// lead is answered for the alarms that joined it.
+    fn start_job(self: &Arc<Self>, camera: &Arc<Camera>, member: Member, window: Window) {
+        let left = member.deadline.saturating_duration_since(Instant::now());
+        let job = Arc::new(Job {
+            window: Mutex::new(window),
+            lead: member.alarm.alarm_id.clone(),
+            result: watch::channel(None).0,
+            reach_limit: (Utc::now() + TimeDelta::from_std(left.saturating_sub(JOIN_MARGIN)).unwrap_or_default())
+                .min(window.to + TimeDelta::from_std(MAX_STRETCH).unwrap_or_default()),
+            members: Mutex::new(Members {
+                open: true,
+                waiting: Vec::new(),
+            }),
+        });
+        let lead = member.alarm.clone();
+        lock(&job.members).waiting.push(member);
+        lock(&self.jobs)
+            .entry(lead.camera.clone())
+            .or_default()
+            .push(job.clone());
+        let this = self.clone();
+        let camera = camera.clone();
+        tokio::spawn(async move { this.drive(&camera, &lead, &job).await });
     }
 
     /// An analysis on the same camera this alarm can share: one still running whose window
     /// overlaps (it is extended to cover this alarm's), or one verified by a frame inside this
     /// alarm's window.
-    fn join(&self, alarm: &Alarm, window: Window) -> Option<Joined> {
+    fn join(&self, member: Member, window: Window) -> Joined {
         let jobs = lock(&self.jobs);
-        for job in jobs.get(&alarm.camera)? {
+        let Some(list) = jobs.get(&member.alarm.camera) else {
+            return Joined::No(member);
+        };
+        for job in list {
             let mut reach = lock(&job.window);
             let overlaps = window.from <= reach.to && reach.from <= window.to;
             // A steady stream of alarms on one camera must not stretch one analysis past its
             // lead's deadline: then none of them would be answered in time.
             let in_time = window.to <= job.reach_limit;
-            if job.is_open() && overlaps && in_time {
+            let mut members = lock(&job.members);
+            if members.open && overlaps && in_time {
                 reach.to = reach.to.max(window.to);
-                return Some(Joined::Running(job.result.subscribe(), job.lead.clone()));
+                members.waiting.push(member);
+                return Joined::Waiting(job.lead.clone());
             }
+            drop(members);
             if let Some(done) = job.result.borrow().as_ref()
                 && done.doc.verdict == VerdictKind::Verified
                 && done
@@ -133,47 +205,26 @@ impl LiveAnalyser {
                     .and_then(|d| DateTime::parse_from_rfc3339(&d.frame_time).ok())
                     .is_some_and(|t| window.from <= t && t <= window.to)
             {
-                return Some(Joined::Verified(Box::new(done.clone()), job.lead.clone()));
+                return Joined::Verified(Box::new(done.clone()), job.lead.clone());
             }
         }
-        None
+        Joined::No(member)
     }
 
-    async fn joined_verdict(&self, alarm: &Alarm, joined: Joined) -> Finding {
-        let (finding, lead) = match joined {
-            Joined::Verified(finding, lead) => (*finding, lead),
-            Joined::Running(mut result, lead) => {
-                let finding = match result.wait_for(Option::is_some).await {
-                    Ok(done) => done.clone(),
-                    Err(_) => None,
-                };
-                match finding {
-                    Some(f) => (f, lead),
-                    None => {
-                        return self.verifier.unverifiable(
-                            alarm,
-                            Cause::Overloaded,
-                            "the shared analysis ended without a verdict",
-                        );
-                    }
-                }
+    async fn joined_verdict(&self, alarm: &Alarm, verdict: oneshot::Receiver<Finding>, lead: &str) -> Finding {
+        tracing::info!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, with = %lead, "alarm joins a running analysis");
+        match verdict.await {
+            Ok(finding) => finding,
+            Err(_) => {
+                self.verifier
+                    .unverifiable(alarm, Cause::Overloaded, "the shared analysis ended without a verdict")
             }
-        };
-        tracing::info!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, with = %lead, "alarm answered by a shared analysis");
-        let mut doc = finding.doc;
-        doc.alarm_id = alarm.alarm_id.clone();
-        doc.alarm_time = rfc3339(alarm.time);
-        doc.reason = format!("{} (analysed with alarm {lead})", doc.reason);
-        // The analysis was paid for once, by the alarm it was started for.
-        doc.inferences = 0;
-        Finding {
-            doc,
-            evidence: finding.evidence,
         }
     }
 
-    /// Runs a new analysis of `alarm`'s window (as far as `job` reaches) and makes its verdict.
-    async fn run(&self, camera: &Camera, alarm: &Alarm, job: &Job, deadline: Instant) -> Finding {
+    /// Runs the analysis of `job`'s window, answering each alarm of it when its own window has
+    /// been seen (all at once when verified), until none waits.
+    async fn drive(&self, camera: &Camera, lead: &Alarm, job: &Job) {
         let mut spent = Duration::ZERO;
         let mut kind = if camera.has_detect_stream() {
             StreamKind::Detect
@@ -181,11 +232,9 @@ impl LiveAnalyser {
             StreamKind::Main
         };
         let mut note = None;
-        let finding = loop {
+        let failure = loop {
             if let Some(offline) = camera.offline() {
-                break self
-                    .verifier
-                    .unverifiable(alarm, Cause::CameraOffline, &offline.to_string());
+                break Some((Cause::CameraOffline, offline.to_string()));
             }
             if kind == StreamKind::Detect && !camera.stream_online(StreamKind::Detect) {
                 let why = camera
@@ -195,7 +244,7 @@ impl LiveAnalyser {
                 note = Some(format!("detect stream offline ({why}): analysed on the main stream"));
                 kind = StreamKind::Main;
             }
-            let mut analysis = self.verifier.start(alarm, *lock(&job.window));
+            let mut analysis = self.verifier.start(lead, *lock(&job.window));
             analysis.set_stream(match kind {
                 StreamKind::Main => "main",
                 StreamKind::Detect => "detect",
@@ -203,41 +252,46 @@ impl LiveAnalyser {
             if let Some(note) = &note {
                 analysis.note(note.clone());
             }
-            match self
-                .stream_window(camera, kind, job, analysis, deadline, &mut spent)
-                .await
-            {
-                Ok(analysis) => break self.conclude(camera, kind, analysis, deadline, &mut spent).await,
+            match self.stream_window(camera, kind, job, analysis, &mut spent).await {
+                Ok(()) => break None,
                 Err(Broke::StreamLost) if kind == StreamKind::Detect && camera.offline().is_none() => {
-                    tracing::warn!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, "detect stream lost during the alarm window; analysing the main stream");
+                    tracing::warn!(camera = %lead.camera, alarm_id = %lead.alarm_id, "detect stream lost during the alarm window; analysing the main stream");
                     note = Some("detect stream lost during the alarm window: analysed on the main stream".into());
                     kind = StreamKind::Main;
                 }
                 Err(Broke::StreamLost) => {
-                    break self.verifier.unverifiable(
-                        alarm,
+                    break Some((
                         Cause::StreamBroken,
-                        "the camera's video broke off during the alarm window",
-                    );
+                        "the camera's video broke off during the alarm window".to_owned(),
+                    ));
                 }
-                Err(Broke::Failed(cause, reason)) => break self.verifier.unverifiable(alarm, cause, &reason),
+                Err(Broke::Failed(cause, reason)) => break Some((cause, reason)),
             }
         };
         self.workers.record_alarm_cost(spent);
-        finding
+        for member in job.close() {
+            let finding = match &failure {
+                Some((cause, reason)) => self.verifier.unverifiable(&member.alarm, *cause, reason),
+                None => self.verifier.unverifiable(
+                    &member.alarm,
+                    Cause::Overloaded,
+                    "overloaded: the analysis was stopped before its window was seen",
+                ),
+            };
+            self.answer(job, member, finding);
+        }
     }
 
     /// Feeds the window's video to `analysis` as it arrives, one worker step per batch of units,
-    /// until the alarm is verified or the window has been seen.
+    /// answering the alarms whose windows have been seen, until none waits.
     async fn stream_window(
         &self,
         camera: &Camera,
         kind: StreamKind,
         job: &Job,
         analysis: Analysis,
-        deadline: Instant,
         spent: &mut Duration,
-    ) -> Result<Analysis, Broke> {
+    ) -> Result<(), Broke> {
         let from = analysis.window().from;
         let no_video = || {
             Broke::Failed(
@@ -248,7 +302,12 @@ impl LiveAnalyser {
         let mut cursor = camera.cursor_before(kind, from).ok_or_else(no_video)?;
         let caps = camera.caps(kind).ok_or_else(no_video)?;
         let mut state = (analysis, None::<LiveDecoder>);
+        let mut seen_until = from;
         loop {
+            if job.all_answered() {
+                // Every alarm was answered or gave up on its deadline: nothing to go on for.
+                return Ok(());
+            }
             let to = lock(&job.window).to;
             let units = camera.read(kind, &mut cursor).map_err(|e| match e {
                 ReadError::Broken => Broke::StreamLost,
@@ -257,13 +316,25 @@ impl LiveAnalyser {
                     "overloaded: the alarm's video left the camera's buffer before it could be analysed".into(),
                 ),
             })?;
-            let seen_end = units.last().is_some_and(|u| u.wall > to);
-            let late = Utc::now() > to + TimeDelta::from_std(LATE_VIDEO).unwrap_or_default();
-            if units.is_empty() && !late {
+            let reached = |to: DateTime<Utc>| {
+                units.last().is_some_and(|u| u.wall > to)
+                    || Utc::now() > to + TimeDelta::from_std(LATE_VIDEO).unwrap_or_default()
+            };
+            if units.is_empty() && !reached(to) {
                 tokio::time::sleep(POLL).await;
                 continue;
             }
-            let done = seen_end || late;
+            if let Some(last) = units.last() {
+                seen_until = seen_until.max(last.wall);
+            }
+            let mut done = reached(to);
+            if done {
+                // Before the decoder is drained: an alarm that joined since `to` was read reaches
+                // further, and none may join after.
+                job.stop_joining();
+                done = reached(lock(&job.window).to);
+            }
+            let deadline = job.deadline().unwrap_or_else(Instant::now);
             let permit = self.permit(deadline, *spent).await?;
             let (mut analysis, decoder) = state;
             analysis.extend_to(to);
@@ -281,10 +352,73 @@ impl LiveAnalyser {
                 .map_err(|e| Broke::Failed(Cause::StreamBroken, format!("analysis failed: {e}")))?;
             *spent += took;
             let flow = flow.map_err(|e| Broke::Failed(Cause::StreamBroken, format!("cannot analyse the clip: {e}")))?;
-            if flow == Flow::Stop || done || analysis.is_verified() {
-                return Ok(analysis);
+            let finished = flow == Flow::Stop || done || analysis.is_verified();
+            if finished {
+                // Every alarm that waits is answered now; one joining later starts anew.
+                job.stop_joining();
+            }
+            let now = Utc::now();
+            let verified = analysis.is_verified();
+            let due = job.take_due(|m| {
+                finished
+                    || verified
+                    || seen_until > m.due
+                    || now > m.due + TimeDelta::from_std(LATE_VIDEO).unwrap_or_default()
+            });
+            let analysis = self.answer_due(camera, kind, job, analysis, due, spent).await;
+            if finished {
+                return Ok(());
             }
             state = (analysis, decoder);
+        }
+    }
+
+    /// Makes the verdicts of the alarms now due, each on its own alarm time; an alarm that
+    /// joined a verified analysis but would not be verified on its own time is answered with the
+    /// lead's verdict.
+    async fn answer_due(
+        &self,
+        camera: &Camera,
+        kind: StreamKind,
+        job: &Job,
+        mut analysis: Analysis,
+        due: Vec<Member>,
+        spent: &mut Duration,
+    ) -> Analysis {
+        for member in due {
+            if member.answer.is_closed() {
+                continue;
+            }
+            let (back, finding) = self.conclude(camera, kind, analysis, &member, spent).await;
+            analysis = back;
+            let lead_verdict = job.result.borrow().clone();
+            let finding = match lead_verdict {
+                Some(lead)
+                    if lead.doc.verdict == VerdictKind::Verified && finding.doc.verdict != VerdictKind::Verified =>
+                {
+                    relabel(lead, &member.alarm, &job.lead)
+                }
+                _ if member.alarm.alarm_id != job.lead => {
+                    let mut finding = finding;
+                    finding.doc.reason = format!("{} (analysed with alarm {})", finding.doc.reason, job.lead);
+                    // The analysis was paid for once, by the alarm it was started for.
+                    finding.doc.inferences = 0;
+                    finding
+                }
+                _ => finding,
+            };
+            self.answer(job, member, finding);
+        }
+        analysis
+    }
+
+    /// Sends a member its verdict, and keeps the lead's for alarms that come later.
+    fn answer(&self, job: &Job, member: Member, finding: Finding) {
+        if member.alarm.alarm_id == job.lead {
+            job.result.send_replace(Some(finding.clone()));
+        }
+        if member.answer.send(finding).is_err() {
+            tracing::debug!(alarm_id = %member.alarm.alarm_id, "verdict made after its alarm gave up");
         }
     }
 
@@ -296,17 +430,18 @@ impl LiveAnalyser {
             .map_err(|e| Broke::Failed(Cause::Overloaded, e.to_string()))
     }
 
-    /// The verdict and its evidence; for a detect-stream analysis the evidence frame is decoded
-    /// from the main stream at the same time, so the operator sees the full picture.
+    /// `member`'s verdict and its evidence; for a detect-stream analysis the evidence frame is
+    /// decoded from the main stream at the same time, so the operator sees the full picture.
+    /// Gives the analysis back, for the alarms still waiting on it.
     async fn conclude(
         &self,
         camera: &Camera,
         kind: StreamKind,
         analysis: Analysis,
-        deadline: Instant,
+        member: &Member,
         spent: &mut Duration,
-    ) -> Finding {
-        let alarm = analysis.alarm().clone();
+    ) -> (Analysis, Finding) {
+        let alarm = member.alarm.clone();
         let half_frame = camera
             .stream_health(StreamKind::Main)
             .and_then(|h| h.fps)
@@ -314,7 +449,7 @@ impl LiveAnalyser {
             .map_or(TimeDelta::milliseconds(50), |fps| {
                 TimeDelta::microseconds((500_000.0 / fps) as i64)
             });
-        let main_slice = match (kind, analysis.evidence_time()) {
+        let main_slice = match (kind, analysis.evidence_time_for(&alarm)) {
             (StreamKind::Detect, Some((t, boxes))) => {
                 // Without boxes to place, the main stream's keyframe nearest that time will do, and
                 // costs one decoded frame instead of up to a GOP.
@@ -332,7 +467,7 @@ impl LiveAnalyser {
             _ => None,
         };
         // Even an overloaded box finishes what it has analysed; only the main-stream frame is skipped.
-        let permit = self.permit(deadline, *spent).await.ok();
+        let permit = self.permit(member.deadline, *spent).await.ok();
         let main_slice = main_slice.filter(|_| permit.is_some());
         let decoders = self.verifier.decoders().clone();
         let done = tokio::task::spawn_blocking(move || {
@@ -348,18 +483,27 @@ impl LiveAnalyser {
                     .ok()?;
                 nearest.frame
             });
-            (analysis.finish(main_frame), started.elapsed())
+            let finding = analysis.finish_for(&alarm, main_frame);
+            (analysis, finding, started.elapsed())
         })
         .await;
         match done {
-            Ok((Ok(finding), took)) => {
+            Ok((analysis, finding, took)) => {
                 *spent += took;
-                finding
+                let finding =
+                    finding.unwrap_or_else(|e| self.verifier.unverifiable(&member.alarm, e.cause(), &e.to_string()));
+                (analysis, finding)
             }
-            Ok((Err(e), _)) => self.verifier.unverifiable(&alarm, e.cause(), &e.to_string()),
-            Err(e) => self
-                .verifier
-                .unverifiable(&alarm, Cause::StreamBroken, &format!("analysis failed: {e}")),
+            // The analysis went down with the task; the alarms still waiting get the fallback.
+            Err(e) => {
+                let finding =
+                    self.verifier
+                        .unverifiable(&member.alarm, Cause::StreamBroken, &format!("analysis failed: {e}"));
+                (
+                    self.verifier.start(&member.alarm, self.verifier.window(&member.alarm)),
+                    finding,
+                )
+            }
         }
     }
 
@@ -376,21 +520,28 @@ impl LiveAnalyser {
     }
 }
 
-/// Closes a job whose analysis ended without a verdict (its alarm's deadline passed, or the
-/// service stopped): the alarms that joined it get the fallback instead of waiting on it, and no
-/// later alarm joins it.
-struct CloseOnDrop<'a> {
-    job: &'a Job,
-    fallback: Option<Finding>,
+/// What an alarm's verdict is made from, when it can share an analysis.
+enum Joined {
+    /// It waits in a running analysis (led by the alarm named).
+    Waiting(String),
+    /// A finished analysis verified it already.
+    Verified(Box<Finding>, String),
+    /// Nothing to share: it starts its own.
+    No(Member),
 }
 
-impl Drop for CloseOnDrop<'_> {
-    fn drop(&mut self) {
-        if self.job.is_open()
-            && let Some(fallback) = self.fallback.take()
-        {
-            self.job.result.send_replace(Some(fallback));
-        }
+/// Another alarm's verdict, as this alarm's.
+fn relabel(finding: Finding, alarm: &Alarm, lead: &str) -> Finding {
+    tracing::info!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, with = %lead, "alarm answered by a shared analysis");
+    let mut doc = finding.doc;
+    doc.alarm_id = alarm.alarm_id.clone();
+    doc.record_id = alarm.record_id.clone();
+    doc.alarm_time = rfc3339(alarm.time);
+    doc.reason = format!("{} (analysed with alarm {lead})", doc.reason);
+    doc.inferences = 0;
+    Finding {
+        doc,
+        evidence: finding.evidence,
     }
 }
 

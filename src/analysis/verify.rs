@@ -335,15 +335,23 @@ impl Analysis {
         self.stream = Some(stream.to_owned());
     }
 
-    /// The time of the frame the evidence will show, once decided.
-    /// The time of the frame the evidence will show, and whether boxes are drawn on it (when not,
-    /// any frame near that time will do).
-    pub fn evidence_time(&self) -> Option<(DateTime<Utc>, bool)> {
-        self.decision
-            .as_ref()?
+    /// The time of the frame `alarm`'s evidence will show, and whether boxes are drawn on it (when
+    /// not, any frame near that time will do).
+    pub fn evidence_time_for(&self, alarm: &Alarm) -> Option<(DateTime<Utc>, bool)> {
+        self.decision_for(alarm)?
             .evidence_frame
             .and_then(|i| self.frames.get(i))
             .map(|f| (f.time, !f.detections.is_empty()))
+    }
+
+    /// The policy's decision on the frames so far, for `alarm` (the lead or one that joined).
+    fn decision_for(&self, alarm: &Alarm) -> Option<Decision> {
+        if alarm.alarm_id == self.alarm.alarm_id {
+            return self.decision.clone();
+        }
+        self.decision.as_ref()?;
+        let policy = self.verifier.policy_for(&alarm.camera);
+        Some(policy.decide(&self.frames, alarm.time, self.size))
     }
 
     fn keep_image(
@@ -379,17 +387,23 @@ impl Analysis {
     /// [`evidence_time`](Self::evidence_time), when the analysed stream was the detect stream: the
     /// evidence then shows it, with the boxes scaled to it.
     pub fn finish(self, main_frame: Option<Frame>) -> Result<Finding, VerifyError> {
+        self.finish_for(&self.alarm, main_frame)
+    }
+
+    /// [`finish`](Self::finish) for `alarm`: the lead, or an alarm on the same camera that joined
+    /// the analysis, judged on its own alarm time. The analysis can go on after.
+    pub fn finish_for(&self, alarm: &Alarm, main_frame: Option<Frame>) -> Result<Finding, VerifyError> {
         // A decision exists once a frame has been analysed.
-        let Some(mut decision) = self.decision.clone() else {
+        let Some(mut decision) = self.decision_for(alarm) else {
             return Err(VerifyError::NoFrames);
         };
-        let policy = self.verifier.policy_for(&self.alarm.camera);
+        let policy = self.verifier.policy_for(&alarm.camera);
         for note in &self.notes {
             decision.reason.push_str("; ");
             decision.reason.push_str(note);
         }
         let mut doc = VerdictDocument::decided(
-            &self.alarm,
+            alarm,
             &self.verifier.site,
             self.verifier.model_name(),
             &decision,
@@ -401,9 +415,9 @@ impl Analysis {
         doc.night = self.view.is_night();
         // Nobody seen is only "nobody there" if the camera could see: detections still win.
         if decision.outcome == Outcome::FalseAlarm
-            && let Some(lost) = self.view.lost(self.alarm.time - TimeDelta::seconds(1))
+            && let Some(lost) = self.view.lost(alarm.time - TimeDelta::seconds(1))
         {
-            tracing::warn!(camera = %self.alarm.camera, alarm_id = %self.alarm.alarm_id, reason = %lost.reason, "view lost at the alarm");
+            tracing::warn!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, reason = %lost.reason, "view lost at the alarm");
             doc.verdict = VerdictKind::Unverifiable;
             doc.cause = Some(match lost.loss {
                 Loss::Blocked => Cause::ViewBlocked,
@@ -419,15 +433,34 @@ impl Analysis {
         }
         let verdict = doc.verdict;
         let evidence = decision.evidence_frame.and_then(|i| {
-            let (image, time) = match main_frame {
-                Some(main) => (main.image, main.time),
-                None => (self.images.get(i).cloned().flatten()?, self.frames.get(i)?.time),
+            let (i, image, time) = match main_frame {
+                Some(main) => (i, main.image, main.time),
+                None => {
+                    let i = self.kept_image_near(i)?;
+                    (i, self.images.get(i).cloned().flatten()?, self.frames.get(i)?.time)
+                }
             };
             self.render_evidence(policy, &decision, verdict, i, image, time)
-                .map_err(|e| tracing::warn!(alarm_id = %self.alarm.alarm_id, error = %e, "no evidence image"))
+                .map_err(|e| tracing::warn!(alarm_id = %alarm.alarm_id, error = %e, "no evidence image"))
                 .ok()
         });
         Ok(Finding { doc, evidence })
+    }
+
+    /// Frame `index` if its image was kept, or else the kept frame without detections nearest
+    /// it in time (an alarm that joined the analysis is shown the empty view nearest the lead's).
+    fn kept_image_near(&self, index: usize) -> Option<usize> {
+        if self.images.get(index).is_some_and(Option::is_some) {
+            return Some(index);
+        }
+        let time = self.frames.get(index)?.time;
+        self.frames
+            .iter()
+            .zip(&self.images)
+            .enumerate()
+            .filter(|(_, (f, image))| image.is_some() && f.detections.is_empty())
+            .min_by_key(|(_, (f, _))| (f.time - time).abs())
+            .map(|(i, _)| i)
     }
 
     /// Draws frame `index`'s detections, scaled from the analysed frames to `image`.

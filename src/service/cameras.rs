@@ -27,7 +27,7 @@ const SNAPSHOT_FRESH: Duration = Duration::from_secs(10);
 
 /// Every camera of this box, with what the service knows of it beside its pipeline.
 pub(super) struct Cameras {
-    pipelines: HashMap<String, Camera>,
+    pipelines: HashMap<String, Arc<Camera>>,
     /// Per camera, its ONVIF event subscription's state.
     links: Mutex<HashMap<String, EventLink>>,
     /// Cameras whose state message is to be published again.
@@ -50,7 +50,7 @@ impl Cameras {
             .iter()
             .map(|c| {
                 let camera = Camera::start(c, buffer, config.clip.ring_byte_cap(), board.clone());
-                (c.id.clone(), camera)
+                (c.id.clone(), Arc::new(camera))
             })
             .collect();
         let policies = config
@@ -68,7 +68,7 @@ impl Cameras {
         }
     }
 
-    pub(super) fn get(&self, camera: &str) -> Option<&Camera> {
+    pub(super) fn get(&self, camera: &str) -> Option<&Arc<Camera>> {
         self.pipelines.get(camera)
     }
 
@@ -123,7 +123,7 @@ impl Cameras {
         for camera in self.pipelines.values() {
             camera.stop();
         }
-        while Instant::now() < bound && !self.pipelines.values().all(Camera::stopped) {
+        while Instant::now() < bound && !self.pipelines.values().all(|c| c.stopped()) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let running = self.pipelines.values().filter(|c| !c.stopped()).count();
@@ -146,7 +146,7 @@ pub(super) async fn publish_camera_states(shared: Arc<Shared>) {
             continue;
         }
         for camera in cameras.board.take() {
-            let Some(health) = cameras.get(&camera).map(Camera::health) else {
+            let Some(health) = cameras.get(&camera).map(|c| c.health()) else {
                 continue;
             };
             let link = lock(&cameras.links).get(&camera).cloned();
@@ -172,7 +172,7 @@ pub(super) async fn remind_offline_cameras(shared: Arc<Shared>) {
             .pipelines
             .values()
             .filter(|c| c.offline().is_some())
-            .map(Camera::id)
+            .map(|c| c.id())
             .collect();
         if offline.is_empty() {
             continue;

@@ -74,7 +74,7 @@ const INTAKE_CLOSE: Duration = Duration::from_secs(3);
 /// What the running service's parts share.
 struct Shared {
     verifier: Arc<Verifier>,
-    live: LiveAnalyser,
+    live: Arc<LiveAnalyser>,
     cameras: Cameras,
     publisher: Publisher,
     redundancy: Redundancy,
