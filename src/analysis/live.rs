@@ -22,12 +22,14 @@ use crate::analysis::verdict::{Cause, VerdictKind, rfc3339};
 use crate::analysis::verify::{Analysis, Finding, Verifier};
 use crate::analysis::workers::{Permit, Workers};
 use crate::ingest::camera::{Camera, StreamKind};
-use crate::ingest::ring::ReadError;
+use crate::ingest::ring::{AccessUnit, Cursor, ReadError};
 use crate::intake::alarm::Alarm;
 use crate::support::lock;
 
 /// How often a waiting analysis looks for new video.
 const POLL: Duration = Duration::from_millis(40);
+/// How often an analysis waiting for a worker takes the video that came meanwhile out of the ring.
+const KEEP_VIDEO_EVERY: Duration = Duration::from_millis(500);
 /// After the window's end, how long to wait for its last video before concluding without it.
 const LATE_VIDEO: Duration = Duration::from_secs(3);
 /// An alarm joins a running analysis only if that analysis can still see the end of its window
@@ -309,35 +311,27 @@ impl LiveAnalyser {
                 return Ok(());
             }
             let to = lock(&job.window).to;
-            let units = camera.read(kind, &mut cursor).map_err(|e| match e {
-                ReadError::Broken => Broke::StreamLost,
-                ReadError::Gone => Broke::Failed(
-                    Cause::Overloaded,
-                    "overloaded: the alarm's video left the camera's buffer before it could be analysed".into(),
-                ),
-            })?;
-            let reached = |to: DateTime<Utc>| {
-                units.last().is_some_and(|u| u.wall > to)
-                    || Utc::now() > to + TimeDelta::from_std(LATE_VIDEO).unwrap_or_default()
-            };
-            if units.is_empty() && !reached(to) {
+            let mut units = read(camera, kind, &mut cursor)?;
+            if units.is_empty() && !reached(&units, to) {
                 tokio::time::sleep(POLL).await;
                 continue;
             }
+            let deadline = job.deadline().unwrap_or_else(Instant::now);
+            let permit = self
+                .permit_keeping_video(deadline, *spent, camera, kind, &mut cursor, &mut units)
+                .await?;
             if let Some(last) = units.last() {
                 seen_until = seen_until.max(last.wall);
             }
-            let mut done = reached(to);
+            let mut done = reached(&units, to);
             if done {
                 // Before the decoder is drained: an alarm that joined since `to` was read reaches
                 // further, and none may join after.
                 job.stop_joining();
-                done = reached(lock(&job.window).to);
+                done = reached(&units, lock(&job.window).to);
             }
-            let deadline = job.deadline().unwrap_or_else(Instant::now);
-            let permit = self.permit(deadline, *spent).await?;
             let (mut analysis, decoder) = state;
-            analysis.extend_to(to);
+            analysis.extend_to(lock(&job.window).to);
             let decoders = self.verifier.decoders().clone();
             let caps = caps.clone();
             let step = tokio::task::spawn_blocking(move || {
@@ -419,6 +413,28 @@ impl LiveAnalyser {
         }
         if member.answer.send(finding).is_err() {
             tracing::debug!(alarm_id = %member.alarm.alarm_id, "verdict made after its alarm gave up");
+        }
+    }
+
+    /// Waits for a permit as [`permit`](Self::permit) does, reading the video that arrives
+    /// meanwhile into `units`: held there, it cannot leave the camera's buffer while the alarm
+    /// waits for a worker (the ring keeps `clip.buffer_s`, less than the deadline).
+    async fn permit_keeping_video(
+        &self,
+        deadline: Instant,
+        spent: Duration,
+        camera: &Camera,
+        kind: StreamKind,
+        cursor: &mut Cursor,
+        units: &mut Vec<AccessUnit>,
+    ) -> Result<Permit, Broke> {
+        let acquire = self.permit(deadline, spent);
+        tokio::pin!(acquire);
+        loop {
+            tokio::select! {
+                permit = &mut acquire => return permit,
+                () = tokio::time::sleep(KEEP_VIDEO_EVERY) => units.extend(read(camera, kind, cursor)?),
+            }
         }
     }
 
@@ -552,13 +568,29 @@ enum Broke {
     Failed(Cause, String),
 }
 
+/// The camera's video after `cursor`, moving it on.
+fn read(camera: &Camera, kind: StreamKind, cursor: &mut Cursor) -> Result<Vec<AccessUnit>, Broke> {
+    camera.read(kind, cursor).map_err(|e| match e {
+        ReadError::Broken => Broke::StreamLost,
+        ReadError::Gone => Broke::Failed(
+            Cause::Overloaded,
+            "overloaded: the alarm's video left the camera's buffer before it could be analysed".into(),
+        ),
+    })
+}
+
+/// Whether `units` reach past `to`, or its video is too late to wait for.
+fn reached(units: &[AccessUnit], to: DateTime<Utc>) -> bool {
+    units.last().is_some_and(|u| u.wall > to) || Utc::now() > to + TimeDelta::from_std(LATE_VIDEO).unwrap_or_default()
+}
+
 /// One worker step: decodes `units` into `analysis`, starting the decoder on the first, and drains
 /// it when the window has been seen.
 fn feed(
     decoder: &mut Option<LiveDecoder>,
     caps: &gstreamer::Caps,
     decoders: &clip::Decoders,
-    units: &[crate::ingest::ring::AccessUnit],
+    units: &[AccessUnit],
     done: bool,
     analysis: &mut Analysis,
 ) -> Result<Flow, ClipError> {
