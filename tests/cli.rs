@@ -296,3 +296,51 @@ fn check_config_refuses_an_open_or_passwordless_smtp_server() {
     );
     assert!(ok, "{err}");
 }
+
+/// `[camera.policy.night]` applies to an IR camera's grey frames and not to colour ones: a night
+/// threshold no detection reaches turns a far person at night into a false alarm, while the same
+/// camera's colour clip of a person stays verified.
+#[test]
+fn night_rules_change_a_verdict_on_grey_frames_only() {
+    let devset = root().join("testdata/devset");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("night.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[detector]\nmodel = \"{}\"\nonnxruntime = \"{}\"\n[store]\npath = \"{}\"\n\
+             [[camera]]\nid = \"yard\"\nurl = \"rtsp://127.0.0.1:1/x\"\n[camera.policy.night]\nthreshold = 0.99\n",
+            root().join("models/yolox_nano.onnx").display(),
+            root()
+                .join("third_party/onnxruntime/libonnxruntime.so.1.31.1")
+                .display(),
+            dir.path().join("store.db").display()
+        ),
+    )
+    .expect("write config");
+    let judge = |clip: &str, camera: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_alarm-verifier"));
+        cmd.current_dir(root())
+            .arg("verify-clip")
+            .arg(devset.join(clip))
+            .args(["--alarm-at", "5", "--config"])
+            .arg(&config);
+        if let Some(camera) = camera {
+            cmd.args(["--camera", camera]);
+        }
+        verdict_of(&cmd.output().expect("run verify-clip"))
+    };
+    let grey_by_day_rules = judge("far_night_1080p.mp4", None);
+    assert_eq!(
+        grey_by_day_rules.verdict,
+        VerdictKind::Verified,
+        "{grey_by_day_rules:?}"
+    );
+    assert!(grey_by_day_rules.night, "an IR clip is night: {grey_by_day_rules:?}");
+    let grey = judge("far_night_1080p.mp4", Some("yard"));
+    assert_eq!(grey.verdict, VerdictKind::FalseAlarm, "night threshold 0.99: {grey:?}");
+    assert!(grey.night);
+    let colour = judge("intruder_left.mp4", Some("yard"));
+    assert_eq!(colour.verdict, VerdictKind::Verified, "{colour:?}");
+    assert!(!colour.night, "{colour:?}");
+}

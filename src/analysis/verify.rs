@@ -55,6 +55,9 @@ pub struct Verifier {
     /// The site policy, and each camera's where it overrides it.
     site_policy: Policy,
     camera_policies: HashMap<String, Policy>,
+    /// The night rules (`[policy.night]`, `[camera.policy.night]`), where there are any.
+    site_night: Option<Policy>,
+    camera_nights: HashMap<String, Policy>,
     clip: ClipConfig,
     evidence: EvidenceConfig,
     site: String,
@@ -72,6 +75,12 @@ impl Verifier {
                 .cameras
                 .iter()
                 .map(|c| (c.id.clone(), Policy::new(&config.camera_policy(c))))
+                .collect(),
+            site_night: config.policy.night_policy().map(|p| Policy::new(&p)),
+            camera_nights: config
+                .cameras
+                .iter()
+                .filter_map(|c| Some((c.id.clone(), Policy::new(&config.camera_policy(c).night_policy()?))))
                 .collect(),
             clip: config.clip.clone(),
             evidence: config.evidence.clone(),
@@ -94,8 +103,16 @@ impl Verifier {
         &self.decoders
     }
 
-    fn policy_for(&self, camera: &str) -> &Policy {
-        self.camera_policies.get(camera).unwrap_or(&self.site_policy)
+    /// The camera's rules; at `night`, its night rules where it has any.
+    fn policy_for(&self, camera: &str, night: bool) -> &Policy {
+        let day = || self.camera_policies.get(camera).unwrap_or(&self.site_policy);
+        if !night {
+            return day();
+        }
+        match self.camera_policies.get(camera) {
+            Some(_) => self.camera_nights.get(camera).unwrap_or_else(day),
+            None => self.site_night.as_ref().unwrap_or_else(day),
+        }
     }
 
     /// The part of the clip analysed for an alarm at `time`.
@@ -241,7 +258,7 @@ impl FrameSink for Analysis {
         );
         self.size = frame.image.dimensions();
         let verifier = self.verifier.clone();
-        let policy = verifier.policy_for(&self.alarm.camera);
+        let policy = verifier.policy_for(&self.alarm.camera, self.view.is_night());
         if detections.iter().any(|d| policy.is_candidate(d, self.size)) {
             self.sampler.densify();
         }
@@ -278,7 +295,7 @@ impl Analysis {
             return Ok((whole, Vec::new(), origins));
         }
         let changes = self.motion.changes(image);
-        let policy = self.verifier.policy_for(&self.alarm.camera);
+        let policy = self.verifier.policy_for(&self.alarm.camera, self.view.is_night());
         let mut areas: Vec<BoxPx> = self
             .frames
             .last()
@@ -350,7 +367,7 @@ impl Analysis {
             return self.decision.clone();
         }
         self.decision.as_ref()?;
-        let policy = self.verifier.policy_for(&alarm.camera);
+        let policy = self.verifier.policy_for(&alarm.camera, self.view.is_night());
         Some(policy.decide(&self.frames, alarm.time, self.size))
     }
 
@@ -397,7 +414,7 @@ impl Analysis {
         let Some(mut decision) = self.decision_for(alarm) else {
             return Err(VerifyError::NoFrames);
         };
-        let policy = self.verifier.policy_for(&alarm.camera);
+        let policy = self.verifier.policy_for(&alarm.camera, self.view.is_night());
         for note in &self.notes {
             decision.reason.push_str("; ");
             decision.reason.push_str(note);

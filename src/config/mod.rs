@@ -572,6 +572,20 @@ url = "rtsp://user:pass@10.0.0.5:554/stream1"
     }
 
     #[test]
+    fn a_cameras_night_rules_merge_over_the_sites() {
+        let text = format!(
+            "[policy.night]\nthreshold = 0.7\nmin_frames = 3\n{MINIMAL}\n[camera.policy.night]\nmin_frames = 4\n"
+        );
+        let c = Config::parse(&text, "site.toml").expect("valid");
+        let camera = c.camera_policy(&c.cameras[0]);
+        let night = camera.night_policy().expect("night rules");
+        assert_eq!((night.threshold, night.min_frames), (0.7, 4));
+        assert_eq!((camera.threshold, camera.min_frames), (0.55, 2), "day rules unchanged");
+        let site = c.policy.night_policy().expect("site night");
+        assert_eq!((site.threshold, site.min_frames), (0.7, 3));
+    }
+
+    #[test]
     fn policy_errors_name_the_key() {
         let cases = [
             (
@@ -587,6 +601,7 @@ url = "rtsp://user:pass@10.0.0.5:554/stream1"
                 "policy.zone[0]",
             ),
             ("[policy]\nthreshold = 1.5\n", "policy.threshold"),
+            ("[policy.night]\nthreshold = 1.5\n", "policy.night.threshold"),
         ];
         for (snippet, key) in cases {
             let err = Config::parse(snippet, "site.toml").unwrap_err().to_string();
