@@ -56,3 +56,64 @@ async fn a_view_blacked_out_at_the_alarm_is_unverifiable_not_a_false_alarm() {
     view.restore();
     drop(server);
 }
+
+/// The state message's `view`, once it is `state`.
+async fn wait_view_state(probe: &mut Probe, camera: &str, state: &str, service: &Service) -> serde_json::Value {
+    let topic = topics().camera_state(camera);
+    let matches = |payload: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(payload).is_ok_and(|v| v["view"]["state"] == state)
+    };
+    let msg = probe
+        .next(|m| m.topic == topic && matches(&m.payload), Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| panic!("camera {camera}'s view never reported {state}; log:\n{}", service.log()));
+    serde_json::from_slice(&msg.payload).expect("state JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_covered_while_idle_reports_the_tamper_and_its_alarms_are_unverifiable() {
+    let broker = Broker::start().expect("broker");
+    let (server, view) = RtspCameraServer::start_test_card("hall").expect("rtsp server");
+    let t = topics();
+    let mut probe = Probe::connect(broker.port(), &[t.verdict("+"), t.camera_state("+")])
+        .await
+        .expect("probe");
+    let dir = tempfile::tempdir().expect("site dir");
+    let url = server.url("hall");
+    let config = site_toml(broker.port(), &[("hall", url.clone())], "", dir.path()).replace(
+        &format!("url = \"{url}\"\n"),
+        &format!("url = \"{url}\"\nview_check_s = 1\n"),
+    );
+    let service = Service::start(&config, dir.path());
+    wait_camera_online(&mut probe, "hall", &service).await;
+    wait_view_state(&mut probe, "hall", "ok", &service).await;
+
+    let covered_at = Instant::now();
+    assert!(view.black_out(), "the camera's pipeline is not running");
+    let state = wait_view_state(&mut probe, "hall", "blocked", &service).await;
+    println!(
+        "tamper reported {:?} after the cover: {}",
+        covered_at.elapsed(),
+        state["view"]
+    );
+    let reason = state["view"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("view blocked from ") && reason.contains("dark"),
+        "{state}"
+    );
+    assert!(state["view"]["since"].is_string(), "{state}");
+
+    // The whole window is black: nobody could be seen, so it is not a false alarm.
+    probe
+        .publish(&t.alarm("hall"), alarm_json("hall-covered"))
+        .await
+        .expect("publish");
+    let verdict = common::wait_verdict(&mut probe, "hall-covered", Duration::from_secs(20), &service).await;
+    assert_eq!(verdict.verdict, VerdictKind::Unverifiable, "{verdict:?}");
+    assert_eq!(verdict.cause, Some(Cause::ViewBlocked), "{verdict:?}");
+    assert!(verdict.reason.contains("idle check"), "{}", verdict.reason);
+
+    assert!(view.restore());
+    wait_view_state(&mut probe, "hall", "ok", &service).await;
+    drop(server);
+}

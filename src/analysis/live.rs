@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use crate::analysis::clip::{self, ClipError, Flow, Frame, FrameSink, LiveDecoder, SinkError, Window};
 use crate::analysis::verdict::{Cause, VerdictKind, rfc3339};
 use crate::analysis::verify::{Analysis, Finding, Verifier};
+use crate::analysis::view::IdleViews;
 use crate::analysis::workers::{Permit, Workers};
 use crate::ingest::camera::{Camera, StreamKind};
 use crate::ingest::ring::{AccessUnit, Cursor, ReadError};
@@ -110,14 +111,17 @@ impl Job {
 pub struct LiveAnalyser {
     verifier: Arc<Verifier>,
     workers: Arc<Workers>,
+    /// The cameras' idle view checks: a view lost before the alarm window.
+    idle: Arc<IdleViews>,
     jobs: Mutex<HashMap<String, Vec<Arc<Job>>>>,
 }
 
 impl LiveAnalyser {
-    pub fn new(verifier: Arc<Verifier>, workers: Arc<Workers>) -> Arc<Self> {
+    pub fn new(verifier: Arc<Verifier>, workers: Arc<Workers>, idle: Arc<IdleViews>) -> Arc<Self> {
         Arc::new(Self {
             verifier,
             workers,
+            idle,
             jobs: Mutex::new(HashMap::new()),
         })
     }
@@ -486,6 +490,7 @@ impl LiveAnalyser {
         let permit = self.permit(member.deadline, *spent).await.ok();
         let main_slice = main_slice.filter(|_| permit.is_some());
         let decoders = self.verifier.decoders().clone();
+        let idle_loss = self.idle.lost(&alarm.camera);
         let done = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let started = std::time::Instant::now();
@@ -499,7 +504,10 @@ impl LiveAnalyser {
                     .ok()?;
                 nearest.frame
             });
-            let finding = analysis.finish_for(&alarm, main_frame);
+            let mut finding = analysis.finish_for(&alarm, main_frame);
+            if let (Ok(finding), Some(lost)) = (&mut finding, &idle_loss) {
+                analysis.apply_idle_loss(finding, lost);
+            }
             (analysis, finding, started.elapsed())
         })
         .await;

@@ -21,7 +21,7 @@ use crate::analysis::evidence::{self, Annotations};
 use crate::analysis::policy::{Decision, FrameDetections, Outcome, Policy, Role};
 use crate::analysis::regions::{self, Motion, Region};
 use crate::analysis::verdict::{Cause, VerdictDocument, VerdictKind, rfc3339};
-use crate::analysis::view::{self, Loss, ViewCheck};
+use crate::analysis::view::{self, Loss, LostView, ViewCheck};
 use crate::config::{ClipConfig, Config, EvidenceConfig};
 use crate::intake::alarm::Alarm;
 
@@ -178,6 +178,14 @@ impl Verifier {
         let mut finding = analysis.finish(None)?;
         finding.doc.latency_ms = alarm.received_at.elapsed().as_millis() as u64;
         Ok(finding)
+    }
+}
+
+fn cause_of(loss: Loss) -> Cause {
+    match loss {
+        Loss::Blocked => Cause::ViewBlocked,
+        Loss::Blinded => Cause::ViewBlinded,
+        Loss::Defocused => Cause::ViewDefocused,
     }
 }
 
@@ -436,11 +444,7 @@ impl Analysis {
         {
             tracing::warn!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, reason = %lost.reason, "view lost at the alarm");
             doc.verdict = VerdictKind::Unverifiable;
-            doc.cause = Some(match lost.loss {
-                Loss::Blocked => Cause::ViewBlocked,
-                Loss::Blinded => Cause::ViewBlinded,
-                Loss::Defocused => Cause::ViewDefocused,
-            });
+            doc.cause = Some(cause_of(lost.loss));
             doc.reason = format!("{}; nobody seen before it", lost.reason);
             for note in &self.notes {
                 doc.reason.push_str("; ");
@@ -462,6 +466,20 @@ impl Analysis {
                 .ok()
         });
         Ok(Finding { doc, evidence })
+    }
+
+    /// A false alarm concluded on frames none of which showed a view, on a camera whose idle check
+    /// had seen its view lost before the alarm: nobody could be seen, so it is unverifiable.
+    pub fn apply_idle_loss(&self, finding: &mut Finding, lost: &LostView) {
+        if finding.doc.verdict != VerdictKind::FalseAlarm || self.view.saw_a_view() {
+            return;
+        }
+        finding.doc.verdict = VerdictKind::Unverifiable;
+        finding.doc.cause = Some(cause_of(lost.loss));
+        finding.doc.reason = format!(
+            "{} (the camera's idle check); nothing seen in the alarm window",
+            lost.reason
+        );
     }
 
     /// Frame `index` if its image was kept, or else the kept frame without detections nearest

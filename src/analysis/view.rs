@@ -12,6 +12,7 @@
 
 use chrono::{DateTime, Utc};
 use image::RgbImage;
+use serde::Serialize;
 
 /// Grid points across and down.
 const GRID: (u32, u32) = (160, 90);
@@ -58,6 +59,16 @@ pub enum Loss {
     Blocked,
     Blinded,
     Defocused,
+}
+
+impl Loss {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Blocked => "blocked",
+            Self::Blinded => "blinded",
+            Self::Defocused => "defocused",
+        }
+    }
 }
 
 /// A loss of view that lasted, for the verdict.
@@ -169,6 +180,11 @@ impl ViewCheck {
         self.frames.push((stats, loss));
     }
 
+    /// Whether any frame showed a fine view (one a loss could be measured against).
+    pub fn saw_a_view(&self) -> bool {
+        self.baseline.is_some()
+    }
+
     /// Most frames were grey: night on an IR camera.
     pub fn is_night(&self) -> bool {
         !self.frames.is_empty() && self.frames.iter().filter(|(s, _)| s.grey).count() * 2 > self.frames.len()
@@ -200,6 +216,114 @@ impl ViewCheck {
             from: first.time,
             reason: describe(loss, first, base),
         })
+    }
+}
+
+/// A camera's view as the idle check sees it, in its state message: `ok`, `blocked`, `blinded`,
+/// `defocused`, or `unknown` before a first fine view.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ViewState {
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Every camera's idle check, shared by the service's check task (which writes it) and the live
+/// analyses (which read it).
+#[derive(Debug, Default)]
+pub struct IdleViews(std::sync::Mutex<std::collections::HashMap<String, IdleView>>);
+
+impl IdleViews {
+    /// Takes a check of `camera`; true when its state changed.
+    pub fn check(&self, camera: &str, stats: ViewStats) -> bool {
+        crate::support::lock(&self.0)
+            .entry(camera.to_owned())
+            .or_default()
+            .check(stats)
+    }
+
+    /// `camera`'s view state; None when it is not checked.
+    pub fn state(&self, camera: &str) -> Option<ViewState> {
+        crate::support::lock(&self.0).get(camera).map(IdleView::state)
+    }
+
+    /// The loss of view the idle check has seen on `camera`, if any.
+    pub fn lost(&self, camera: &str) -> Option<LostView> {
+        crate::support::lock(&self.0).get(camera)?.lost().cloned()
+    }
+}
+
+/// The idle check of one camera, on its newest keyframe every `camera.view_check_s`: the last
+/// fine view, and a loss of view against it once two checks in a row have seen it (a camera
+/// covered or blinded while nothing happens, the tamper an operator expects to be told about).
+#[derive(Debug, Default, Clone)]
+pub struct IdleView {
+    reference: Option<ViewStats>,
+    first_seen: Option<(Loss, ViewStats)>,
+    lost: Option<LostView>,
+}
+
+impl IdleView {
+    /// Takes a check's measure; true when the state changed.
+    pub fn check(&mut self, stats: ViewStats) -> bool {
+        let before = self.state();
+        self.take(stats);
+        self.state() != before
+    }
+
+    fn take(&mut self, stats: ViewStats) {
+        let Some(loss) = self.reference.as_ref().and_then(|r| stats.loss_against(r)) else {
+            if stats.is_fine() {
+                self.reference = Some(stats);
+            }
+            self.first_seen = None;
+            self.lost = None;
+            return;
+        };
+        if self.lost.is_some() {
+            return;
+        }
+        match self.first_seen.take() {
+            Some((first_loss, first)) => {
+                let reason = match &self.reference {
+                    Some(base) => describe(first_loss, &first, base),
+                    None => describe(first_loss, &first, &first),
+                };
+                self.lost = Some(LostView {
+                    loss: first_loss,
+                    from: first.time,
+                    reason,
+                });
+            }
+            None => self.first_seen = Some((loss, stats)),
+        }
+    }
+
+    /// The loss of view two checks in a row have seen, if any.
+    pub fn lost(&self) -> Option<&LostView> {
+        self.lost.as_ref()
+    }
+
+    pub fn state(&self) -> ViewState {
+        match (&self.lost, &self.reference) {
+            (Some(lost), _) => ViewState {
+                state: lost.loss.name(),
+                since: Some(crate::analysis::verdict::rfc3339(lost.from)),
+                reason: Some(lost.reason.clone()),
+            },
+            (None, Some(_)) => ViewState {
+                state: "ok",
+                since: None,
+                reason: None,
+            },
+            (None, None) => ViewState {
+                state: "unknown",
+                since: None,
+                reason: None,
+            },
+        }
     }
 }
 
@@ -303,6 +427,23 @@ mod tests {
             .collect();
         let frames = [scene(9), dim[0].clone(), dim[1].clone(), dim[2].clone()];
         assert!(check(&frames).lost(at(0.0)).is_none(), "lights dimmed to 35%");
+    }
+
+    #[test]
+    fn the_idle_check_reports_a_loss_seen_twice_and_its_end() {
+        let mut idle = IdleView::default();
+        assert_eq!(idle.state().state, "unknown");
+        assert!(idle.check(measure(&scene(1), at(0.0))), "unknown -> ok");
+        assert!(
+            !idle.check(measure(&filled(3), at(60.0))),
+            "one dark check is not yet a tamper"
+        );
+        assert!(idle.check(measure(&filled(3), at(120.0))));
+        let state = idle.state();
+        assert_eq!((state.state, state.since.is_some()), ("blocked", true), "{state:?}");
+        assert!(idle.lost().is_some_and(|l| l.from == at(60.0)));
+        assert!(idle.check(measure(&scene(2), at(180.0))), "the view came back");
+        assert_eq!(idle.state().state, "ok");
     }
 
     #[test]

@@ -20,6 +20,10 @@ pub struct CameraConfig {
     /// Seconds without video after which the stream is restarted.
     #[serde(default = "default_stall_timeout")]
     pub stall_timeout_s: f64,
+    /// Seconds between checks of the camera's view on its newest keyframe while idle (a covered
+    /// or blinded camera shows in its state); 0 turns the check off.
+    #[serde(default = "default_view_check")]
+    pub view_check_s: f64,
     /// Text found in the subject or body of this camera's alarm e-mails (e.g. "Camera 02").
     #[serde(default)]
     pub email_match: Option<String>,
@@ -36,6 +40,10 @@ pub struct CameraConfig {
 
 fn default_stall_timeout() -> f64 {
     10.0
+}
+
+fn default_view_check() -> f64 {
+    60.0
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

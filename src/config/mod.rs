@@ -358,6 +358,12 @@ impl Config {
             }
             check_positive(camera.stall_timeout_s, false)
                 .map_err(|e| invalid(&format!("camera[{i}].stall_timeout_s"), e))?;
+            if !(camera.view_check_s == 0.0 || (camera.view_check_s.is_finite() && camera.view_check_s >= 1.0)) {
+                return Err(invalid(
+                    &format!("camera[{i}].view_check_s"),
+                    format!("expected 0 (off) or at least 1 second, got {}", camera.view_check_s),
+                ));
+            }
             self.camera_policy(camera)
                 .validate(&format!("camera[{i}].policy"))
                 .map_err(|(k, e)| invalid(&k, e))?;

@@ -98,6 +98,9 @@ pub struct CameraState<'a> {
     pub health: &'a CameraHealth,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub onvif: Option<&'a EventLink>,
+    /// What the idle check sees of the camera's view (`ok`, `blocked`, `blinded`, `defocused`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub view: Option<crate::analysis::view::ViewState>,
 }
 
 /// Direct, best-effort publishing on the main connection.

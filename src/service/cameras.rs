@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::Shared;
 use crate::analysis::clip::{self as video, Flow, Frame, FrameSink};
 use crate::analysis::evidence::{self, Annotations};
+use crate::analysis::view::{IdleViews, ViewStats};
 use crate::config::{Config, EvidenceConfig, PolicyConfig};
 use crate::delivery::publish::CameraState;
 use crate::ingest::camera::{Camera, StreamKind};
@@ -38,6 +39,8 @@ pub(super) struct Cameras {
     /// Recent camera snapshots: a console refreshed by several people decodes each camera once
     /// per `SNAPSHOT_FRESH`, not once per viewer.
     snapshots: Mutex<HashMap<String, (std::time::Instant, Vec<u8>)>>,
+    /// What the idle view checks see of each camera's view.
+    views: Arc<IdleViews>,
 }
 
 impl Cameras {
@@ -65,11 +68,29 @@ impl Cameras {
             policies,
             evidence: config.evidence.clone(),
             snapshots: Mutex::new(HashMap::new()),
+            views: Arc::new(IdleViews::default()),
         }
     }
 
     pub(super) fn get(&self, camera: &str) -> Option<&Arc<Camera>> {
         self.pipelines.get(camera)
+    }
+
+    pub(super) fn idle_views(&self) -> Arc<IdleViews> {
+        self.views.clone()
+    }
+
+    /// A check of `camera`'s view; its state message goes again when what it sees changed.
+    pub(super) fn view_checked(&self, camera: &str, stats: ViewStats) {
+        if self.views.check(camera, stats) {
+            match self.views.lost(camera) {
+                Some(lost) => {
+                    tracing::warn!(camera = %camera, reason = %lost.reason, "camera view lost while idle (tamper)");
+                }
+                None => tracing::info!(camera = %camera, "camera view fine"),
+            }
+            self.board.mark(camera);
+        }
     }
 
     pub(super) fn contains(&self, camera: &str) -> bool {
@@ -153,6 +174,7 @@ pub(super) async fn publish_camera_states(shared: Arc<Shared>) {
             let state = CameraState {
                 health: &health,
                 onvif: link.as_ref(),
+                view: cameras.views.state(&camera),
             };
             if let Err(e) = shared.publisher.camera_state(&state) {
                 tracing::debug!(camera = %camera, error = %e, "camera state not published; kept for the reconnect");
@@ -244,18 +266,7 @@ impl ServiceSite {
         let cam = cameras
             .get(camera)
             .ok_or_else(|| format!("unknown camera {camera:?}"))?;
-        let newest = cam
-            .newest(StreamKind::Main)
-            .ok_or_else(|| format!("no video from {camera} yet"))?;
-        let key = cam
-            .keyframe_near(StreamKind::Main, newest)
-            .ok_or_else(|| format!("no keyframe from {camera} yet"))?;
-        let slice = cam.slice(StreamKind::Main, key, key).map_err(|e| e.to_string())?;
-        let mut first = FirstFrame(None);
-        video::decode_slice(&slice, self.0.verifier.decoders(), &mut first).map_err(|e| e.to_string())?;
-        let frame = first
-            .0
-            .ok_or_else(|| format!("the newest keyframe of {camera} did not decode"))?;
+        let frame = newest_keyframe(cam, StreamKind::Main, self.0.verifier.decoders())?;
         let scaled = evidence::fit(frame.image, cameras.evidence.max_size).map_err(|e| e.to_string())?;
         let policy = cameras.policies.get(camera);
         let notes = Annotations {
@@ -268,6 +279,21 @@ impl ServiceSite {
         };
         evidence::render(&scaled, &notes, &cameras.evidence).map_err(|e| e.to_string())
     }
+}
+
+/// The newest keyframe of `camera`'s `kind` stream, decoded.
+pub(super) fn newest_keyframe(cam: &Camera, kind: StreamKind, decoders: &video::Decoders) -> Result<Frame, String> {
+    let id = cam.id();
+    let newest = cam.newest(kind).ok_or_else(|| format!("no video from {id} yet"))?;
+    let key = cam
+        .keyframe_near(kind, newest)
+        .ok_or_else(|| format!("no keyframe from {id} yet"))?;
+    let slice = cam.slice(kind, key, key).map_err(|e| e.to_string())?;
+    let mut first = FirstFrame(None);
+    video::decode_slice(&slice, decoders, &mut first).map_err(|e| e.to_string())?;
+    first
+        .0
+        .ok_or_else(|| format!("the newest keyframe of {id} did not decode"))
 }
 
 /// Takes the first decoded frame.

@@ -12,6 +12,7 @@ mod accept;
 mod alarm;
 mod cameras;
 pub mod redundancy;
+mod views;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -114,6 +115,7 @@ struct Housekeeping {
     states: JoinHandle<()>,
     purge: JoinHandle<()>,
     reminder: JoinHandle<()>,
+    views: JoinHandle<()>,
 }
 
 /// Runs the service until `shutdown` completes, then answers or finishes what is in flight.
@@ -182,6 +184,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     housekeeping.states.abort();
     housekeeping.purge.abort();
     housekeeping.reminder.abort();
+    housekeeping.views.abort();
     shared.cameras.stop(bound).await;
     tracing::info!("stopped");
     Ok(())
@@ -272,7 +275,7 @@ fn share(
     let workers = Workers::new(config.verdict.worker_count());
     tracing::info!(workers = config.verdict.worker_count(), "analysis workers");
     Arc::new(Shared {
-        live: LiveAnalyser::new(verifier.clone(), workers),
+        live: LiveAnalyser::new(verifier.clone(), workers, cameras.idle_views()),
         verifier,
         cameras,
         publisher,
@@ -305,13 +308,14 @@ fn ops_of(config: &Config, shared: &Arc<Shared>, sink: &Arc<dyn AlarmSink>) -> O
     }
 }
 
-/// Camera state messages, the purge of old records, and the offline reminder.
+/// Camera state messages, the purge of old records, the offline reminder and the idle view checks.
 fn start_housekeeping(config: &Config, shared: &Arc<Shared>) -> Housekeeping {
     let retention = TimeDelta::milliseconds((config.store.retention_days * 86_400_000.0) as i64);
     Housekeeping {
         states: tokio::spawn(cameras::publish_camera_states(shared.clone())),
         purge: tokio::spawn(purge_periodically(shared.store.clone(), retention)),
         reminder: tokio::spawn(cameras::remind_offline_cameras(shared.clone())),
+        views: tokio::spawn(views::check_views(shared.clone(), views::intervals(config))),
     }
 }
 

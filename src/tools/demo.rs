@@ -478,6 +478,7 @@ pub fn site_config(broker_port: u16, server: &RtspCameraServer, cameras: &[&str]
             detect_url: None,
             transport: RtspTransport::Auto,
             stall_timeout_s: 10.0,
+            view_check_s: 60.0,
             email_match: None,
             onvif: None,
             dc09: None,
