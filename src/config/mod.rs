@@ -364,6 +364,12 @@ impl Config {
                     format!("expected 0 (off) or at least 1 second, got {}", camera.view_check_s),
                 ));
             }
+            if camera.policy.night.as_ref().is_some_and(|n| n.night.is_some()) {
+                return Err(invalid(
+                    &format!("camera[{i}].policy.night.night"),
+                    "expected no night table inside the night rules".into(),
+                ));
+            }
             self.camera_policy(camera)
                 .validate(&format!("camera[{i}].policy"))
                 .map_err(|(k, e)| invalid(&k, e))?;
@@ -608,6 +614,7 @@ url = "rtsp://user:pass@10.0.0.5:554/stream1"
             ),
             ("[policy]\nthreshold = 1.5\n", "policy.threshold"),
             ("[policy.night]\nthreshold = 1.5\n", "policy.night.threshold"),
+            ("[policy.night.night]\nthreshold = 0.5\n", "policy.night.night"),
         ];
         for (snippet, key) in cases {
             let err = Config::parse(snippet, "site.toml").unwrap_err().to_string();

@@ -37,42 +37,9 @@ pub struct PolicyConfig {
     /// Where detections are ignored.
     #[serde(rename = "mask")]
     pub masks: Vec<Zone>,
-    /// `[policy.night]`: what changes for frames an IR camera takes at night (grey frames).
-    pub night: Option<NightOverride>,
-}
-
-/// Rules that change at night (`[policy.night]`, `[camera.policy.night]`), as Frigate's profiles
-/// do: applied to an analysis whose frames are mostly grey (an IR camera at night).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct NightOverride {
-    pub min_score: Option<f32>,
-    pub threshold: Option<f32>,
-    pub min_frames: Option<usize>,
-    pub min_area: Option<f32>,
-    pub max_area: Option<f32>,
-    pub min_ratio: Option<f32>,
-    pub max_ratio: Option<f32>,
-    pub classes: Option<std::collections::BTreeMap<String, ClassRule>>,
-}
-
-impl NightOverride {
-    /// `self`, with anything unset taken from `base` (a camera's night over the site's).
-    fn or(&self, base: &NightOverride) -> NightOverride {
-        NightOverride {
-            min_score: self.min_score.or(base.min_score),
-            threshold: self.threshold.or(base.threshold),
-            min_frames: self.min_frames.or(base.min_frames),
-            min_area: self.min_area.or(base.min_area),
-            max_area: self.max_area.or(base.max_area),
-            min_ratio: self.min_ratio.or(base.min_ratio),
-            max_ratio: self.max_ratio.or(base.max_ratio),
-            classes: match (&self.classes, &base.classes) {
-                (Some(given), Some(b)) => Some(merge_classes(b, given)),
-                (given, b) => given.clone().or_else(|| b.clone()),
-            },
-        }
-    }
+    /// `[policy.night]`: what changes for an analysis whose frames are mostly grey (an IR camera
+    /// at night), as Frigate's profiles do: any key of `[policy]` but `night`.
+    pub night: Option<PolicyOverride>,
 }
 
 impl Default for PolicyConfig {
@@ -195,7 +162,30 @@ pub struct PolicyOverride {
     #[serde(rename = "mask")]
     pub masks: Option<Vec<Zone>>,
     /// `[camera.policy.night]`: merged key by key over the site's `[policy.night]`.
-    pub night: Option<NightOverride>,
+    pub night: Option<Box<PolicyOverride>>,
+}
+
+impl PolicyOverride {
+    /// `self`, with anything unset taken from `base` (a camera's night rules over the site's).
+    fn or(&self, base: &PolicyOverride) -> PolicyOverride {
+        PolicyOverride {
+            min_score: self.min_score.or(base.min_score),
+            threshold: self.threshold.or(base.threshold),
+            min_frames: self.min_frames.or(base.min_frames),
+            min_area: self.min_area.or(base.min_area),
+            max_area: self.max_area.or(base.max_area),
+            min_ratio: self.min_ratio.or(base.min_ratio),
+            max_ratio: self.max_ratio.or(base.max_ratio),
+            stationary_iou: self.stationary_iou.or(base.stationary_iou),
+            classes: match (&self.classes, &base.classes) {
+                (Some(given), Some(b)) => Some(merge_classes(b, given)),
+                (given, b) => given.clone().or_else(|| b.clone()),
+            },
+            zones: self.zones.clone().or_else(|| base.zones.clone()),
+            masks: self.masks.clone().or_else(|| base.masks.clone()),
+            night: None,
+        }
+    }
 }
 
 impl PolicyConfig {
@@ -219,33 +209,28 @@ impl PolicyConfig {
             masks: o.masks.clone().unwrap_or_else(|| self.masks.clone()),
             night: match (&o.night, &self.night) {
                 (Some(camera), Some(site)) => Some(camera.or(site)),
-                (camera, site) => camera.clone().or_else(|| site.clone()),
+                (camera, site) => camera.as_deref().cloned().or_else(|| site.clone()),
             },
         }
     }
 
     /// The rules for night frames: this policy with its `night` keys applied; None without them.
     pub fn night_policy(&self) -> Option<PolicyConfig> {
-        let n = self.night.as_ref()?;
-        let as_override = PolicyOverride {
-            min_score: n.min_score,
-            threshold: n.threshold,
-            min_frames: n.min_frames,
-            min_area: n.min_area,
-            max_area: n.max_area,
-            min_ratio: n.min_ratio,
-            max_ratio: n.max_ratio,
-            classes: n.classes.clone(),
-            ..PolicyOverride::default()
-        };
+        let night = self.night.as_ref()?;
         Some(PolicyConfig {
             night: None,
-            ..self.with_override(&as_override)
+            ..self.with_override(night)
         })
     }
 
     /// Checks the policy; errors name the key under `prefix` (`policy` or `camera[i].policy`).
     pub(super) fn validate(&self, prefix: &str) -> Result<(), (String, String)> {
+        if self.night.as_ref().is_some_and(|n| n.night.is_some()) {
+            return Err((
+                format!("{prefix}.night.night"),
+                "expected no night table inside the night rules".into(),
+            ));
+        }
         if let Some(night) = self.night_policy() {
             night.validate(&format!("{prefix}.night"))?;
         }

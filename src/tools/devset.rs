@@ -46,6 +46,18 @@ struct Entry {
     note: &'static str,
 }
 
+impl Entry {
+    /// A generated clip, its alarm at `ALARM_AT`.
+    fn at_alarm(clip: &str, expected: &'static str, note: &'static str) -> Self {
+        Self {
+            clip: clip.to_owned(),
+            expected,
+            alarm_at: ALARM_AT,
+            note,
+        }
+    }
+}
+
 /// Where the inputs are: `footage` holds vtest.avi and tree.mp4, `images` the photographs.
 pub struct Sources {
     pub footage: PathBuf,
@@ -251,14 +263,7 @@ pub fn build(sources: &Sources, out: &Path) -> Result<usize, DevsetError> {
 /// flickering lamp), labelled `false_alarm`. A view lost after someone was seen stays `verified`.
 fn view_cases(plate: &RgbImage, walker: &RgbImage, out: &Path) -> Result<Vec<Entry>, DevsetError> {
     let mut entries = Vec::new();
-    let mut add = |clip: &str, expected, note| {
-        entries.push(Entry {
-            clip: clip.to_owned(),
-            expected,
-            alarm_at: ALARM_AT,
-            note,
-        })
-    };
+    let mut add = |clip: &str, expected, note| entries.push(Entry::at_alarm(clip, expected, note));
     // A hand over the lens from 4.6 s: two frames of it coming closer, then a dark blur.
     let covered = |i: u32| match i {
         ..46 => with_sensor_noise(plate, i),
@@ -1039,14 +1044,7 @@ struct FarScene {
 /// The far-target clips and their labels.
 fn far_targets(sources: &Sources, plate: &RgbImage, out: &Path) -> Result<Vec<Entry>, DevsetError> {
     let mut entries = Vec::new();
-    let mut add = |clip: &str, expected, note| {
-        entries.push(Entry {
-            clip: clip.to_owned(),
-            expected,
-            alarm_at: ALARM_AT,
-            note,
-        })
-    };
+    let mut add = |clip: &str, expected, note| entries.push(Entry::at_alarm(clip, expected, note));
     // Two men from vtest's first seconds, each alone then: the man in black walking left at the
     // right (the one `intruder_left` pastes whole), whose poses repeat after 16 frames (two
     // steps), and the man in the dark jacket at the left walking off to the right, after 9 (one).
