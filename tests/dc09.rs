@@ -274,6 +274,35 @@ async fn panel_alarms_are_verified_and_the_verdicts_reach_the_arc() {
     site.verdict("while-arc-down-1", Duration::from_secs(30)).await;
     site.verdict("while-arc-down-2", Duration::from_secs(30)).await;
     let down_since = Instant::now();
+    // The link's state in /healthz (503, naming the ARC) and /metrics while it is away.
+    let client = reqwest::Client::new();
+    let get = |path: &'static str| {
+        let client = client.clone();
+        async move {
+            let r = client
+                .get(format!("http://127.0.0.1:{http_port}{path}"))
+                .send()
+                .await
+                .expect("HTTP");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    };
+    let health = wait_for(
+        site.service.about("/healthz to show the ARC down"),
+        Duration::from_secs(15),
+        async || {
+            let (status, body) = get("/healthz").await;
+            let v: Value = serde_json::from_str(&body).unwrap_or_default();
+            (status == 503 && v["arc"]["up"] == false && v["arc"]["pending"].as_u64() >= Some(2)).then_some(v)
+        },
+    )
+    .await;
+    assert!(
+        health["problems"].to_string().contains("alarm receiving centre"),
+        "{health}"
+    );
+    let (_, metrics) = get("/metrics").await;
+    assert!(metrics.contains("alarm_verifier_arc_up 0"), "{metrics}");
     tokio::time::sleep(arc_down.saturating_sub(down_since.elapsed())).await;
     let arc = ArcReceiver::start(arc_port, "tcp", Some(ARC_KEY));
     let back = Instant::now();
@@ -284,6 +313,21 @@ async fn panel_alarms_are_verified_and_the_verdicts_reach_the_arc() {
         .await;
     let after_return = back.elapsed();
     assert_eq!(first["code"].as_str(), Some("BV"), "{first}");
+    wait_for(
+        site.service.about("/healthz to show the ARC up again"),
+        Duration::from_secs(15),
+        async || {
+            let (status, body) = get("/healthz").await;
+            let v: Value = serde_json::from_str(&body).unwrap_or_default();
+            (status == 200 && v["arc"]["up"] == true && v["arc"]["pending"] == 0).then_some(())
+        },
+    )
+    .await;
+    let (_, metrics) = get("/metrics").await;
+    assert!(
+        metrics.contains("alarm_verifier_arc_up 1") && metrics.contains("alarm_verifier_arc_pending 0"),
+        "{metrics}"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(arc.events_with("while-arc-down-1").len(), 1);
     assert_eq!(arc.events_with("while-arc-down-2").len(), 1);

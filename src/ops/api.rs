@@ -80,6 +80,7 @@ async fn healthz(State(ops): State<Ops>) -> Response {
             "parked": components.outbox_parked,
         },
         "queue_depth": components.queue_depth,
+        "arc": components.arc,
     });
     (status, axum::Json(body)).into_response()
 }

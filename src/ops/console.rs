@@ -144,6 +144,11 @@ fn status_bar(c: &Components) -> Markup {
             @if c.outbox_parked > 0 {
                 li.bad title="The broker refused these messages; send them again with POST /api/outbox/retry" { "Parked " (c.outbox_parked) }
             }
+            @if let Some(arc) = &c.arc {
+                li class=(if arc.up { "ok" } else if arc.pending > 0 { "bad" } else { "warn" }) title=(arc.error.as_deref().unwrap_or(&arc.target)) {
+                    "ARC " (if arc.up { "up" } else { "DOWN" }) @if arc.pending > 0 { " (" (arc.pending) " waiting)" }
+                }
+            }
             li.ok { "In verification " (c.queue_depth) }
             li.ok { "Model " (c.model) }
         }

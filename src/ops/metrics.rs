@@ -50,6 +50,8 @@ pub struct Metrics {
     outbox_pending: Gauge,
     outbox_parked: Gauge,
     outbox_oldest: Gauge<f64, AtomicU64>,
+    arc_up: Gauge,
+    arc_pending: Gauge,
     inferences: Counter,
     inference_seconds: Counter<f64, AtomicU64>,
     disagreements: Family<DisagreementLabels, Gauge>,
@@ -109,6 +111,16 @@ impl Metrics {
             "Age of the oldest verdict not yet acknowledged by the broker (0 when none)",
             outbox_oldest.clone(),
         );
+        let arc_up = gauge(
+            &mut registry,
+            "arc_up",
+            "1 while the alarm receiving centre answers over DC-09 (0 also when [dc09.arc] is not set)",
+        );
+        let arc_pending = gauge(
+            &mut registry,
+            "arc_pending",
+            "Verdicts stored for the alarm receiving centre and not yet acknowledged by it",
+        );
         let inferences = Counter::default();
         registry.register("detector_inferences", "Detector runs", inferences.clone());
         let inference_seconds = Counter::<f64, AtomicU64>::default();
@@ -136,6 +148,8 @@ impl Metrics {
             outbox_pending,
             outbox_parked,
             outbox_oldest,
+            arc_up,
+            arc_pending,
             inferences,
             inference_seconds,
             disagreements,
@@ -180,6 +194,8 @@ impl Metrics {
         self.outbox_pending.set(now.outbox_pending as i64);
         self.outbox_parked.set(now.outbox_parked as i64);
         self.outbox_oldest.set(now.outbox_oldest_s.unwrap_or(0.0));
+        self.arc_up.set(i64::from(now.arc.as_ref().is_some_and(|a| a.up)));
+        self.arc_pending.set(now.arc.as_ref().map_or(0, |a| a.pending as i64));
         let (count, seconds) = now.inference_totals;
         self.inferences.inc_by(count.saturating_sub(self.inferences.get()));
         self.inference_seconds

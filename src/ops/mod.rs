@@ -63,6 +63,21 @@ pub struct Components {
     /// Detector runs since start and their total seconds.
     #[serde(skip)]
     pub inference_totals: (u64, f64),
+    /// The DC-09 link to the alarm receiving centre, when `[dc09.arc]` is set.
+    pub arc: Option<ArcStatus>,
+}
+
+/// The DC-09 link to the alarm receiving centre as ops shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ArcStatus {
+    /// The last attempt was answered (ACK, NAK or DUH).
+    pub up: bool,
+    /// `host:port` of the receiver in use.
+    pub target: String,
+    pub last_ack: Option<String>,
+    pub error: Option<String>,
+    /// Verdicts stored for the ARC and not yet acknowledged by it.
+    pub pending: u64,
 }
 
 impl Components {
@@ -74,6 +89,14 @@ impl Components {
         }
         if self.cameras > 0 && self.cameras_online == 0 {
             problems.push("no camera is online: every alarm would be unverifiable".to_owned());
+        }
+        if let Some(arc) = self.arc.as_ref().filter(|a| !a.up && a.pending > 0) {
+            problems.push(format!(
+                "the alarm receiving centre ({}) is unreachable: {} verdicts wait for it{}",
+                arc.target,
+                arc.pending,
+                arc.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+            ));
         }
         problems
     }

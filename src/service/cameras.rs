@@ -19,7 +19,7 @@ use crate::delivery::publish::CameraState;
 use crate::ingest::camera::{Camera, StreamKind};
 use crate::ingest::health::StateBoard;
 use crate::intake::EventLink;
-use crate::ops::{CameraInfo, Components, SiteView};
+use crate::ops::{ArcStatus, CameraInfo, Components, SiteView};
 use crate::support::LOG_REMINDER;
 use crate::support::lock;
 
@@ -255,6 +255,16 @@ impl SiteView for ServiceSite {
                 .flatten()
                 .map(|t| (Utc::now() - t).as_seconds_f64().max(0.0)),
             inference_totals: shared.verifier.detector().inference_totals(),
+            arc: shared.arc.as_ref().map(|arc| {
+                let link = arc.state();
+                ArcStatus {
+                    up: link.up,
+                    target: link.target,
+                    last_ack: link.last_ack.map(crate::analysis::verdict::rfc3339),
+                    error: link.error,
+                    pending: arc.pending(),
+                }
+            }),
         }
     }
 }
