@@ -18,8 +18,8 @@ SOURCES_DIR="$FOOTAGE_DIR/sources"
 DEVSET_DIR="$FOOTAGE_DIR/devset"
 # Bumped whenever the footage or development-set recipe changes, so that existing copies are rebuilt.
 FOOTAGE_VERSION=4
-# Bumped whenever make-devset's clips change (2: far targets on wide views; 3: lost views and changes of light), so the set is rebuilt.
-DEVSET_VERSION=3
+# Bumped whenever make-devset's clips change (2: far targets on wide views; 3: lost views and changes of light; 4: snow, fog, cloud shadows), so the set is rebuilt.
+DEVSET_VERSION=4
 # Photographs for the development set, and where they come from.
 OPENCV_IMAGES=(messi5.jpg squirrel_cls.jpg)
 SKIMAGE_WHEEL="scikit-image==0.26.0"

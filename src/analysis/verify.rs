@@ -152,6 +152,7 @@ impl Verifier {
             stream: None,
             motion: Motion::default(),
             view: ViewCheck::default(),
+            lost_image: None,
             passes: Vec::new(),
             inferences: 0,
         }
@@ -244,6 +245,9 @@ pub struct Analysis {
     motion: Motion,
     /// What the camera could see in each analysed frame.
     view: ViewCheck,
+    /// The first frame whose view was lost (its index and image at evidence size): the evidence of
+    /// an alarm that is unverifiable for it.
+    lost_image: Option<(usize, RgbImage)>,
     /// Per analysed frame: the regions detected in, and for each detection the region it came from
     /// (None: the whole-frame pass).
     passes: Vec<(Vec<Region>, Vec<Option<usize>>)>,
@@ -269,6 +273,10 @@ impl FrameSink for Analysis {
         let policy = verifier.policy_for(&self.alarm.camera, self.view.is_night());
         if detections.iter().any(|d| policy.is_candidate(d, self.size)) {
             self.sampler.densify();
+        }
+        if self.lost_image.is_none() && self.view.last_is_lost() {
+            let fitted = evidence::fit(frame.image.clone(), self.verifier.evidence.max_size)?;
+            self.lost_image = Some((self.frames.len(), fitted.image));
         }
         self.keep_image(frame.image, frame.time, !detections.is_empty())?;
         self.passes.push((regions, origins));
@@ -439,6 +447,7 @@ impl Analysis {
         doc.inferences = self.inferences;
         doc.night = self.view.is_night();
         // Nobody seen is only "nobody there" if the camera could see: detections still win.
+        let mut lost_evidence = None;
         if decision.outcome == Outcome::FalseAlarm
             && let Some(lost) = self.view.lost(alarm.time - TimeDelta::seconds(1))
         {
@@ -451,12 +460,15 @@ impl Analysis {
                 doc.reason.push_str(note);
             }
             decision.reason = doc.reason.clone();
+            lost_evidence = self.lost_image.clone();
         }
         let verdict = doc.verdict;
         let evidence = decision.evidence_frame.and_then(|i| {
-            let (i, image, time) = match main_frame {
-                Some(main) => (i, main.image, main.time),
-                None => {
+            let (i, image, time) = match (lost_evidence, main_frame) {
+                // The lost view itself, so the operator sees what the camera saw.
+                (Some((lost, image)), _) => (lost, image, self.frames.get(lost)?.time),
+                (None, Some(main)) => (i, main.image, main.time),
+                (None, None) => {
                     let i = self.kept_image_near(i)?;
                     (i, self.images.get(i).cloned().flatten()?, self.frames.get(i)?.time)
                 }

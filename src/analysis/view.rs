@@ -180,6 +180,11 @@ impl ViewCheck {
         self.frames.push((stats, loss));
     }
 
+    /// Whether the newest frame's view is lost.
+    pub fn last_is_lost(&self) -> bool {
+        self.frames.last().is_some_and(|(_, loss)| loss.is_some())
+    }
+
     /// Whether any frame showed a fine view (one a loss could be measured against).
     pub fn saw_a_view(&self) -> bool {
         self.baseline.is_some()

@@ -259,8 +259,8 @@ pub fn build(sources: &Sources, out: &Path) -> Result<usize, DevsetError> {
 }
 
 /// Lost views (a covered lens, a torch, paint), labelled `unverifiable`, and the changes of light
-/// that must not pass for them (headlights, the IR switch, a night that is always dark, a
-/// flickering lamp), labelled `false_alarm`. A view lost after someone was seen stays `verified`.
+/// and weather that must not pass for them (headlights, the IR switch, a night that is always
+/// dark, a flickering lamp, snow at night, fog, a cloud's shadow), labelled `false_alarm`. A view lost after someone was seen stays `verified`.
 fn view_cases(plate: &RgbImage, walker: &RgbImage, out: &Path) -> Result<Vec<Entry>, DevsetError> {
     let mut entries = Vec::new();
     let mut add = |clip: &str, expected, note| entries.push(Entry::at_alarm(clip, expected, note));
@@ -337,7 +337,65 @@ fn view_cases(plate: &RgbImage, walker: &RgbImage, out: &Path) -> Result<Vec<Ent
         "false_alarm",
         "a failing lamp flickering over the empty site",
     );
+    write_clip(&out.join("snow_night.mp4"), |i| Ok(snow(&night, i)))?;
+    add(
+        "snow_night.mp4",
+        "false_alarm",
+        "snow falling at night, lit by the IR illuminator",
+    );
+    let fog = fog(plate);
+    write_clip(&out.join("fog.mp4"), |i| Ok(with_sensor_noise(&fog, i)))?;
+    add("fog.mp4", "false_alarm", "thick fog over the empty site");
+    write_clip(&out.join("cloud_shadows.mp4"), |i| Ok(cloud_shadow(plate, i)))?;
+    add(
+        "cloud_shadows.mp4",
+        "false_alarm",
+        "a cloud's shadow sweeping over the empty site",
+    );
     Ok(entries)
+}
+
+/// Snowflakes near an IR illuminator: bright soft discs of several sizes drifting down, new
+/// positions in every frame.
+fn snow(night: &RgbImage, i: u32) -> RgbImage {
+    let mut out = with_sensor_noise(night, i);
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..260 {
+        let (x0, y0) = (rng.f32() * W as f32, rng.f32() * H as f32);
+        let (size, speed, drift) = (1.5 + rng.f32() * 5.0, 6.0 + rng.f32() * 14.0, rng.f32() * 4.0 - 2.0);
+        let x = (x0 + drift * i as f32 + 20.0 * (i as f32 * 0.2 + x0).sin()).rem_euclid(W as f32);
+        let y = (y0 + speed * i as f32).rem_euclid(H as f32);
+        for dy in -(size as i32)..=size as i32 {
+            for dx in -(size as i32)..=size as i32 {
+                let d = ((dx * dx + dy * dy) as f32).sqrt() / size;
+                let (px, py) = (x as i32 + dx, y as i32 + dy);
+                if d < 1.0 && (0..W as i32).contains(&px) && (0..H as i32).contains(&py) {
+                    let p = out.get_pixel_mut(px as u32, py as u32);
+                    *p = Rgb(p.0.map(|c| (c as f32 + (1.0 - d) * 170.0).min(255.0) as u8));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Thick fog: the scene softened and washed towards a light grey.
+fn fog(plate: &RgbImage) -> RgbImage {
+    let small = imageops::resize(plate, W / 3, H / 3, imageops::FilterType::Triangle);
+    let soft = imageops::resize(&small, W, H, imageops::FilterType::Triangle);
+    blend(&soft, &RgbImage::from_pixel(W, H, Rgb([186, 188, 190])), 0.6)
+}
+
+/// A cloud's shadow: a large soft-edged darkening crossing the scene from left to right.
+fn cloud_shadow(plate: &RgbImage, i: u32) -> RgbImage {
+    let mut out = with_sensor_noise(plate, i);
+    let cx = -300.0 + i as f32 * 14.0;
+    for (x, y, p) in out.enumerate_pixels_mut() {
+        let d = (((x as f32 - cx) / 330.0).powi(2) + ((y as f32 - 260.0) / 260.0).powi(2)).sqrt();
+        let shade = 1.0 - 0.45 * (1.0 - (d - 0.6).clamp(0.0, 0.4) / 0.4);
+        *p = Rgb(p.0.map(|c| (c as f32 * shade) as u8));
+    }
+    out
 }
 
 /// A hand over the lens: dark, a little skin colour leaking in at one edge, no detail.
