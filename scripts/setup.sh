@@ -230,19 +230,22 @@ install_devset() {
   rm -rf "$DEVSET_DIR" && mv "$DEVSET_DIR.part" "$DEVSET_DIR"
 }
 
-# The Python modules the DC-09 tests talk to: pysiaalarm (a real SIA DC-09 receiver, standing in
-# for the alarm receiving centre), in a venv of its own beside ONNX Runtime.
+# The Python modules the tests talk to, in a venv of their own beside ONNX Runtime: pysiaalarm (a
+# real SIA DC-09 receiver, standing in for the alarm receiving centre) and aiosmtpd (a real mail
+# server, receiving the verdict mails).
 TEST_VENV="$ROOT/third_party/test-venv"
 PYSIAALARM_VERSION=3.2.2
+AIOSMTPD_VERSION=1.4.6
 install_test_python() {
-  if "$TEST_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('pysiaalarm') != '$PYSIAALARM_VERSION')" 2>/dev/null; then
-    log "test venv (pysiaalarm $PYSIAALARM_VERSION): present"; return
+  if "$TEST_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('pysiaalarm') != '$PYSIAALARM_VERSION' or m.version('aiosmtpd') != '$AIOSMTPD_VERSION')" 2>/dev/null; then
+    log "test venv (pysiaalarm $PYSIAALARM_VERSION, aiosmtpd $AIOSMTPD_VERSION): present"; return
   fi
-  log "test venv: installing pysiaalarm $PYSIAALARM_VERSION"
-  rm -rf "$TEST_VENV"
-  python3 -m venv "$TEST_VENV" \
-    || { as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; python3 -m venv "$TEST_VENV"; }
-  "$TEST_VENV/bin/python" -m pip install --quiet "pysiaalarm==$PYSIAALARM_VERSION"
+  log "test venv: installing pysiaalarm $PYSIAALARM_VERSION and aiosmtpd $AIOSMTPD_VERSION"
+  if [ ! -x "$TEST_VENV/bin/python" ]; then
+    python3 -m venv "$TEST_VENV" \
+      || { as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; python3 -m venv "$TEST_VENV"; }
+  fi
+  "$TEST_VENV/bin/python" -m pip install --quiet "pysiaalarm==$PYSIAALARM_VERSION" "aiosmtpd==$AIOSMTPD_VERSION"
 }
 
 install_system_packages

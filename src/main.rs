@@ -141,7 +141,46 @@ fn intakes(config: &Config) -> String {
     if onvif > 0 {
         on.push(format!("onvif ({onvif} of the cameras)"));
     }
+    if !config.dc09.listen.trim().is_empty() {
+        on.push(format!(
+            "dc09 {} ({} panels)",
+            config.dc09.listen,
+            config.dc09.panels.len()
+        ));
+    }
     on.join(", ")
+}
+
+/// Where verdicts go, for check-config.
+fn outputs(config: &Config) -> String {
+    let mut to = vec![format!("mqtt {}:{}", config.mqtt.host, config.mqtt.port)];
+    if let Some(arc) = &config.dc09.arc {
+        let backup = arc
+            .backup
+            .as_deref()
+            .map(|b| format!(", backup {b}"))
+            .unwrap_or_default();
+        let format = match arc.format {
+            alarm_verifier::config::ArcFormat::SiaDcs => "sia-dcs",
+            alarm_verifier::config::ArcFormat::AdmCid => "adm-cid",
+        };
+        let protocol = format!("{:?}", arc.protocol).to_lowercase();
+        to.push(format!(
+            "dc09 ARC {}:{} ({protocol}, {format}{backup})",
+            arc.host, arc.port
+        ));
+    }
+    let mail = &config.email_out;
+    if mail.enabled() {
+        to.push(format!(
+            "e-mail via {}:{} ({}) to {}",
+            mail.host,
+            mail.port(),
+            format!("{:?}", mail.tls).to_lowercase(),
+            mail.to.join(", ")
+        ));
+    }
+    to.join(", ")
 }
 
 fn main() -> ExitCode {
@@ -197,14 +236,21 @@ fn execute(command: Command) -> Result<()> {
             // The secrets of the doors that serve this box's network, as the service will read them.
             config.http.resolve_token()?;
             config.smtp.resolve_password()?;
+            alarm_verifier::config::resolve_secret(
+                &config.email_out.password,
+                &config.email_out.password_env,
+                "email_out.password_env",
+                "the mail password",
+            )?;
             let decoders = Decoders::choose(&config.clip.decoder).with_context(|| file.display().to_string())?;
             println!(
-                "{}: ok ({} cameras; decoders {} and {}; alarms from {}; model {}; ONNX Runtime {}; store {})",
+                "{}: ok ({} cameras; decoders {} and {}; alarms from {}; verdicts to {}; model {}; ONNX Runtime {}; store {})",
                 file.display(),
                 config.cameras.len(),
                 decoders.h264,
                 decoders.h265,
                 intakes(&config),
+                outputs(&config),
                 config.detector.model.display(),
                 config.detector.onnxruntime.display(),
                 config.store.path.display()

@@ -14,6 +14,7 @@ mod clip;
 mod dc09;
 mod delivery;
 mod detector;
+mod email_out;
 mod intake;
 mod mqtt;
 pub mod paths;
@@ -27,6 +28,7 @@ pub use dc09::{
 };
 pub use delivery::{EvidenceConfig, StoreConfig, VerdictConfig};
 pub use detector::{ChannelOrder, DetectorConfig, Layout, Optimization, Provider, ResizeMode};
+pub use email_out::{EmailOutConfig, EmailTls};
 pub use intake::{HttpConfig, OnvifConfig, SmtpConfig};
 pub use mqtt::MqttConfig;
 pub use paths::Install;
@@ -80,6 +82,8 @@ pub struct Config {
     pub smtp: SmtpConfig,
     #[serde(default)]
     pub dc09: Dc09Config,
+    #[serde(default)]
+    pub email_out: EmailOutConfig,
     #[serde(default, rename = "camera")]
     pub cameras: Vec<CameraConfig>,
 }
@@ -131,6 +135,7 @@ impl Config {
             http: HttpConfig::default(),
             smtp: SmtpConfig::default(),
             dc09: Dc09Config::default(),
+            email_out: EmailOutConfig::default(),
             cameras: Vec::new(),
         }
     }
@@ -328,6 +333,7 @@ impl Config {
         }
         self.validate_intake(origin)?;
         self.dc09.validate().map_err(|(k, e)| invalid(&k, e))?;
+        self.email_out.validate().map_err(|(k, e)| invalid(&k, e))?;
         let mut seen = HashSet::new();
         for (i, camera) in self.cameras.iter().enumerate() {
             check_topic_level(&camera.id).map_err(|e| invalid(&format!("camera[{i}].id"), e))?;

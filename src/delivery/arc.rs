@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::Notify;
@@ -27,8 +26,6 @@ use crate::support::lock;
 
 /// The longest `[I…]` text; longer reasons are cut.
 pub const ALARM_TEXT_MAX: usize = 64;
-/// A record id as one path segment of the link: what is not unreserved in a URL is escaped.
-const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 /// The zone sent when neither the alarm nor the camera names one.
 const NO_ZONE: &str = "000";
 /// The longest an answer frame may be.
@@ -138,7 +135,7 @@ impl ArcQueue {
         let link = format!(
             "{}/api/alarms/{}/clip.mp4",
             q.public_base,
-            utf8_percent_encode(&alarm.record_id, PATH_SEGMENT)
+            crate::support::ids::path_segment(&alarm.record_id)
         );
         let xdata = vec![
             format!("V{}", field_text(&link, 256)),

@@ -3,4 +3,5 @@
 
 pub mod arc;
 pub mod clips;
+pub mod mail;
 pub mod publish;

@@ -10,7 +10,6 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 
 use super::http::error;
@@ -24,14 +23,7 @@ use crate::store::records::{AlarmFilter, AlarmSummary, Feedback, Outcome};
 /// Alarms shown on the page.
 const RECENT: u32 = 50;
 
-/// What stays as it is when an id becomes a path segment: RFC 3986's unreserved characters. An
-/// id may hold a space, `?`, `%` or `&`, which would otherwise end or change the path.
-const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
-
-/// `id` as one percent-encoded path segment.
-fn segment(id: &str) -> String {
-    utf8_percent_encode(id, PATH_SEGMENT).to_string()
-}
+use crate::support::ids::path_segment as segment;
 
 pub fn routes(ops: Ops) -> Router {
     Router::new()

@@ -138,6 +138,11 @@ async fn deliver(shared: &Shared, alarm: &Alarm, mut finding: Finding) {
     if let Some(arc) = &shared.arc {
         off_runtime(|| arc.enqueue(alarm, finding.doc.verdict, &finding.doc.reason));
     }
+    if let Some(mail) = &shared.mail
+        && let Err(e) = off_runtime(|| mail.enqueue(&finding.doc, finding.evidence.as_deref()))
+    {
+        tracing::error!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "verdict mail not queued");
+    }
     let submitted = off_runtime(|| shared.outbox.submit(&finding.doc, finding.evidence.as_deref()));
     if let Err(e) = submitted {
         tracing::error!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "verdict not stored; publishing directly");

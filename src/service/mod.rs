@@ -34,6 +34,7 @@ use crate::analysis::verify::Verifier;
 use crate::analysis::workers::Workers;
 use crate::config::{Config, ConfigError};
 use crate::delivery::arc::ArcQueue;
+use crate::delivery::mail::MailOut;
 use crate::delivery::publish::{Outbox, Publisher};
 use crate::intake::{self, AlarmSink, EventLink, EventLinkState};
 use crate::mqtt::{self, Connection, LinkEvent, MqttError, Session, Topics};
@@ -101,6 +102,14 @@ struct Shared {
     waiting_ahead: Arc<Semaphore>,
     /// Verdicts for the alarm receiving centre over DC-09, when `[dc09.arc]` is set.
     arc: Option<ArcQueue>,
+    /// Verdicts by e-mail, when `[email_out]` is set.
+    mail: Option<MailOut>,
+}
+
+/// The outputs beside MQTT, each with a durable queue of its own.
+struct Outputs {
+    arc: Option<ArcQueue>,
+    mail: Option<MailOut>,
 }
 
 /// The outbox's delivery task and how to stop it.
@@ -131,7 +140,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (redundancy, mut links) = Redundancy::connect(&config.mqtt, &topics, &box_id, group, &camera_ids)?;
     let outbox = start_outbox(&config, &topics, &box_id, &store)?;
     let publisher = Publisher::new(main.client.clone(), topics.clone());
-    let arc = ArcQueue::new(&config, store.clone())?;
+    let outputs = Outputs {
+        arc: ArcQueue::new(&config, store.clone())?,
+        mail: MailOut::new(&config, store.clone())?,
+    };
     let shared = share(
         &config,
         detector,
@@ -140,13 +152,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         publisher.clone(),
         redundancy,
         &outbox,
-        arc,
+        outputs,
     );
     let housekeeping = start_housekeeping(&config, &shared);
     let sink: Arc<dyn AlarmSink> = Arc::new(ServiceSink(shared.clone()));
     if let Some(arc) = &shared.arc {
         // Stored events outlive the process: what is not ACKed at shutdown goes after the restart.
         tokio::spawn(arc.clone().deliver(sink.clone()));
+    }
+    if let Some(mail) = &shared.mail {
+        // Stored mails outlive the process too.
+        tokio::spawn(mail.clone().deliver(sink.clone()));
     }
     let stop_intake = CancellationToken::new();
     let redundancy_tasks = shared
@@ -268,7 +284,7 @@ fn share(
     publisher: Publisher,
     redundancy: Redundancy,
     outbox: &OutboxRun,
-    arc: Option<ArcQueue>,
+    outputs: Outputs,
 ) -> Arc<Shared> {
     let cameras = Cameras::start(config);
     let verifier = Arc::new(Verifier::new(Arc::new(detector), config, decoders));
@@ -293,7 +309,8 @@ fn share(
         mqtt_connected: AtomicBool::new(false),
         max_clip_bytes: config.store.max_clips_mb.saturating_mul(1024 * 1024),
         waiting_ahead: Arc::new(Semaphore::new(accept::MAX_WAITING_AHEAD)),
-        arc,
+        arc: outputs.arc,
+        mail: outputs.mail,
     })
 }
 

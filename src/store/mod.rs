@@ -20,6 +20,7 @@ use crate::intake::alarm::Alarm;
 use crate::support::lock;
 
 pub mod arc;
+pub mod mail;
 pub mod parked;
 pub mod records;
 

@@ -7,6 +7,17 @@
 //! MQTT topic separators and wildcards `/ + #`; and not `.` or `..`, which a browser or a file
 //! path resolves as a step rather than a name.
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+/// What stays as it is when an id becomes a path segment: RFC 3986's unreserved characters. An
+/// id may hold a space, `?`, `%` or `&`, which would otherwise end or change the path.
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
+/// `id` as one percent-encoded path segment of a link.
+pub fn path_segment(id: &str) -> String {
+    utf8_percent_encode(id, PATH_SEGMENT).to_string()
+}
+
 /// The longest id, in bytes (UTF-8). Far below MQTT's 65,535-byte topic limit, with room for the
 /// prefix and the record suffix.
 pub const MAX_ID_BYTES: usize = 128;
