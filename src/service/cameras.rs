@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use super::Shared;
-use crate::analysis::clip::{self as video, Flow, Frame, FrameSink};
+use super::{Shared, streams};
+use crate::analysis::clip::{self as video, FirstFrame};
 use crate::analysis::evidence::{self, Annotations};
 use crate::config::{Config, EvidenceConfig, PolicyConfig};
 use crate::delivery::publish::CameraState;
@@ -38,18 +39,23 @@ pub(super) struct Cameras {
     /// Recent camera snapshots: a console refreshed by several people decodes each camera once
     /// per `SNAPSHOT_FRESH`, not once per viewer.
     snapshots: Mutex<HashMap<String, (std::time::Instant, Vec<u8>)>>,
+    /// Stops the finders of cameras whose streams are found through ONVIF.
+    finders: CancellationToken,
 }
 
 impl Cameras {
-    /// Starts every camera's pipeline.
+    /// Starts every camera's pipeline, and the finders of streams to be found through ONVIF.
     pub(super) fn start(config: &Config) -> Self {
         let board = Arc::new(StateBoard::default());
         let buffer = Duration::from_secs_f64(config.clip.buffer_s);
+        let finders = CancellationToken::new();
         let pipelines = config
             .cameras
             .iter()
-            .map(|c| {
+            .enumerate()
+            .map(|(i, c)| {
                 let camera = Camera::start(c, buffer, config.clip.ring_byte_cap(), board.clone());
+                streams::start_finder(c, i, camera.addresses(), finders.clone());
                 (c.id.clone(), camera)
             })
             .collect();
@@ -65,6 +71,7 @@ impl Cameras {
             policies,
             evidence: config.evidence.clone(),
             snapshots: Mutex::new(HashMap::new()),
+            finders,
         }
     }
 
@@ -120,6 +127,7 @@ impl Cameras {
 
     /// Stops every camera pipeline; those that do not stop by the bound are left to the process's end.
     pub(super) async fn stop(&self, bound: Instant) {
+        self.finders.cancel();
         for camera in self.pipelines.values() {
             camera.stop();
         }
@@ -267,19 +275,6 @@ impl ServiceSite {
             footer: "snapshot: zones and masks outlined".into(),
         };
         evidence::render(&scaled, &notes, &cameras.evidence).map_err(|e| e.to_string())
-    }
-}
-
-/// Takes the first decoded frame.
-struct FirstFrame(Option<Frame>);
-
-impl FrameSink for FirstFrame {
-    fn wants(&mut self, _time: chrono::DateTime<Utc>) -> bool {
-        self.0.is_none()
-    }
-    fn frame(&mut self, frame: Frame) -> Result<Flow, video::SinkError> {
-        self.0 = Some(frame);
-        Ok(Flow::Stop)
     }
 }
 

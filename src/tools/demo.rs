@@ -474,8 +474,11 @@ pub fn site_config(broker_port: u16, server: &RtspCameraServer, cameras: &[&str]
         .iter()
         .map(|id| CameraConfig {
             id: (*id).to_owned(),
-            url: server.url(id),
+            url: Some(server.url(id)),
             detect_url: None,
+            rtsp_username: String::new(),
+            rtsp_password: Default::default(),
+            rtsp_password_env: String::new(),
             transport: RtspTransport::Auto,
             stall_timeout_s: 10.0,
             email_match: None,
