@@ -1,6 +1,7 @@
 //! Cameras set up by their ONVIF address alone: the whole service (mosquitto, the model, the
 //! binary) asks the ONVIF camera double (tests/common/onvif_camera.rs) for its media profiles and
-//! stream URIs, and ingests the streams they point at, served by gst-rtsp-server in this process.
+//! stream URIs, and ingests the streams they point at, served by gst-rtsp-server in this process;
+//! and `alarm-verifier probe` against the same double.
 
 mod common;
 
@@ -212,4 +213,91 @@ async fn discovery_follows_the_streams_to_their_new_uris_after_a_reboot() {
     );
     assert!(double.counters().get_profiles > asked_before, "{:?}", double.counters());
     assert_no_password(&state, &site);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_prints_both_profiles_and_saves_a_snapshot_that_decodes() {
+    let (main_file, sub_file) = (storm("people-1080.mp4"), storm("people-360.mp4"));
+    let server = RtspCameraServer::start(&[("main", main_file.as_path()), ("sub", sub_file.as_path())]).expect("rtsp");
+    let double = OnvifCamera::start(CameraOptions::default()).await;
+    double.set_profiles(main_and_sub(&server.url("main"), &server.url("sub")));
+    let dir = tempfile::tempdir().expect("dir");
+    let snapshot = dir.path().join("snapshot.jpg");
+    let password = CameraOptions::default().password;
+    let command = |json: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_alarm-verifier"));
+        command
+            .args([
+                "probe",
+                "--onvif",
+                &double.url(),
+                "--username",
+                "admin",
+                "--password-env",
+                "CAMERA_PASSWORD",
+            ])
+            .args(["--seconds", "3", "--snapshot"])
+            .arg(&snapshot)
+            .env("CAMERA_PASSWORD", &password)
+            .env("RUST_LOG", "warn");
+        if json {
+            command.arg("--json");
+        }
+        command
+    };
+    // The table as a technician reads it, for the README's sample.
+    let mut table = command(false);
+    let printed = tokio::task::spawn_blocking(move || table.output())
+        .await
+        .expect("join")
+        .expect("probe runs");
+    let table = String::from_utf8_lossy(&printed.stdout).into_owned();
+    println!("{table}");
+    assert!(
+        table.contains("Profile_1") && table.contains("Profile_2") && table.contains("[camera.onvif]"),
+        "{table}"
+    );
+    let mut json = command(true);
+    let started = Instant::now();
+    let output = tokio::task::spawn_blocking(move || json.output())
+        .await
+        .expect("join")
+        .expect("probe runs");
+    println!("probe took {} ms", started.elapsed().as_millis());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains(&password) && !stderr.contains(&password),
+        "the password shows:\n{stdout}"
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
+    let profiles = report["onvif"]["profiles"].as_array().expect("profiles");
+    let sizes: Vec<(u64, u64)> = profiles
+        .iter()
+        .map(|p| (p["width"].as_u64().unwrap_or(0), p["height"].as_u64().unwrap_or(0)))
+        .collect();
+    assert_eq!(sizes, [(1920, 1080), (640, 360)], "{report:#}");
+    assert_eq!(report["onvif"]["main_profile"], "Profile_1", "{report:#}");
+    assert_eq!(report["onvif"]["detect_profile"], "Profile_2", "{report:#}");
+    assert_eq!(report["onvif"]["motion_events"], true, "{report:#}");
+    let offset = report["onvif"]["clock_offset_s"].as_f64().unwrap_or(0.0);
+    assert!(
+        (offset - 3600.0).abs() < 5.0,
+        "the double's clock runs an hour ahead: {offset}"
+    );
+    assert_eq!(report["stream"]["tcp"]["works"], true, "{report:#}");
+    assert_eq!(report["stream"]["udp"]["works"], true, "{report:#}");
+    assert_eq!(report["stream"]["resolution"], "1920x1080", "{report:#}");
+    assert!(report["stream"]["fps"].as_f64().is_some_and(|f| f > 5.0), "{report:#}");
+    assert!(
+        report["camera_block"]
+            .as_str()
+            .is_some_and(|b| b.contains("[camera.onvif]")),
+        "{report:#}"
+    );
+    let jpeg = std::fs::read(&snapshot).expect("snapshot written");
+    let image = image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg).expect("a JPEG");
+    assert_eq!((image.width(), image.height()), (1920, 1080));
+    println!("{report:#}");
 }

@@ -747,6 +747,7 @@ async fn answer(shared: &Arc<Shared>, path: &str, request: &Request) -> Reply {
         (TRT, _) => format!("{TRT}/{name}"),
         (TEV, "CreatePullPointSubscription") => format!("{TEV}/EventPortType/CreatePullPointSubscriptionRequest"),
         (TEV, "PullMessages") => format!("{TEV}/PullPointSubscription/PullMessagesRequest"),
+        (TEV, "GetEventProperties") => format!("{TEV}/EventPortType/GetEventPropertiesRequest"),
         (WSNT, "Renew" | "Unsubscribe") => {
             format!("http://docs.oasis-open.org/wsn/bw-2/SubscriptionManager/{name}Request")
         }
@@ -795,6 +796,7 @@ async fn answer(shared: &Arc<Shared>, path: &str, request: &Request) -> Reply {
         (DEVICE_PATH, "GetCapabilities") => capabilities(shared, request),
         (DEVICE_PATH, "GetServices") => services(shared),
         (EVENTS_PATH, "CreatePullPointSubscription") => create_subscription(shared, request),
+        (EVENTS_PATH, "GetEventProperties") => event_properties(),
         (MEDIA_PATH, "GetProfiles") => profiles(shared),
         (MEDIA_PATH, "GetStreamUri") => stream_uri(shared, request),
         _ => not_supported(name),
@@ -881,6 +883,25 @@ fn capabilities(shared: &Shared, request: &Request) -> Reply {
         "<tds:GetCapabilitiesResponse><tds:Capabilities>{capabilities}</tds:Capabilities></tds:GetCapabilitiesResponse>"
     );
     Reply::ok(&format!("{TDS}/GetCapabilitiesResponse"), &body)
+}
+
+/// GetEventProperties (Event Service): the topic set, with the cell motion detector's topic.
+fn event_properties() -> Reply {
+    let body = "<tev:GetEventPropertiesResponse>\
+        <tev:TopicNamespaceLocation>http://www.onvif.org/onvif/ver10/topics/topicns.xml</tev:TopicNamespaceLocation>\
+        <wsnt:FixedTopicSet>true</wsnt:FixedTopicSet>\
+        <wstop:TopicSet xmlns:wstop=\"http://docs.oasis-open.org/wsn/t-1\"><tns1:RuleEngine wstop:topic=\"false\">\
+        <CellMotionDetector wstop:topic=\"false\"><Motion wstop:topic=\"true\">\
+        <tt:MessageDescription IsProperty=\"true\"><tt:Source>\
+        <tt:SimpleItemDescription Name=\"VideoSourceConfigurationToken\" Type=\"tt:ReferenceToken\"/>\
+        <tt:SimpleItemDescription Name=\"Rule\" Type=\"xs:string\"/></tt:Source>\
+        <tt:Data><tt:SimpleItemDescription Name=\"IsMotion\" Type=\"xs:boolean\"/></tt:Data>\
+        </tt:MessageDescription></Motion></CellMotionDetector></tns1:RuleEngine></wstop:TopicSet>\
+        <wsnt:TopicExpressionDialect>http://www.onvif.org/ver10/tev/topicExpression/ConcreteSet</wsnt:TopicExpressionDialect>\
+        <tev:MessageContentFilterDialect>http://www.onvif.org/ver10/tev/messageContentFilter/ItemFilter</tev:MessageContentFilterDialect>\
+        <tev:MessageContentSchemaLocation>http://www.onvif.org/onvif/ver10/schema/onvif.xsd</tev:MessageContentSchemaLocation>\
+        </tev:GetEventPropertiesResponse>";
+    Reply::ok(&format!("{TEV}/EventPortType/GetEventPropertiesResponse"), body)
 }
 
 /// GetProfiles (Media ver10): each profile with its video encoder configuration.

@@ -175,7 +175,9 @@ impl Operation {
             Self::Unsubscribe => "http://docs.oasis-open.org/wsn/bw-2/SubscriptionManager/UnsubscribeRequest",
             Self::GetProfiles => "http://www.onvif.org/ver10/media/wsdl/GetProfiles",
             Self::GetStreamUri => "http://www.onvif.org/ver10/media/wsdl/GetStreamUri",
-            Self::GetEventProperties => "http://www.onvif.org/ver10/events/wsdl/EventPortType/GetEventPropertiesRequest",
+            Self::GetEventProperties => {
+                "http://www.onvif.org/ver10/events/wsdl/EventPortType/GetEventPropertiesRequest"
+            }
         }
     }
 
