@@ -216,6 +216,27 @@ async fn discovery_follows_the_streams_to_their_new_uris_after_a_reboot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_with_media2_only_is_found_through_media2() {
+    let file = storm("empty-360.mp4");
+    let server = RtspCameraServer::start(&[("h264/main", file.as_path()), ("h264/sub", file.as_path())]).expect("rtsp");
+    let double = OnvifCamera::start(CameraOptions::default()).await;
+    double.media2_only();
+    double.set_profiles(main_and_sub(&server.url("h264/main"), &server.url("h264/sub")));
+    let mut site = OnvifSite::start(&double).await;
+    let state = site
+        .state("both streams found through Media2 online", |s| {
+            both_online_on(s, "/h264/main", "/h264/sub")
+        })
+        .await;
+    assert_eq!(
+        state["found"], "onvif profile \"Profile_1Stream\" 1920x1080 H264",
+        "{state}"
+    );
+    assert!(double.counters().get_profiles >= 1, "{:?}", double.counters());
+    assert_no_password(&state, &site);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_prints_both_profiles_and_saves_a_snapshot_that_decodes() {
     let (main_file, sub_file) = (storm("people-1080.mp4"), storm("people-360.mp4"));
     let server = RtspCameraServer::start(&[("main", main_file.as_path()), ("sub", sub_file.as_path())]).expect("rtsp");

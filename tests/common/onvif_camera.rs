@@ -40,6 +40,7 @@ const WSNT: &str = "http://docs.oasis-open.org/wsn/b-2";
 const TDS: &str = "http://www.onvif.org/ver10/device/wsdl";
 const TEV: &str = "http://www.onvif.org/ver10/events/wsdl";
 const TRT: &str = "http://www.onvif.org/ver10/media/wsdl";
+const TR2: &str = "http://www.onvif.org/ver20/media/wsdl";
 const TT: &str = "http://www.onvif.org/ver10/schema";
 const WSSE: &str = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd";
 const WSU: &str = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd";
@@ -50,12 +51,13 @@ const NAMESPACES: &str = concat!(
     r#"xmlns:wsnt="http://docs.oasis-open.org/wsn/b-2" xmlns:tev="http://www.onvif.org/ver10/events/wsdl" "#,
     r#"xmlns:tds="http://www.onvif.org/ver10/device/wsdl" xmlns:tt="http://www.onvif.org/ver10/schema" "#,
     r#"xmlns:tns1="http://www.onvif.org/ver10/topics" xmlns:ter="http://www.onvif.org/ver10/error" "#,
-    r#"xmlns:wsrf-rw="http://docs.oasis-open.org/wsrf/rw-2" xmlns:trt="http://www.onvif.org/ver10/media/wsdl""#
+    r#"xmlns:wsrf-rw="http://docs.oasis-open.org/wsrf/rw-2" xmlns:trt="http://www.onvif.org/ver10/media/wsdl" xmlns:tr2="http://www.onvif.org/ver20/media/wsdl""#
 );
 const DEVICE_PATH: &str = "/onvif/device_service";
 const EVENTS_PATH: &str = "/onvif/events";
 const SUBSCRIPTION_PATH: &str = "/onvif/subscription/";
 const MEDIA_PATH: &str = "/onvif/media_service";
+const MEDIA2_PATH: &str = "/onvif/media2_service";
 
 /// A media profile: a video encoder configuration and where its stream is.
 #[derive(Debug, Clone)]
@@ -169,6 +171,8 @@ struct CameraState {
     misbehaviour: Option<(String, Misbehaviour)>,
     no_capabilities: bool,
     profiles: Vec<MediaProfile>,
+    /// Only Media2 (ver20): no Media ver10 in GetCapabilities or GetServices.
+    media2_only: bool,
 }
 
 struct Shared {
@@ -262,6 +266,11 @@ impl OnvifCamera {
     /// The media profiles GetProfiles and GetStreamUri tell from now on.
     pub fn set_profiles(&self, profiles: Vec<MediaProfile>) {
         lock(&self.shared.state).profiles = profiles;
+    }
+
+    /// The camera offers its media only through Media2 (ver20), as some newer cameras do.
+    pub fn media2_only(&self) {
+        lock(&self.shared.state).media2_only = true;
     }
 
     /// Every subscription's termination time passes now, as if it had not been renewed.
@@ -745,6 +754,7 @@ async fn answer(shared: &Arc<Shared>, path: &str, request: &Request) -> Reply {
     let expected_action = match (ns, name) {
         (TDS, _) => format!("{TDS}/{name}"),
         (TRT, _) => format!("{TRT}/{name}"),
+        (TR2, _) => format!("{TR2}/{name}"),
         (TEV, "CreatePullPointSubscription") => format!("{TEV}/EventPortType/CreatePullPointSubscriptionRequest"),
         (TEV, "PullMessages") => format!("{TEV}/PullPointSubscription/PullMessagesRequest"),
         (TEV, "GetEventProperties") => format!("{TEV}/EventPortType/GetEventPropertiesRequest"),
@@ -799,6 +809,8 @@ async fn answer(shared: &Arc<Shared>, path: &str, request: &Request) -> Reply {
         (EVENTS_PATH, "GetEventProperties") => event_properties(),
         (MEDIA_PATH, "GetProfiles") => profiles(shared),
         (MEDIA_PATH, "GetStreamUri") => stream_uri(shared, request),
+        (MEDIA2_PATH, "GetProfiles") => profiles2(shared),
+        (MEDIA2_PATH, "GetStreamUri") => stream_uri2(shared, request),
         _ => not_supported(name),
     }
 }
@@ -864,7 +876,7 @@ fn capabilities(shared: &Shared, request: &Request) -> Reply {
             shared.events_address(EVENTS_PATH)
         ));
     }
-    if wants("Media") {
+    if wants("Media") && !lock(&shared.state).media2_only {
         capabilities.push_str(&format!(
             "<tt:Media><tt:XAddr>{}</tt:XAddr><tt:StreamingCapabilities><tt:RTPMulticast>false</tt:RTPMulticast>\
              <tt:RTP_TCP>true</tt:RTP_TCP><tt:RTP_RTSP_TCP>true</tt:RTP_RTSP_TCP></tt:StreamingCapabilities></tt:Media>",
@@ -906,18 +918,20 @@ fn event_properties() -> Reply {
 
 /// GetProfiles (Media ver10): each profile with its video encoder configuration.
 fn profiles(shared: &Shared) -> Reply {
-    let profiles = {
-        let mut state = lock(&shared.state);
-        state.counters.get_profiles += 1;
-        state.profiles.clone()
-    };
-    let escape = |text: &str| quick_xml::escape::escape(text).into_owned();
-    let listed: String = profiles
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            format!(
-                "<trt:Profiles token=\"{token}\" fixed=\"true\"><tt:Name>{name}</tt:Name>\
+    let listed = listed_profiles(shared, PROFILE_VER10);
+    let body = format!("<trt:GetProfilesResponse>{listed}</trt:GetProfilesResponse>");
+    Reply::ok(&format!("{TRT}/GetProfilesResponse"), &body)
+}
+
+/// GetProfiles (Media2): each profile with its `tr2:VideoEncoder` configuration.
+fn profiles2(shared: &Shared) -> Reply {
+    let listed = listed_profiles(shared, PROFILE_VER20);
+    let body = format!("<tr2:GetProfilesResponse>{listed}</tr2:GetProfilesResponse>");
+    Reply::ok(&format!("{TR2}/GetProfilesResponse"), &body)
+}
+
+/// A Media (ver10) `trt:Profiles`; `{name}`s are filled in by [`listed_profiles`].
+const PROFILE_VER10: &str = "<trt:Profiles token=\"{token}\" fixed=\"true\"><tt:Name>{name}</tt:Name>\
                  <tt:VideoSourceConfiguration token=\"VideoSourceToken\"><tt:Name>VideoSourceConfig</tt:Name>\
                  <tt:UseCount>{count}</tt:UseCount><tt:SourceToken>VideoSource_1</tt:SourceToken>\
                  <tt:Bounds x=\"0\" y=\"0\" width=\"1920\" height=\"1080\"/></tt:VideoSourceConfiguration>\
@@ -929,22 +943,90 @@ fn profiles(shared: &Shared) -> Reply {
                  <tt:H264Profile>Main</tt:H264Profile></tt:H264><tt:Multicast><tt:Address><tt:Type>IPv4</tt:Type>\
                  <tt:IPv4Address>0.0.0.0</tt:IPv4Address></tt:Address><tt:Port>0</tt:Port><tt:TTL>5</tt:TTL>\
                  <tt:AutoStart>false</tt:AutoStart></tt:Multicast><tt:SessionTimeout>PT60S</tt:SessionTimeout>\
-                 </tt:VideoEncoderConfiguration></trt:Profiles>",
-                token = escape(&p.token),
-                name = escape(&p.name),
-                count = profiles.len(),
-                n = i + 1,
-                encoding = escape(&p.encoding),
-                width = p.width,
-                height = p.height,
-                fps = p.fps,
-                bitrate = p.bitrate_kbps,
-                gov = p.fps * 2,
-            )
+                 </tt:VideoEncoderConfiguration></trt:Profiles>";
+
+/// A Media2 `tr2:Profiles`.
+const PROFILE_VER20: &str = "<tr2:Profiles token=\"{token}\" fixed=\"true\"><tr2:Name>{name}</tr2:Name><tr2:Configurations>\
+                 <tr2:VideoEncoder token=\"VideoEncoder_{n}\" GovLength=\"{gov}\" Profile=\"Main\">\
+                 <tt:Name>VideoEncoder_{n}</tt:Name><tt:UseCount>1</tt:UseCount><tt:Encoding>{encoding}</tt:Encoding>\
+                 <tt:Resolution><tt:Width>{width}</tt:Width><tt:Height>{height}</tt:Height></tt:Resolution>\
+                 <tt:RateControl ConstantBitRate=\"false\"><tt:FrameRateLimit>{fps}</tt:FrameRateLimit>\
+                 <tt:BitrateLimit>{bitrate}</tt:BitrateLimit></tt:RateControl><tt:Quality>5</tt:Quality>\
+                 </tr2:VideoEncoder></tr2:Configurations></tr2:Profiles>";
+
+/// Every profile written by `template`, counting the GetProfiles that asked.
+fn listed_profiles(shared: &Shared, template: &str) -> String {
+    let profiles = {
+        let mut state = lock(&shared.state);
+        state.counters.get_profiles += 1;
+        state.profiles.clone()
+    };
+    let escape = |text: &str| quick_xml::escape::escape(text).into_owned();
+    profiles
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            [
+                ("{token}", escape(&p.token)),
+                ("{name}", escape(&p.name)),
+                ("{encoding}", escape(&p.encoding)),
+                ("{count}", profiles.len().to_string()),
+                ("{n}", (i + 1).to_string()),
+                ("{width}", p.width.to_string()),
+                ("{height}", p.height.to_string()),
+                ("{fps}", p.fps.to_string()),
+                ("{bitrate}", p.bitrate_kbps.to_string()),
+                ("{gov}", (p.fps * 2).to_string()),
+            ]
+            .iter()
+            .fold(template.to_owned(), |text, (key, value)| text.replace(key, value))
         })
-        .collect();
-    let body = format!("<trt:GetProfilesResponse>{listed}</trt:GetProfilesResponse>");
-    Reply::ok(&format!("{TRT}/GetProfilesResponse"), &body)
+        .collect()
+}
+
+/// The URI of the profile `token`, or the fault a camera answers for an unknown one.
+fn uri_of(shared: &Shared, token: &str) -> Result<String, Reply> {
+    let uri = lock(&shared.state)
+        .profiles
+        .iter()
+        .find(|p| p.token == token)
+        .map(|p| p.uri.clone());
+    uri.ok_or_else(|| {
+        Reply::fault(
+            StatusCode::BAD_REQUEST,
+            "Sender",
+            "ter:InvalidArgVal/ter:NoProfile",
+            &format!("no profile {token:?}"),
+        )
+    })
+}
+
+fn invalid_setup(detail: &str) -> Reply {
+    Reply::fault(
+        StatusCode::BAD_REQUEST,
+        "Sender",
+        "ter:InvalidArgVal/ter:InvalidStreamSetup",
+        detail,
+    )
+}
+
+/// GetStreamUri (Media2): `RtspUnicast` only.
+fn stream_uri2(shared: &Shared, request: &Request) -> Reply {
+    lock(&shared.state).counters.get_stream_uris += 1;
+    let protocol = request.argument(TR2, "Protocol").unwrap_or_default();
+    if protocol != "RtspUnicast" {
+        return invalid_setup(&format!("protocol {protocol:?} is not offered"));
+    }
+    let token = request.argument(TR2, "ProfileToken").unwrap_or_default();
+    let uri = match uri_of(shared, &token) {
+        Ok(uri) => uri,
+        Err(fault) => return fault,
+    };
+    let body = format!(
+        "<tr2:GetStreamUriResponse><tr2:Uri>{}</tr2:Uri></tr2:GetStreamUriResponse>",
+        quick_xml::escape::escape(uri.as_str())
+    );
+    Reply::ok(&format!("{TR2}/GetStreamUriResponse"), &body)
 }
 
 /// GetStreamUri (Media ver10): RTP-Unicast over RTSP only, as the double's streams are.
@@ -961,26 +1043,12 @@ fn stream_uri(shared: &Shared, request: &Request) -> Reply {
         .and_then(|t| request.child(t, TT, "Protocol"))
         .map(|n| n.text.trim());
     if stream != Some("RTP-Unicast") || !matches!(protocol, Some("RTSP" | "UDP" | "TCP")) {
-        return Reply::fault(
-            StatusCode::BAD_REQUEST,
-            "Sender",
-            "ter:InvalidArgVal/ter:InvalidStreamSetup",
-            &format!("stream {stream:?} over {protocol:?} is not offered"),
-        );
+        return invalid_setup(&format!("stream {stream:?} over {protocol:?} is not offered"));
     }
     let token = request.argument(TRT, "ProfileToken").unwrap_or_default();
-    let uri = lock(&shared.state)
-        .profiles
-        .iter()
-        .find(|p| p.token == token)
-        .map(|p| p.uri.clone());
-    let Some(uri) = uri else {
-        return Reply::fault(
-            StatusCode::BAD_REQUEST,
-            "Sender",
-            "ter:InvalidArgVal/ter:NoProfile",
-            &format!("no profile {token:?}"),
-        );
+    let uri = match uri_of(shared, &token) {
+        Ok(uri) => uri,
+        Err(fault) => return fault,
     };
     let body = format!(
         "<trt:GetStreamUriResponse><trt:MediaUri><tt:Uri>{}</tt:Uri><tt:InvalidAfterConnect>false</tt:InvalidAfterConnect>\
@@ -1004,7 +1072,11 @@ fn services(shared: &Shared) -> Reply {
         "<tds:GetServicesResponse>{}{}{}</tds:GetServicesResponse>",
         service(TDS, DEVICE_PATH),
         service(TEV, EVENTS_PATH),
-        service(TRT, MEDIA_PATH)
+        if lock(&shared.state).media2_only {
+            service(TR2, MEDIA2_PATH)
+        } else {
+            service(TRT, MEDIA_PATH)
+        }
     );
     Reply::ok(&format!("{TDS}/GetServicesResponse"), &body)
 }

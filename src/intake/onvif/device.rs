@@ -19,6 +19,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) enum Service {
     Events,
     Media,
+    /// Media2 (ver20), listed by GetServices only.
+    Media2,
 }
 
 impl Service {
@@ -26,7 +28,7 @@ impl Service {
     pub(super) fn category(self) -> &'static str {
         match self {
             Self::Events => "Events",
-            Self::Media => "Media",
+            Self::Media | Self::Media2 => "Media",
         }
     }
 
@@ -35,6 +37,7 @@ impl Service {
         match self {
             Self::Events => ns::TEV,
             Self::Media => ns::TRT,
+            Self::Media2 => ns::TR2,
         }
     }
 
@@ -42,6 +45,7 @@ impl Service {
         match self {
             Self::Events => "event",
             Self::Media => "media",
+            Self::Media2 => "media2",
         }
     }
 }
@@ -107,6 +111,9 @@ impl Device {
 
     /// A service's address: GetCapabilities (its category), else GetServices.
     pub(super) async fn service(&self, service: Service, clock: &CameraClock) -> Result<String, OnvifError> {
+        if service == Service::Media2 {
+            return self.ask_services(service, clock).await;
+        }
         let first = match self.ask_capabilities(service, clock).await {
             Ok(url) => return Ok(url),
             Err(e) if e.is_final() => return Err(e),
@@ -161,6 +168,7 @@ fn service_address_name(service: Service, from_services: bool) -> &'static str {
         (Service::Events, true) => "the event service address (tds:XAddr)",
         (Service::Media, false) => "the media service address (tt:XAddr)",
         (Service::Media, true) => "the media service address (tds:XAddr)",
+        (Service::Media2, _) => "the media2 service address (tds:XAddr)",
     }
 }
 

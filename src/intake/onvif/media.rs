@@ -1,6 +1,7 @@
 //! A camera's streams from its ONVIF media service (Media, ver10): the media service's address
 //! (GetCapabilities or GetServices), the profiles (GetProfiles) and each video profile's RTSP URI
 //! (GetStreamUri, RTP-Unicast over RTSP), with the same WS-Security credentials as the events;
+//! for cameras without Media ver10, the same through Media2 (ver20, `RtspUnicast`);
 //! and, for `probe`, whether the event service offers a motion topic (GetEventProperties).
 //!
 //! Everything in the replies is the camera's word: at most [`MAX_PROFILES`] profiles are asked
@@ -89,10 +90,10 @@ pub async fn find_streams(
 ) -> Result<MediaReport, MediaError> {
     let device = Device::new(camera.to_owned(), config, password).map_err(MediaError)?;
     let clock = device.clock().await.map_err(MediaError)?;
-    let media_url = device.service(Service::Media, &clock).await.map_err(MediaError)?;
-    let mut profiles = get_profiles(&device, &media_url, &clock).await.map_err(MediaError)?;
+    let version = media_version(&device, &clock).await.map_err(MediaError)?;
+    let mut profiles = get_profiles(&device, &version, &clock).await.map_err(MediaError)?;
     for profile in &mut profiles {
-        profile.uri = get_stream_uri(&device, &media_url, &clock, &profile.token)
+        profile.uri = get_stream_uri(&device, &version, &clock, &profile.token)
             .await
             .map_err(MediaError)?;
     }
@@ -149,55 +150,141 @@ pub fn with_credentials(uri: &str, username: &str, password: &Secret) -> Option<
     Some(url.to_string())
 }
 
-async fn get_profiles(device: &Device, media_url: &str, clock: &CameraClock) -> Result<Vec<StreamProfile>, OnvifError> {
-    let op = Operation::GetProfiles;
-    let reply = device.call(op, media_url, clock, "<trt:GetProfiles/>").await?;
-    parse_profiles(&reply.payload)
+/// The media service the camera offers, at its address.
+enum MediaVersion {
+    Ver10(String),
+    Ver20(String),
+}
+
+/// Media ver10 where the camera has it, else Media2 (ver20).
+async fn media_version(device: &Device, clock: &CameraClock) -> Result<MediaVersion, OnvifError> {
+    match device.service(Service::Media, clock).await {
+        Ok(url) => Ok(MediaVersion::Ver10(url)),
+        Err(first @ OnvifError::NoService { .. }) => match device.service(Service::Media2, clock).await {
+            Ok(url) => Ok(MediaVersion::Ver20(url)),
+            Err(e) if e.is_final() => Err(e),
+            Err(second) => Err(OnvifError::NoService {
+                service: "media or media2",
+                detail: format!("{first}; {second}"),
+            }),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+async fn get_profiles(
+    device: &Device,
+    version: &MediaVersion,
+    clock: &CameraClock,
+) -> Result<Vec<StreamProfile>, OnvifError> {
+    match version {
+        MediaVersion::Ver10(url) => {
+            let reply = device
+                .call(Operation::GetProfiles, url, clock, "<trt:GetProfiles/>")
+                .await?;
+            parse_profiles(&reply.payload)
+        }
+        MediaVersion::Ver20(url) => {
+            let body = "<tr2:GetProfiles><tr2:Type>VideoEncoder</tr2:Type></tr2:GetProfiles>";
+            let reply = device.call(Operation::GetProfiles2, url, clock, body).await?;
+            parse_profiles2(&reply.payload)
+        }
+    }
 }
 
 async fn get_stream_uri(
     device: &Device,
-    media_url: &str,
+    version: &MediaVersion,
     clock: &CameraClock,
     token: &str,
 ) -> Result<String, OnvifError> {
-    let op = Operation::GetStreamUri;
-    let body = format!(
-        "<trt:GetStreamUri><trt:StreamSetup><tt:Stream>RTP-Unicast</tt:Stream><tt:Transport>\
-         <tt:Protocol>RTSP</tt:Protocol></tt:Transport></trt:StreamSetup><trt:ProfileToken>{}</trt:ProfileToken>\
-         </trt:GetStreamUri>",
-        quick_xml::escape::escape(token)
-    );
-    let reply = device.call(op, media_url, clock, &body).await?;
-    let uri = parse_stream_uri(&reply.payload)?;
-    device.hosts.check(op, "the stream URI (tt:Uri)", &uri)?;
+    let token = quick_xml::escape::escape(token);
+    let (op, url, body) = match version {
+        MediaVersion::Ver10(url) => (
+            Operation::GetStreamUri,
+            url,
+            format!(
+                "<trt:GetStreamUri><trt:StreamSetup><tt:Stream>RTP-Unicast</tt:Stream><tt:Transport>\
+                 <tt:Protocol>RTSP</tt:Protocol></tt:Transport></trt:StreamSetup><trt:ProfileToken>{token}</trt:ProfileToken>\
+                 </trt:GetStreamUri>"
+            ),
+        ),
+        MediaVersion::Ver20(url) => (
+            Operation::GetStreamUri2,
+            url,
+            format!(
+                "<tr2:GetStreamUri><tr2:Protocol>RtspUnicast</tr2:Protocol><tr2:ProfileToken>{token}</tr2:ProfileToken>\
+                 </tr2:GetStreamUri>"
+            ),
+        ),
+    };
+    let reply = device.call(op, url, clock, &body).await?;
+    let uri = parse_stream_uri(op, &reply.payload)?;
+    device.hosts.check(op, "the stream URI", &uri)?;
     Ok(uri)
 }
 
-/// The video profiles of a GetProfilesResponse (those with a video encoder configuration that
-/// reads), at most [`MAX_PROFILES`]; their URIs are still to be asked for.
+/// The video profiles of a Media GetProfilesResponse (those with a video encoder configuration
+/// that reads), at most [`MAX_PROFILES`]; their URIs are still to be asked for.
 fn parse_profiles(payload: &Element) -> Result<Vec<StreamProfile>, OnvifError> {
-    let op = Operation::GetProfiles;
-    if !payload.is(ns::TRT, "GetProfilesResponse") {
-        return Err(OnvifError::missing(op, "trt:GetProfilesResponse"));
+    let read = |profile: &Element| {
+        let encoder = profile.child(ns::TT, "VideoEncoderConfiguration")?;
+        let gov = encoder
+            .path(&[(ns::TT, "H264"), (ns::TT, "GovLength")])
+            .map(Element::text);
+        parse_profile(profile, encoder, profile.child(ns::TT, "Name"), gov)
+    };
+    collect_profiles(Operation::GetProfiles, payload, ns::TRT, "trt", read)
+}
+
+/// A Media2 GetProfilesResponse: `tr2:Profiles` with `tr2:Configurations/tr2:VideoEncoder`.
+fn parse_profiles2(payload: &Element) -> Result<Vec<StreamProfile>, OnvifError> {
+    let read = |profile: &Element| {
+        let encoder = profile.path(&[(ns::TR2, "Configurations"), (ns::TR2, "VideoEncoder")])?;
+        parse_profile(
+            profile,
+            encoder,
+            profile.child(ns::TR2, "Name"),
+            encoder.attr("GovLength"),
+        )
+    };
+    collect_profiles(Operation::GetProfiles2, payload, ns::TR2, "tr2", read)
+}
+
+/// The profiles of a GetProfilesResponse of namespace `media` (`prefix` in messages), each read
+/// by `read`: at most [`MAX_PROFILES`], and at least one.
+fn collect_profiles(
+    op: Operation,
+    payload: &Element,
+    media: &str,
+    prefix: &str,
+    read: impl Fn(&Element) -> Option<StreamProfile>,
+) -> Result<Vec<StreamProfile>, OnvifError> {
+    if !payload.is(media, "GetProfilesResponse") {
+        return Err(OnvifError::missing(op, format!("{prefix}:GetProfilesResponse")));
     }
     let profiles: Vec<StreamProfile> = payload
-        .children_named(ns::TRT, "Profiles")
-        .filter_map(parse_profile)
+        .children_named(media, "Profiles")
+        .filter_map(read)
         .take(MAX_PROFILES)
         .collect();
     if profiles.is_empty() {
         return Err(OnvifError::missing(
             op,
-            "trt:Profiles with a tt:VideoEncoderConfiguration (encoding and resolution)",
+            format!("{prefix}:Profiles with a video encoder configuration (encoding and resolution)"),
         ));
     }
     Ok(profiles)
 }
 
-fn parse_profile(profile: &Element) -> Option<StreamProfile> {
+/// A profile from its video encoder configuration, whose `tt` elements both versions share.
+fn parse_profile(
+    profile: &Element,
+    encoder: &Element,
+    name: Option<&Element>,
+    gov_length: Option<&str>,
+) -> Option<StreamProfile> {
     let token = profile.attr("token").filter(|t| !t.is_empty())?.to_owned();
-    let encoder = profile.child(ns::TT, "VideoEncoderConfiguration")?;
     let number = |steps: &[(&str, &str)]| encoder.path(steps).and_then(|e| e.text().parse::<u32>().ok());
     let width = number(&[(ns::TT, "Resolution"), (ns::TT, "Width")]).filter(|w| *w > 0)?;
     let height = number(&[(ns::TT, "Resolution"), (ns::TT, "Height")]).filter(|h| *h > 0)?;
@@ -207,33 +294,33 @@ fn parse_profile(profile: &Element) -> Option<StreamProfile> {
         .and_then(|e| e.text().parse::<f64>().ok())
         .filter(|f| f.is_finite() && *f > 0.0);
     Some(StreamProfile {
-        name: profile
-            .child(ns::TT, "Name")
-            .map_or_else(|| token.clone(), |n| n.text().to_owned()),
+        name: name.map_or_else(|| token.clone(), |n| n.text().to_owned()),
         token,
         encoding,
         width,
         height,
         fps,
         bitrate_kbps: number(&[(ns::TT, "RateControl"), (ns::TT, "BitrateLimit")]),
-        gov_length: number(&[(ns::TT, "H264"), (ns::TT, "GovLength")]),
+        gov_length: gov_length.and_then(|g| g.trim().parse().ok()),
         uri: String::new(),
     })
 }
 
-fn parse_stream_uri(payload: &Element) -> Result<String, OnvifError> {
-    let op = Operation::GetStreamUri;
-    let uri = payload
-        .path(&[(ns::TRT, "MediaUri"), (ns::TT, "Uri")])
-        .ok_or_else(|| OnvifError::missing(op, "trt:MediaUri/tt:Uri"))?
-        .text();
+/// The URI of a GetStreamUriResponse: `trt:MediaUri/tt:Uri` (Media), `tr2:Uri` (Media2).
+fn parse_stream_uri(op: Operation, payload: &Element) -> Result<String, OnvifError> {
+    let (path, what): (&[(&str, &str)], &str) = if op == Operation::GetStreamUri2 {
+        (&[(ns::TR2, "Uri")], "tr2:Uri")
+    } else {
+        (&[(ns::TRT, "MediaUri"), (ns::TT, "Uri")], "trt:MediaUri/tt:Uri")
+    };
+    let uri = payload.path(path).ok_or_else(|| OnvifError::missing(op, what))?.text();
     let rtsp = uri.len() <= MAX_URI_CHARS
         && url::Url::parse(uri)
             .is_ok_and(|u| matches!(u.scheme(), "rtsp" | "rtsps") && u.host_str().is_some_and(|h| !h.is_empty()));
     if !rtsp {
         return Err(OnvifError::missing(
             op,
-            format!("rtsp:// URL in tt:Uri (got {:?})", excerpt(uri)),
+            format!("rtsp:// URL in {what} (got {:?})", excerpt(uri)),
         ));
     }
     Ok(uri.to_owned())
@@ -314,9 +401,12 @@ mod tests {
             )
         };
         assert_eq!(
-            parse_stream_uri(&body_of(&reply(
-                "rtsp://10.0.0.5:554/Streaming/Channels/101?transportmode=unicast&amp;profile=Profile_1"
-            )))
+            parse_stream_uri(
+                Operation::GetStreamUri,
+                &body_of(&reply(
+                    "rtsp://10.0.0.5:554/Streaming/Channels/101?transportmode=unicast&amp;profile=Profile_1"
+                ))
+            )
             .ok()
             .as_deref(),
             Some("rtsp://10.0.0.5:554/Streaming/Channels/101?transportmode=unicast&profile=Profile_1")
@@ -328,8 +418,39 @@ mod tests {
             "",
             &format!("rtsp://h/{}", "a".repeat(3000)),
         ] {
-            assert!(parse_stream_uri(&body_of(&reply(bad))).is_err(), "{bad}");
+            assert!(
+                parse_stream_uri(Operation::GetStreamUri, &body_of(&reply(bad))).is_err(),
+                "{bad}"
+            );
         }
+    }
+
+    #[test]
+    fn media2_profiles_and_uris_are_read_too() {
+        let profiles = r#"<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" xmlns:tt="http://www.onvif.org/ver10/schema" xmlns:tr2="http://www.onvif.org/ver20/media/wsdl"><s:Body>
+<tr2:GetProfilesResponse><tr2:Profiles token="Profile_1" fixed="true"><tr2:Name>main</tr2:Name><tr2:Configurations>
+<tr2:VideoEncoder token="VE_1" GovLength="50" Profile="Main"><tt:Name>VE_1</tt:Name><tt:UseCount>1</tt:UseCount>
+<tt:Encoding>H265</tt:Encoding><tt:Resolution><tt:Width>2560</tt:Width><tt:Height>1440</tt:Height></tt:Resolution>
+<tt:RateControl ConstantBitRate="false"><tt:FrameRateLimit>20</tt:FrameRateLimit><tt:BitrateLimit>6144</tt:BitrateLimit></tt:RateControl>
+<tt:Quality>5</tt:Quality></tr2:VideoEncoder></tr2:Configurations></tr2:Profiles>
+<tr2:Profiles token="Profile_9"><tr2:Name>no video</tr2:Name></tr2:Profiles>
+</tr2:GetProfilesResponse></s:Body></s:Envelope>"#;
+        let read = parse_profiles2(&body_of(profiles)).expect("profiles");
+        assert_eq!(read.len(), 1, "{read:?}");
+        assert_eq!(read[0].describe(), "onvif profile \"main\" 2560x1440 H265");
+        assert_eq!(
+            (read[0].fps, read[0].bitrate_kbps, read[0].gov_length),
+            (Some(20.0), Some(6144), Some(50))
+        );
+        assert!(read[0].is_h26x());
+        let uri = r#"<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" xmlns:tr2="http://www.onvif.org/ver20/media/wsdl"><s:Body><tr2:GetStreamUriResponse><tr2:Uri>rtsp://10.0.0.5/h265/ch1</tr2:Uri></tr2:GetStreamUriResponse></s:Body></s:Envelope>"#;
+        assert_eq!(
+            parse_stream_uri(Operation::GetStreamUri2, &body_of(uri))
+                .ok()
+                .as_deref(),
+            Some("rtsp://10.0.0.5/h265/ch1")
+        );
+        assert!(parse_stream_uri(Operation::GetStreamUri, &body_of(uri)).is_err());
     }
 
     #[test]

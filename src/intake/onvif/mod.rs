@@ -45,6 +45,7 @@ mod ns {
     pub const TDS: &str = "http://www.onvif.org/ver10/device/wsdl";
     pub const TEV: &str = "http://www.onvif.org/ver10/events/wsdl";
     pub const TRT: &str = "http://www.onvif.org/ver10/media/wsdl";
+    pub const TR2: &str = "http://www.onvif.org/ver20/media/wsdl";
     pub const TT: &str = "http://www.onvif.org/ver10/schema";
     pub const TOPICS: &str = "http://www.onvif.org/ver10/topics";
     pub const TER: &str = "http://www.onvif.org/ver10/error";
@@ -143,6 +144,9 @@ enum Operation {
     GetProfiles,
     GetStreamUri,
     GetEventProperties,
+    /// Media2's GetProfiles and GetStreamUri.
+    GetProfiles2,
+    GetStreamUri2,
 }
 
 impl Operation {
@@ -158,6 +162,8 @@ impl Operation {
             Self::GetProfiles => "GetProfiles",
             Self::GetStreamUri => "GetStreamUri",
             Self::GetEventProperties => "GetEventProperties",
+            Self::GetProfiles2 => "GetProfiles (Media2)",
+            Self::GetStreamUri2 => "GetStreamUri (Media2)",
         }
     }
 
@@ -178,6 +184,8 @@ impl Operation {
             Self::GetEventProperties => {
                 "http://www.onvif.org/ver10/events/wsdl/EventPortType/GetEventPropertiesRequest"
             }
+            Self::GetProfiles2 => "http://www.onvif.org/ver20/media/wsdl/GetProfiles",
+            Self::GetStreamUri2 => "http://www.onvif.org/ver20/media/wsdl/GetStreamUri",
         }
     }
 
