@@ -322,3 +322,26 @@ async fn probe_prints_both_profiles_and_saves_a_snapshot_that_decodes() {
     assert_eq!((image.width(), image.height()), (1920, 1080));
     println!("{report:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_uri_on_another_host_is_refused_and_the_state_says_why() {
+    let double = OnvifCamera::start(CameraOptions::default()).await;
+    // The device is configured as 127.0.0.1; a URI naming another host would get the credentials.
+    double.set_profiles(main_and_sub("rtsp://localhost:554/main", "rtsp://localhost:554/sub"));
+    let mut site = OnvifSite::start(&double).await;
+    let state = site
+        .state("the refused stream URI", |s| {
+            s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("refused the stream URI"))
+        })
+        .await;
+    let error = state["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("ONVIF stream discovery failed: GetStreamUri: refused the stream URI")
+            && error.contains("allow_other_hosts"),
+        "{state}"
+    );
+    assert_eq!(state["state"], "offline", "{state}");
+    assert_no_password(&state, &site);
+}
