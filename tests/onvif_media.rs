@@ -345,3 +345,39 @@ async fn a_stream_uri_on_another_host_is_refused_and_the_state_says_why() {
     assert_eq!(state["state"], "offline", "{state}");
     assert_no_password(&state, &site);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_of_an_rtsp_url_that_refuses_tcp_suggests_udp() {
+    let file = storm("empty-360.mp4");
+    let server = RtspCameraServer::start_udp_only(&[("cam", file.as_path())]).expect("rtsp");
+    let url = server.url("cam").replace("rtsp://", "rtsp://admin:Secret-9@");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_alarm-verifier"));
+    command
+        .args(["probe", &url, "--seconds", "2", "--json"])
+        .env("RUST_LOG", "warn");
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("probe runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!stdout.contains("Secret-9"), "the password shows: {stdout}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
+    assert_eq!(report["stream"]["tcp"]["works"], false, "{report:#}");
+    assert!(
+        report["stream"]["tcp"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("461")),
+        "{report:#}"
+    );
+    assert_eq!(report["stream"]["udp"]["works"], true, "{report:#}");
+    let block = report["camera_block"].as_str().unwrap_or_default();
+    assert!(
+        block.contains("transport = \"udp\"") && block.contains("admin:***@"),
+        "{block}"
+    );
+}
