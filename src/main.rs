@@ -13,10 +13,10 @@ use clap::{Parser, Subcommand};
 use alarm_verifier::analysis::clip::Decoders;
 use alarm_verifier::analysis::detect::Detector;
 use alarm_verifier::analysis::verify::Verifier;
-use alarm_verifier::config::Config;
+use alarm_verifier::config::{Config, Secret};
 use alarm_verifier::service;
 use alarm_verifier::support::gst as gst_support;
-use alarm_verifier::tools::{demo, storm};
+use alarm_verifier::tools::{demo, probe, storm};
 
 /// Video alarm verification: takes the clip around an alarm, runs a person/vehicle detector and
 /// tells the monitoring centre whether the alarm is real.
@@ -117,6 +117,30 @@ enum Command {
         images: PathBuf,
         #[arg(long, default_value = "testdata/devset")]
         out: PathBuf,
+    },
+    /// Probe a camera before adding it: by its ONVIF address (profiles, stream URIs, clock, motion
+    /// events) and/or an RTSP URL (TCP and UDP, frame rate, GOP, a snapshot); prints the
+    /// `[[camera]]` block to paste.
+    Probe {
+        /// An RTSP URL to probe (credentials in it); with --onvif it replaces the found main stream.
+        rtsp_url: Option<String>,
+        /// The ONVIF device service, e.g. http://10.0.0.5/onvif/device_service.
+        #[arg(long)]
+        onvif: Option<String>,
+        #[arg(long, default_value = "")]
+        username: String,
+        /// The environment variable holding the ONVIF password.
+        #[arg(long)]
+        password_env: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Save a snapshot JPEG of the main stream here.
+        #[arg(long)]
+        snapshot: Option<PathBuf>,
+        /// Seconds to watch the stream for its frame rate and GOP.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
     },
     /// Serve MP4 (H.264) files as RTSP cameras on 127.0.0.1, to try a config without a real camera.
     ServeRtsp {
@@ -271,6 +295,44 @@ fn execute(command: Command) -> Result<()> {
             evidence.as_deref(),
         ),
         Command::ServeRtsp { mounts, port } => serve_rtsp(&mounts, port),
+        Command::Probe {
+            rtsp_url,
+            onvif,
+            username,
+            password_env,
+            json,
+            snapshot,
+            seconds,
+        } => {
+            anyhow::ensure!(
+                rtsp_url.is_some() || onvif.is_some(),
+                "probe: give an RTSP URL, or --onvif with the camera's device service URL"
+            );
+            let password = match &password_env {
+                Some(var) => {
+                    Some(Secret::new(std::env::var(var).with_context(|| {
+                        format!("--password-env: the variable {var} is not set")
+                    })?))
+                }
+                None => None,
+            };
+            let request = probe::ProbeRequest {
+                onvif,
+                rtsp: rtsp_url,
+                username,
+                password,
+                password_env,
+                snapshot,
+                measure: Duration::try_from_secs_f64(seconds.clamp(1.0, 60.0)).unwrap_or(Duration::from_secs(5)),
+            };
+            let report = runtime()?.block_on(probe::probe(request))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(())
+        }
         Command::ExportEval { config, since, out_dir } => {
             let config = Config::load(&config)?;
             let store = alarm_verifier::store::Store::open(&config.store.path)?;

@@ -53,6 +53,20 @@ pub struct Frame {
     pub time: DateTime<Utc>,
 }
 
+/// A sink that takes the first decoded frame and stops: a snapshot.
+#[derive(Default)]
+pub struct FirstFrame(pub Option<Frame>);
+
+impl FrameSink for FirstFrame {
+    fn wants(&mut self, _time: DateTime<Utc>) -> bool {
+        self.0.is_none()
+    }
+    fn frame(&mut self, frame: Frame) -> Result<Flow, SinkError> {
+        self.0 = Some(frame);
+        Ok(Flow::Stop)
+    }
+}
+
 /// Whether decoding goes on after a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {

@@ -2,17 +2,30 @@
 
 use serde::Deserialize;
 
-use super::{CameraDc09, OnvifConfig, PolicyOverride};
+use super::secret::{Secret, resolve_secret};
+use super::{CameraDc09, ConfigError, OnvifConfig, PolicyOverride};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CameraConfig {
     pub id: String,
-    /// The main stream: evidence images and clips come from it.
-    pub url: String,
+    /// The main stream: evidence images and clips come from it. Without it, the camera's ONVIF
+    /// media service (`[camera.onvif]`) is asked for its profiles and the largest one is used.
+    #[serde(default)]
+    pub url: Option<String>,
     /// The camera's substream (e.g. 640x360), analysed instead of the main stream when set.
+    /// Without it and without `url`, the smallest H.264/H.265 ONVIF profile at least 320 px wide.
     #[serde(default)]
     pub detect_url: Option<String>,
+    /// The RTSP user put into stream URLs found through ONVIF; empty: the ONVIF user.
+    #[serde(default)]
+    pub rtsp_username: String,
+    /// The RTSP password for those URLs; prefer `rtsp_password_env`. Empty (and no env): the
+    /// ONVIF password.
+    #[serde(default)]
+    pub rtsp_password: Secret,
+    #[serde(default)]
+    pub rtsp_password_env: String,
     /// RTSP lower transport: `auto` (default: TCP, falling back to UDP when the camera refuses TCP
     /// or sends nothing over it), `tcp` (survives lossy links) or `udp`.
     #[serde(default)]
@@ -36,6 +49,33 @@ pub struct CameraConfig {
     /// This camera's changes to the site policy.
     #[serde(default)]
     pub policy: PolicyOverride,
+}
+
+impl CameraConfig {
+    /// Whether the streams' addresses are to be found through ONVIF (no `url`, an ONVIF table).
+    pub fn discovers_streams(&self) -> bool {
+        self.url.is_none() && self.onvif.is_some()
+    }
+
+    /// The user and password that go into stream URLs found through ONVIF: `rtsp_username` and
+    /// `rtsp_password(_env)` when given, else the ONVIF ones. `camera_key` names keys in errors.
+    pub fn rtsp_credentials(&self, camera_key: &str) -> Result<Option<(String, Secret)>, ConfigError> {
+        let own = resolve_secret(
+            &self.rtsp_password,
+            &self.rtsp_password_env,
+            &format!("{camera_key}.rtsp_password_env"),
+            "the camera's RTSP password",
+        )?;
+        if !self.rtsp_username.is_empty() || own.is_some() {
+            return Ok(Some((self.rtsp_username.clone(), own.unwrap_or_default())));
+        }
+        let Some(onvif) = &self.onvif else { return Ok(None) };
+        if onvif.username.is_empty() {
+            return Ok(None);
+        }
+        let password = onvif.resolve_password(camera_key)?.unwrap_or_default();
+        Ok(Some((onvif.username.clone(), password)))
+    }
 }
 
 fn default_stall_timeout() -> f64 {

@@ -343,7 +343,18 @@ impl Config {
                     format!("expected a unique camera id, {:?} is used twice", camera.id),
                 ));
             }
-            check_rtsp_url(&camera.url).map_err(|e| invalid(&format!("camera[{i}].url"), e))?;
+            match (&camera.url, &camera.onvif) {
+                (Some(url), _) => check_rtsp_url(url).map_err(|e| invalid(&format!("camera[{i}].url"), e))?,
+                (None, Some(_)) => {}
+                (None, None) => {
+                    return Err(invalid(
+                        &format!("camera[{i}].url"),
+                        "expected an rtsp:// URL, or a [camera.onvif] table to find the streams through".into(),
+                    ));
+                }
+            }
+            let key = format!("camera[{i}].rtsp_password");
+            check_one_source(&camera.rtsp_password, &camera.rtsp_password_env, &key).map_err(|e| invalid(&key, e))?;
             if let Some(detect_url) = &camera.detect_url {
                 check_rtsp_url(detect_url).map_err(|e| invalid(&format!("camera[{i}].detect_url"), e))?;
             }
@@ -519,6 +530,39 @@ model = "models/yolox_nano.onnx"
 id = "gate"
 url = "rtsp://user:pass@10.0.0.5:554/stream1"
 "#;
+
+    #[test]
+    fn a_camera_without_url_needs_onvif_and_rtsp_credentials_come_from_one_place() {
+        let no_url = MINIMAL.replace("url = \"rtsp://user:pass@10.0.0.5:554/stream1\"\n", "");
+        let err = Config::parse(&no_url, "site.toml").unwrap_err().to_string();
+        assert!(err.contains("camera[0].url") && err.contains("[camera.onvif]"), "{err}");
+        let onvif = format!(
+            "{no_url}rtsp_username = \"viewer\"\nrtsp_password = \"pw\"\n[camera.onvif]\nurl = \"http://10.0.0.5/onvif/device_service\"\n\
+             username = \"admin\"\npassword = \"onvif-pw\"\n"
+        );
+        let c = Config::parse(&onvif, "site.toml").expect("valid");
+        assert!(c.cameras[0].discovers_streams());
+        let (user, password) = c.cameras[0]
+            .rtsp_credentials("camera[0]")
+            .ok()
+            .flatten()
+            .expect("credentials");
+        assert_eq!((user.as_str(), password.expose()), ("viewer", "pw"));
+        let onvif_only = onvif.replace("rtsp_username = \"viewer\"\nrtsp_password = \"pw\"\n", "");
+        let c = Config::parse(&onvif_only, "site.toml").expect("valid");
+        let (user, password) = c.cameras[0]
+            .rtsp_credentials("camera[0]")
+            .ok()
+            .flatten()
+            .expect("credentials");
+        assert_eq!((user.as_str(), password.expose()), ("admin", "onvif-pw"));
+        let both = onvif.replace(
+            "rtsp_password = \"pw\"\n",
+            "rtsp_password = \"pw\"\nrtsp_password_env = \"X\"\n",
+        );
+        let err = Config::parse(&both, "site.toml").unwrap_err().to_string();
+        assert!(err.contains("camera[0].rtsp_password"), "{err}");
+    }
 
     #[test]
     fn minimal_config_parses_with_defaults() {

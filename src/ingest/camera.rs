@@ -6,11 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::health::{CameraHealth, LinkState, RateMeter, StateBoard, StreamHealth};
+use super::locate::{FAILURES_BEFORE_REDISCOVERY, Located, StreamAddresses};
 use super::pipeline;
 use super::ring::{AccessUnit, Cursor, EncodedSlice, ReadError, Ring};
 use super::rtsp;
 use super::transport::{FIRST_VIDEO_OVER_TCP, Lower, TransportChoice};
-use crate::config::{CameraConfig, redact_url};
+use crate::config::CameraConfig;
 use crate::support::gst::{self as gst_support, GstError, describe_bus_message};
 use crate::support::{Backoff, OutageLog, OutageNote, lock};
 use chrono::{DateTime, Utc};
@@ -19,6 +20,8 @@ use gstreamer::prelude::*;
 
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(10);
+/// How often a stream without an address (discovery pending or failed) looks again.
+const LOCATE_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CameraError {
@@ -66,6 +69,7 @@ struct Shared {
     detect: Option<StreamShared>,
     stop: AtomicBool,
     board: Arc<StateBoard>,
+    addresses: Arc<StreamAddresses>,
 }
 
 impl Shared {
@@ -80,8 +84,13 @@ impl Shared {
         CameraHealth {
             camera: self.id.clone(),
             main: lock(&self.main.health).clone(),
-            detect: self.detect.as_ref().map(|d| lock(&d.health).clone()),
+            detect: self.detect_stream().map(|d| lock(&d.health).clone()),
         }
+    }
+
+    /// The detect stream, when the camera has one with an address now.
+    fn detect_stream(&self) -> Option<&StreamShared> {
+        self.detect.as_ref().filter(|_| self.addresses.has(StreamKind::Detect))
     }
 
     fn report(&self) {
@@ -98,30 +107,38 @@ pub struct Camera {
 
 impl Camera {
     /// Starts ingesting `config`'s streams, each into a ring of `buffer` in at most
-    /// `max_ring_bytes`; health changes are marked on `board`.
+    /// `max_ring_bytes`; health changes are marked on `board`. Streams whose address is to be
+    /// found wait for it (see [`Camera::addresses`]).
     pub fn start(config: &CameraConfig, buffer: Duration, max_ring_bytes: usize, board: Arc<StateBoard>) -> Self {
-        let stream = |url: &str| StreamShared {
+        let addresses = StreamAddresses::new(config, board.clone());
+        let stream = |kind: StreamKind| StreamShared {
             ring: Mutex::new(Ring::new(buffer, max_ring_bytes)),
-            health: Mutex::new(StreamHealth::connecting(redact_url(url))),
+            health: Mutex::new(StreamHealth::connecting(
+                addresses.current(kind).map(|l| l.shown()).unwrap_or_default(),
+            )),
         };
         let shared = Arc::new(Shared {
             id: config.id.clone(),
-            main: stream(&config.url),
-            detect: config.detect_url.as_deref().map(stream),
+            main: stream(StreamKind::Main),
+            detect: addresses
+                .may_have(StreamKind::Detect)
+                .then(|| stream(StreamKind::Detect)),
             stop: AtomicBool::new(false),
             board,
+            addresses,
         });
-        let mut streams = vec![(StreamKind::Main, config.url.clone())];
-        if let Some(url) = &config.detect_url {
-            streams.push((StreamKind::Detect, url.clone()));
+        let mut streams = vec![StreamKind::Main];
+        if shared.detect.is_some() {
+            streams.push(StreamKind::Detect);
         }
         let threads = streams
             .into_iter()
-            .filter_map(|(kind, url)| {
+            .filter_map(|kind| {
                 let worker = Ingest {
                     shared: shared.clone(),
                     kind,
-                    url,
+                    located: None,
+                    failures_in_a_row: 0,
                     transport: TransportChoice::new(config.transport),
                     stall_timeout_s: config.stall_timeout_s,
                 };
@@ -144,7 +161,12 @@ impl Camera {
     }
 
     pub fn has_detect_stream(&self) -> bool {
-        self.shared.detect.is_some()
+        self.shared.detect_stream().is_some()
+    }
+
+    /// Where the camera's streams are; a finder hands in those it finds there.
+    pub fn addresses(&self) -> Arc<StreamAddresses> {
+        self.shared.addresses.clone()
     }
 
     /// Why the camera cannot be analysed now: its main stream is offline.
@@ -238,7 +260,10 @@ impl Drop for Camera {
 struct Ingest {
     shared: Arc<Shared>,
     kind: StreamKind,
-    url: String,
+    /// The address of the last session; None before the first.
+    located: Option<Located>,
+    /// Sessions in a row that ended without video, for asking the camera again.
+    failures_in_a_row: u32,
     transport: TransportChoice,
     stall_timeout_s: f64,
 }
@@ -266,6 +291,10 @@ impl Ingest {
         let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
         let mut outage = OutageLog::default();
         while !self.stopping() {
+            if !self.locate() {
+                self.sleep(LOCATE_RETRY);
+                continue;
+            }
             let started = std::time::Instant::now();
             let lower = self.transport.next();
             self.show_transport();
@@ -280,8 +309,10 @@ impl Ingest {
                         // It had come back (logged when its video arrived): this is a new outage.
                         outage.recovered();
                         self.transport.worked(lower);
+                        self.failures_in_a_row = 0;
                     } else {
                         self.fall_back_if_refused(lower, tcp_refusal);
+                        self.count_failure();
                     }
                     self.log_failure(&mut outage, &reason);
                     self.set_offline(&reason);
@@ -296,6 +327,50 @@ impl Ingest {
             self.sleep(backoff.next_delay());
         }
         self.set_offline("stopped");
+    }
+
+    /// Takes the stream's address now; false (and the stream offline, saying why) when there is
+    /// none yet. A new address is shown in the state and starts the failure count again.
+    fn locate(&mut self) -> bool {
+        match self.shared.addresses.current(self.kind) {
+            Ok(located) => {
+                if self.located.as_ref() != Some(&located) {
+                    self.show_address(&located);
+                    self.located = Some(located);
+                    self.failures_in_a_row = 0;
+                }
+                true
+            }
+            Err(why) => {
+                self.set_offline(&why);
+                false
+            }
+        }
+    }
+
+    fn show_address(&self, located: &Located) {
+        if let Some(found) = &located.found {
+            tracing::info!(camera = %self.shared.id, stream = self.kind.name(), url = %located.shown(), found = %found, "stream address found");
+        }
+        let mut health = lock(&self.stream().health);
+        health.url = located.shown();
+        health.found = located.found.clone();
+        drop(health);
+        self.shared.report();
+    }
+
+    /// A session ended without video; after a few in a row the camera is asked for its streams
+    /// again (when they were found there).
+    fn count_failure(&mut self) {
+        self.failures_in_a_row += 1;
+        if self.failures_in_a_row >= FAILURES_BEFORE_REDISCOVERY {
+            self.failures_in_a_row = 0;
+            self.shared.addresses.keeps_failing(self.kind);
+        }
+    }
+
+    fn url(&self) -> &str {
+        self.located.as_ref().map_or("", |l| l.url.as_str())
     }
 
     /// Under `auto`, a camera that refused TCP is tried over UDP next, and the change is logged.
@@ -330,7 +405,7 @@ impl Ingest {
         tracing::debug!(camera = %camera, stream, %reason, "camera stream attempt failed");
         match outage.failed() {
             OutageNote::Down => {
-                tracing::warn!(camera = %camera, stream, url = %redact_url(&self.url), reason = short_reason(reason), "camera stream offline; reconnecting")
+                tracing::warn!(camera = %camera, stream, url = %self.located.as_ref().map(Located::shown).unwrap_or_default(), reason = short_reason(reason), "camera stream offline; reconnecting")
             }
             // The service reminds of all offline cameras in one line (a site may lose a hundred).
             OutageNote::StillDown { .. } | OutageNote::Quiet => {}
@@ -346,11 +421,20 @@ impl Ingest {
         self.shared.stop.load(Ordering::SeqCst)
     }
 
+    /// Waits `total`, or less when the camera stops or the stream's address changes (found anew
+    /// after a reboot: no reason to wait out the backoff of the old one).
     fn sleep(&self, total: Duration) {
         let deadline = std::time::Instant::now() + total;
-        while !self.stopping() && std::time::Instant::now() < deadline {
+        while !self.stopping() && std::time::Instant::now() < deadline && !self.moved() {
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Whether the stream has an address now that differs from the last session's.
+    fn moved(&self) -> bool {
+        self.located
+            .as_ref()
+            .is_some_and(|last| self.shared.addresses.current(self.kind).is_ok_and(|now| now != *last))
     }
 
     fn stream(&self) -> &StreamShared {
@@ -363,7 +447,7 @@ impl Ingest {
         let mut arrivals = Arrivals::new(self.shared.clone(), self.kind);
         let first_video = self.transport.probing_tcp().then_some(FIRST_VIDEO_OVER_TCP);
         let ended = rtsp::run_blocking(
-            &self.url,
+            self.url(),
             self.stall_timeout(),
             first_video,
             move || stopper.stop.load(Ordering::SeqCst),
@@ -396,7 +480,7 @@ impl Ingest {
             StreamKind::Main => self.shared.id.clone(),
             StreamKind::Detect => format!("{}-detect", self.shared.id),
         };
-        pipeline::rtsp(&name, &self.url, Lower::Udp, move |sample| {
+        pipeline::rtsp(&name, self.url(), Lower::Udp, move |sample| {
             let Some(buffer) = sample.buffer_owned() else {
                 return;
             };

@@ -61,7 +61,11 @@ pub struct StreamHealth {
     pub fps: Option<f64>,
     pub resolution: Option<String>,
     pub codec: Option<String>,
+    /// The stream's address, without its password.
     pub url: String,
+    /// How the address was found, when it was not configured: `onvif profile "Main" 1920x1080 H264`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub found: Option<String>,
     pub last_error: Option<String>,
     /// The RTSP transport in use and why: `tcp`, `udp (tcp refused: 461)`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -81,6 +85,7 @@ impl StreamHealth {
             resolution: None,
             codec: None,
             url,
+            found: None,
             last_error: Some("connecting".into()),
             transport: None,
             degraded: None,

@@ -4,6 +4,7 @@
 
 pub mod camera;
 pub mod health;
+pub mod locate;
 pub mod pipeline;
 pub mod ring;
 pub mod rtsp;

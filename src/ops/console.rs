@@ -158,6 +158,7 @@ fn stream_line(label: &str, s: &StreamHealth) -> Markup {
             @if let Some(fps) = s.fps { " · " (format!("{fps:.0}")) " fps" }
             @if let Some(codec) = &s.codec { " · " (codec) }
             @if let Some(transport) = &s.transport { " · " (transport) }
+            @if let Some(found) = &s.found { div.found { (s.url) " · " (found) } }
             @if s.state == LinkState::Offline && let Some(e) = &s.last_error { div.error { (e) } }
         }
     }

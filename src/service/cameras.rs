@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use super::Shared;
-use crate::analysis::clip::{self as video, Flow, Frame, FrameSink};
+use super::{Shared, streams};
+use crate::analysis::clip::{self as video, FirstFrame, Frame};
 use crate::analysis::evidence::{self, Annotations};
 use crate::analysis::view::{IdleViews, ViewStats};
 use crate::config::{Config, EvidenceConfig, PolicyConfig};
@@ -41,18 +42,23 @@ pub(super) struct Cameras {
     snapshots: Mutex<HashMap<String, (std::time::Instant, Vec<u8>)>>,
     /// What the idle view checks see of each camera's view.
     views: Arc<IdleViews>,
+    /// Stops the finders of cameras whose streams are found through ONVIF.
+    finders: CancellationToken,
 }
 
 impl Cameras {
-    /// Starts every camera's pipeline.
+    /// Starts every camera's pipeline, and the finders of streams to be found through ONVIF.
     pub(super) fn start(config: &Config) -> Self {
         let board = Arc::new(StateBoard::default());
         let buffer = Duration::from_secs_f64(config.clip.buffer_s);
+        let finders = CancellationToken::new();
         let pipelines = config
             .cameras
             .iter()
-            .map(|c| {
+            .enumerate()
+            .map(|(i, c)| {
                 let camera = Camera::start(c, buffer, config.clip.ring_byte_cap(), board.clone());
+                streams::start_finder(c, i, camera.addresses(), finders.clone());
                 (c.id.clone(), Arc::new(camera))
             })
             .collect();
@@ -69,6 +75,7 @@ impl Cameras {
             evidence: config.evidence.clone(),
             snapshots: Mutex::new(HashMap::new()),
             views: Arc::new(IdleViews::default()),
+            finders,
         }
     }
 
@@ -141,6 +148,7 @@ impl Cameras {
 
     /// Stops every camera pipeline; those that do not stop by the bound are left to the process's end.
     pub(super) async fn stop(&self, bound: Instant) {
+        self.finders.cancel();
         for camera in self.pipelines.values() {
             camera.stop();
         }
@@ -304,19 +312,6 @@ pub(super) fn newest_keyframe(cam: &Camera, kind: StreamKind, decoders: &video::
     first
         .0
         .ok_or_else(|| format!("the newest keyframe of {id} did not decode"))
-}
-
-/// Takes the first decoded frame.
-struct FirstFrame(Option<Frame>);
-
-impl FrameSink for FirstFrame {
-    fn wants(&mut self, _time: chrono::DateTime<Utc>) -> bool {
-        self.0.is_none()
-    }
-    fn frame(&mut self, frame: Frame) -> Result<Flow, video::SinkError> {
-        self.0 = Some(frame);
-        Ok(Flow::Stop)
-    }
 }
 
 #[cfg(test)]

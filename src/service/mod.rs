@@ -12,6 +12,7 @@ mod accept;
 mod alarm;
 mod cameras;
 pub mod redundancy;
+mod streams;
 mod views;
 
 use std::future::Future;

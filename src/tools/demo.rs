@@ -194,19 +194,31 @@ impl RtspCameraServer {
 
     /// As [`start`](Self::start), on a given loopback port (0: any free one).
     pub fn start_on(mounts: &[(&str, &Path)], port: u16) -> Result<Self, DemoError> {
-        Self::serve(mounts, port, None)
+        Self::serve(mounts, port, None, None)
+    }
+
+    /// As [`start`](Self::start), asking clients for RTSP Digest authentication as `username`
+    /// with `password` (gst-rtsp-server's RTSPAuth), as most cameras do: others get 401.
+    pub fn start_with_digest(mounts: &[(&str, &Path)], username: &str, password: &str) -> Result<Self, DemoError> {
+        Self::serve(mounts, 0, None, Some((username, password)))
     }
 
     /// As [`start`](Self::start), refusing RTP over TCP (`461 Unsupported Transport`) as many
     /// older cameras and encoders do.
     pub fn start_udp_only(mounts: &[(&str, &Path)]) -> Result<Self, DemoError> {
-        Self::serve(mounts, 0, Some(gstreamer_rtsp_server::gst_rtsp::RTSPLowerTrans::UDP))
+        Self::serve(
+            mounts,
+            0,
+            Some(gstreamer_rtsp_server::gst_rtsp::RTSPLowerTrans::UDP),
+            None,
+        )
     }
 
     fn serve(
         mounts: &[(&str, &Path)],
         port: u16,
         protocols: Option<gstreamer_rtsp_server::gst_rtsp::RTSPLowerTrans>,
+        digest: Option<(&str, &str)>,
     ) -> Result<Self, DemoError> {
         let mut launches = Vec::new();
         for (name, file) in mounts {
@@ -231,7 +243,7 @@ impl RtspCameraServer {
                 ),
             ));
         }
-        Self::serve_launches(&launches, port, protocols, None)
+        Self::serve_launches(&launches, port, protocols, None, digest)
     }
 
     /// A live camera at `rtsp://127.0.0.1:{port}/{name}` showing a test card (640x360, 15 fps),
@@ -241,7 +253,7 @@ impl RtspCameraServer {
         let launch = "( videotestsrc is-live=true pattern=smpte ! video/x-raw,width=640,height=360,framerate=15/1 \
              ! videobalance name=view ! videoconvert ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 bframes=0 threads=1 \
              ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1 )";
-        let server = Self::serve_launches(&[(name.to_owned(), launch.to_owned())], 0, None, Some(&switch))?;
+        let server = Self::serve_launches(&[(name.to_owned(), launch.to_owned())], 0, None, Some(&switch), None)?;
         Ok((server, switch))
     }
 
@@ -250,12 +262,16 @@ impl RtspCameraServer {
         port: u16,
         protocols: Option<gstreamer_rtsp_server::gst_rtsp::RTSPLowerTrans>,
         switch: Option<&ViewSwitch>,
+        digest: Option<(&str, &str)>,
     ) -> Result<Self, DemoError> {
         gst_support::init().map_err(|e| DemoError::Rtsp(e.to_string()))?;
         let context = glib::MainContext::new();
         let server = rtsp::RTSPServer::new();
         server.set_address("127.0.0.1");
         server.set_service(&port.to_string());
+        if let Some((username, password)) = digest {
+            server.set_auth(Some(&digest_auth(username, password)));
+        }
         let mount_points = server
             .mount_points()
             .ok_or_else(|| DemoError::Rtsp("no mount points".into()))?;
@@ -266,6 +282,9 @@ impl RtspCameraServer {
             factory.set_shared(true);
             if let Some(protocols) = protocols {
                 factory.set_protocols(protocols);
+            }
+            if digest.is_some() {
+                factory.add_role_from_structure(&viewer_role());
             }
             if let Some(switch) = switch {
                 let slot = switch.balance.clone();
@@ -328,6 +347,27 @@ impl Drop for RtspCameraServer {
             let _ = t.join();
         }
     }
+}
+
+/// The role given to a client that authenticated, and the authentication giving it.
+const VIEWER_ROLE: &str = "viewer";
+
+fn digest_auth(username: &str, password: &str) -> rtsp::RTSPAuth {
+    let auth = rtsp::RTSPAuth::new();
+    auth.set_supported_methods(gstreamer_rtsp_server::gst_rtsp::RTSPAuthMethod::Digest);
+    let token = rtsp::RTSPToken::builder()
+        .field(rtsp::RTSP_TOKEN_MEDIA_FACTORY_ROLE, VIEWER_ROLE)
+        .build();
+    auth.add_digest(username, password, &token);
+    auth
+}
+
+/// What the viewer role may do with a mount: see it, and have its media made.
+fn viewer_role() -> gstreamer::Structure {
+    gstreamer::Structure::builder(VIEWER_ROLE)
+        .field(rtsp::RTSP_PERM_MEDIA_FACTORY_ACCESS.as_str(), true)
+        .field(rtsp::RTSP_PERM_MEDIA_FACTORY_CONSTRUCT.as_str(), true)
+        .build()
 }
 
 /// Blacks out a test card camera's view ([`RtspCameraServer::start_test_card`]) and brings it back.
@@ -474,8 +514,11 @@ pub fn site_config(broker_port: u16, server: &RtspCameraServer, cameras: &[&str]
         .iter()
         .map(|id| CameraConfig {
             id: (*id).to_owned(),
-            url: server.url(id),
+            url: Some(server.url(id)),
             detect_url: None,
+            rtsp_username: String::new(),
+            rtsp_password: Default::default(),
+            rtsp_password_env: String::new(),
             transport: RtspTransport::Auto,
             stall_timeout_s: 10.0,
             view_check_s: 60.0,

@@ -6,4 +6,5 @@ pub mod demo;
 pub mod devset;
 pub mod eval;
 pub mod export_eval;
+pub mod probe;
 pub mod storm;

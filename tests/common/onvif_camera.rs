@@ -1,8 +1,10 @@
-//! A test double of an ONVIF camera's device and event services, because no real camera can run
-//! here. It follows the ONVIF Core (device service, WS-Security) and Event Service specifications
-//! for exactly the messages the service uses: GetSystemDateAndTime, GetCapabilities, GetServices,
-//! CreatePullPointSubscription, PullMessages (long-polled), Renew and Unsubscribe, as SOAP 1.2 with
-//! WS-Addressing, on a free loopback port.
+//! A test double of an ONVIF camera's device, event and media services, because no real camera
+//! can run here. It follows the ONVIF Core (device service, WS-Security), Event Service and Media
+//! Service (ver10) specifications for exactly the messages the service uses: GetSystemDateAndTime,
+//! GetCapabilities, GetServices, CreatePullPointSubscription, PullMessages (long-polled), Renew,
+//! Unsubscribe, GetProfiles and GetStreamUri, as SOAP 1.2 with WS-Addressing, on a free loopback
+//! port. Its media profiles are set by the test ([`OnvifCamera::set_profiles`]), pointing at real
+//! RTSP mounts; setting them again is a reboot that moved the streams.
 //!
 //! Like a strict camera it checks the UsernameToken PasswordDigest of every call but
 //! GetSystemDateAndTime, refuses a `Created` more than 5 s from its own clock (which runs an hour
@@ -37,6 +39,9 @@ const WSA: &str = "http://www.w3.org/2005/08/addressing";
 const WSNT: &str = "http://docs.oasis-open.org/wsn/b-2";
 const TDS: &str = "http://www.onvif.org/ver10/device/wsdl";
 const TEV: &str = "http://www.onvif.org/ver10/events/wsdl";
+const TRT: &str = "http://www.onvif.org/ver10/media/wsdl";
+const TR2: &str = "http://www.onvif.org/ver20/media/wsdl";
+const TT: &str = "http://www.onvif.org/ver10/schema";
 const WSSE: &str = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd";
 const WSU: &str = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd";
 const PASSWORD_DIGEST: &str =
@@ -46,11 +51,43 @@ const NAMESPACES: &str = concat!(
     r#"xmlns:wsnt="http://docs.oasis-open.org/wsn/b-2" xmlns:tev="http://www.onvif.org/ver10/events/wsdl" "#,
     r#"xmlns:tds="http://www.onvif.org/ver10/device/wsdl" xmlns:tt="http://www.onvif.org/ver10/schema" "#,
     r#"xmlns:tns1="http://www.onvif.org/ver10/topics" xmlns:ter="http://www.onvif.org/ver10/error" "#,
-    r#"xmlns:wsrf-rw="http://docs.oasis-open.org/wsrf/rw-2""#
+    r#"xmlns:wsrf-rw="http://docs.oasis-open.org/wsrf/rw-2" xmlns:trt="http://www.onvif.org/ver10/media/wsdl" xmlns:tr2="http://www.onvif.org/ver20/media/wsdl""#
 );
 const DEVICE_PATH: &str = "/onvif/device_service";
 const EVENTS_PATH: &str = "/onvif/events";
 const SUBSCRIPTION_PATH: &str = "/onvif/subscription/";
+const MEDIA_PATH: &str = "/onvif/media_service";
+const MEDIA2_PATH: &str = "/onvif/media2_service";
+
+/// A media profile: a video encoder configuration and where its stream is.
+#[derive(Debug, Clone)]
+pub struct MediaProfile {
+    pub token: String,
+    pub name: String,
+    /// `H264`, `JPEG`...
+    pub encoding: String,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub bitrate_kbps: u32,
+    /// What GetStreamUri answers for this profile.
+    pub uri: String,
+}
+
+impl MediaProfile {
+    pub fn h264(token: &str, width: u32, height: u32, uri: &str) -> Self {
+        Self {
+            token: token.into(),
+            name: format!("{token}Stream"),
+            encoding: "H264".into(),
+            width,
+            height,
+            fps: 25,
+            bitrate_kbps: if width >= 1280 { 4096 } else { 512 },
+            uri: uri.into(),
+        }
+    }
+}
 
 /// How the double behaves; [`Default`] is a strict camera whose clock runs an hour ahead.
 #[derive(Debug, Clone)]
@@ -109,6 +146,8 @@ pub struct Counters {
     pub pulls: usize,
     pub get_capabilities: usize,
     pub get_services: usize,
+    pub get_profiles: usize,
+    pub get_stream_uris: usize,
     /// Notification messages handed out by PullMessages.
     pub delivered: usize,
     /// Calls refused with ter:NotAuthorized.
@@ -131,6 +170,9 @@ struct CameraState {
     /// Operation name (`*` for all) and how it misbehaves.
     misbehaviour: Option<(String, Misbehaviour)>,
     no_capabilities: bool,
+    profiles: Vec<MediaProfile>,
+    /// Only Media2 (ver20): no Media ver10 in GetCapabilities or GetServices.
+    media2_only: bool,
 }
 
 struct Shared {
@@ -219,6 +261,16 @@ impl OnvifCamera {
     /// GetCapabilities answers ter:ActionNotSupported, as on cameras that only have GetServices.
     pub fn without_get_capabilities(&self) {
         lock(&self.shared.state).no_capabilities = true;
+    }
+
+    /// The media profiles GetProfiles and GetStreamUri tell from now on.
+    pub fn set_profiles(&self, profiles: Vec<MediaProfile>) {
+        lock(&self.shared.state).profiles = profiles;
+    }
+
+    /// The camera offers its media only through Media2 (ver20), as some newer cameras do.
+    pub fn media2_only(&self) {
+        lock(&self.shared.state).media2_only = true;
     }
 
     /// Every subscription's termination time passes now, as if it had not been renewed.
@@ -529,9 +581,16 @@ impl Reply {
 
     /// A SOAP 1.2 fault; `code` is `Sender` or `Receiver`, `subcode` a QName with a prefix
     /// declared on the envelope.
+    /// A fault; `subcode` may name nested subcodes, outermost first: `ter:InvalidArgVal/ter:NoProfile`.
     fn fault(status: StatusCode, code: &str, subcode: &str, reason: &str) -> Self {
+        let levels: Vec<&str> = subcode.split('/').collect();
+        let opened: String = levels
+            .iter()
+            .map(|v| format!("<s:Subcode><s:Value>{v}</s:Value>"))
+            .collect();
+        let closed = "</s:Subcode>".repeat(levels.len());
         let body = format!(
-            "<s:Fault><s:Code><s:Value>s:{code}</s:Value><s:Subcode><s:Value>{subcode}</s:Value></s:Subcode></s:Code>\
+            "<s:Fault><s:Code><s:Value>s:{code}</s:Value>{opened}{closed}</s:Code>\
              <s:Reason><s:Text xml:lang=\"en\">{}</s:Text></s:Reason></s:Fault>",
             quick_xml::escape::escape(reason)
         );
@@ -694,8 +753,11 @@ async fn answer(shared: &Arc<Shared>, path: &str, request: &Request) -> Reply {
     let (ns, name) = (op.ns.as_str(), op.name.as_str());
     let expected_action = match (ns, name) {
         (TDS, _) => format!("{TDS}/{name}"),
+        (TRT, _) => format!("{TRT}/{name}"),
+        (TR2, _) => format!("{TR2}/{name}"),
         (TEV, "CreatePullPointSubscription") => format!("{TEV}/EventPortType/CreatePullPointSubscriptionRequest"),
         (TEV, "PullMessages") => format!("{TEV}/PullPointSubscription/PullMessagesRequest"),
+        (TEV, "GetEventProperties") => format!("{TEV}/EventPortType/GetEventPropertiesRequest"),
         (WSNT, "Renew" | "Unsubscribe") => {
             format!("http://docs.oasis-open.org/wsn/bw-2/SubscriptionManager/{name}Request")
         }
@@ -741,9 +803,14 @@ async fn answer(shared: &Arc<Shared>, path: &str, request: &Request) -> Reply {
     }
     match (path, name) {
         (DEVICE_PATH, "GetSystemDateAndTime") => system_date_and_time(shared),
-        (DEVICE_PATH, "GetCapabilities") => capabilities(shared),
+        (DEVICE_PATH, "GetCapabilities") => capabilities(shared, request),
         (DEVICE_PATH, "GetServices") => services(shared),
         (EVENTS_PATH, "CreatePullPointSubscription") => create_subscription(shared, request),
+        (EVENTS_PATH, "GetEventProperties") => event_properties(),
+        (MEDIA_PATH, "GetProfiles") => profiles(shared),
+        (MEDIA_PATH, "GetStreamUri") => stream_uri(shared, request),
+        (MEDIA2_PATH, "GetProfiles") => profiles2(shared),
+        (MEDIA2_PATH, "GetStreamUri") => stream_uri2(shared, request),
         _ => not_supported(name),
     }
 }
@@ -775,7 +842,9 @@ fn system_date_and_time(shared: &Shared) -> Reply {
     Reply::ok(&format!("{TDS}/GetSystemDateAndTimeResponse"), &body)
 }
 
-fn capabilities(shared: &Shared) -> Reply {
+/// The capabilities of the categories asked for (all without a `tds:Category`), in the order
+/// of `tt:Capabilities`: Events, then Media.
+fn capabilities(shared: &Shared, request: &Request) -> Reply {
     let refuse = {
         let mut state = lock(&shared.state);
         state.counters.get_capabilities += 1;
@@ -784,15 +853,210 @@ fn capabilities(shared: &Shared) -> Reply {
     if refuse {
         return not_supported("GetCapabilities");
     }
+    let categories: Vec<String> = request
+        .operation()
+        .map(|op| {
+            request
+                .nodes
+                .iter()
+                .filter(|n| n.parent == Some(op) && n.ns == TDS && n.name == "Category")
+                .map(|n| n.text.trim().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let wants = |category: &str| categories.is_empty() || categories.iter().any(|c| c == "All" || c == category);
+    let mut capabilities = String::new();
+    if wants("Events") {
+        capabilities.push_str(&format!(
+            "<tt:Events><tt:XAddr>{}</tt:XAddr>\
+             <tt:WSSubscriptionPolicySupport>false</tt:WSSubscriptionPolicySupport>\
+             <tt:WSPullPointSupport>true</tt:WSPullPointSupport>\
+             <tt:WSPausableSubscriptionManagerInterfaceSupport>false</tt:WSPausableSubscriptionManagerInterfaceSupport>\
+             </tt:Events>",
+            shared.events_address(EVENTS_PATH)
+        ));
+    }
+    if wants("Media") && !lock(&shared.state).media2_only {
+        capabilities.push_str(&format!(
+            "<tt:Media><tt:XAddr>{}</tt:XAddr><tt:StreamingCapabilities><tt:RTPMulticast>false</tt:RTPMulticast>\
+             <tt:RTP_TCP>true</tt:RTP_TCP><tt:RTP_RTSP_TCP>true</tt:RTP_RTSP_TCP></tt:StreamingCapabilities></tt:Media>",
+            shared.events_address(MEDIA_PATH)
+        ));
+    }
+    if capabilities.is_empty() {
+        return Reply::fault(
+            StatusCode::BAD_REQUEST,
+            "Receiver",
+            "ter:ActionNotSupported/ter:NoSuchService",
+            &format!("no capabilities in {categories:?}"),
+        );
+    }
     let body = format!(
-        "<tds:GetCapabilitiesResponse><tds:Capabilities><tt:Events><tt:XAddr>{}</tt:XAddr>\
-         <tt:WSSubscriptionPolicySupport>false</tt:WSSubscriptionPolicySupport>\
-         <tt:WSPullPointSupport>true</tt:WSPullPointSupport>\
-         <tt:WSPausableSubscriptionManagerInterfaceSupport>false</tt:WSPausableSubscriptionManagerInterfaceSupport>\
-         </tt:Events></tds:Capabilities></tds:GetCapabilitiesResponse>",
-        shared.events_address(EVENTS_PATH)
+        "<tds:GetCapabilitiesResponse><tds:Capabilities>{capabilities}</tds:Capabilities></tds:GetCapabilitiesResponse>"
     );
     Reply::ok(&format!("{TDS}/GetCapabilitiesResponse"), &body)
+}
+
+/// GetEventProperties (Event Service): the topic set, with the cell motion detector's topic.
+fn event_properties() -> Reply {
+    let body = "<tev:GetEventPropertiesResponse>\
+        <tev:TopicNamespaceLocation>http://www.onvif.org/onvif/ver10/topics/topicns.xml</tev:TopicNamespaceLocation>\
+        <wsnt:FixedTopicSet>true</wsnt:FixedTopicSet>\
+        <wstop:TopicSet xmlns:wstop=\"http://docs.oasis-open.org/wsn/t-1\"><tns1:RuleEngine wstop:topic=\"false\">\
+        <CellMotionDetector wstop:topic=\"false\"><Motion wstop:topic=\"true\">\
+        <tt:MessageDescription IsProperty=\"true\"><tt:Source>\
+        <tt:SimpleItemDescription Name=\"VideoSourceConfigurationToken\" Type=\"tt:ReferenceToken\"/>\
+        <tt:SimpleItemDescription Name=\"Rule\" Type=\"xs:string\"/></tt:Source>\
+        <tt:Data><tt:SimpleItemDescription Name=\"IsMotion\" Type=\"xs:boolean\"/></tt:Data>\
+        </tt:MessageDescription></Motion></CellMotionDetector></tns1:RuleEngine></wstop:TopicSet>\
+        <wsnt:TopicExpressionDialect>http://www.onvif.org/ver10/tev/topicExpression/ConcreteSet</wsnt:TopicExpressionDialect>\
+        <tev:MessageContentFilterDialect>http://www.onvif.org/ver10/tev/messageContentFilter/ItemFilter</tev:MessageContentFilterDialect>\
+        <tev:MessageContentSchemaLocation>http://www.onvif.org/onvif/ver10/schema/onvif.xsd</tev:MessageContentSchemaLocation>\
+        </tev:GetEventPropertiesResponse>";
+    Reply::ok(&format!("{TEV}/EventPortType/GetEventPropertiesResponse"), body)
+}
+
+/// GetProfiles (Media ver10): each profile with its video encoder configuration.
+fn profiles(shared: &Shared) -> Reply {
+    let listed = listed_profiles(shared, PROFILE_VER10);
+    let body = format!("<trt:GetProfilesResponse>{listed}</trt:GetProfilesResponse>");
+    Reply::ok(&format!("{TRT}/GetProfilesResponse"), &body)
+}
+
+/// GetProfiles (Media2): each profile with its `tr2:VideoEncoder` configuration.
+fn profiles2(shared: &Shared) -> Reply {
+    let listed = listed_profiles(shared, PROFILE_VER20);
+    let body = format!("<tr2:GetProfilesResponse>{listed}</tr2:GetProfilesResponse>");
+    Reply::ok(&format!("{TR2}/GetProfilesResponse"), &body)
+}
+
+/// A Media (ver10) `trt:Profiles`; `{name}`s are filled in by [`listed_profiles`].
+const PROFILE_VER10: &str = "<trt:Profiles token=\"{token}\" fixed=\"true\"><tt:Name>{name}</tt:Name>\
+                 <tt:VideoSourceConfiguration token=\"VideoSourceToken\"><tt:Name>VideoSourceConfig</tt:Name>\
+                 <tt:UseCount>{count}</tt:UseCount><tt:SourceToken>VideoSource_1</tt:SourceToken>\
+                 <tt:Bounds x=\"0\" y=\"0\" width=\"1920\" height=\"1080\"/></tt:VideoSourceConfiguration>\
+                 <tt:VideoEncoderConfiguration token=\"VideoEncoderToken_{n}\"><tt:Name>VideoEncoder_{n}</tt:Name>\
+                 <tt:UseCount>1</tt:UseCount><tt:Encoding>{encoding}</tt:Encoding><tt:Resolution><tt:Width>{width}</tt:Width>\
+                 <tt:Height>{height}</tt:Height></tt:Resolution><tt:Quality>5</tt:Quality><tt:RateControl>\
+                 <tt:FrameRateLimit>{fps}</tt:FrameRateLimit><tt:EncodingInterval>1</tt:EncodingInterval>\
+                 <tt:BitrateLimit>{bitrate}</tt:BitrateLimit></tt:RateControl><tt:H264><tt:GovLength>{gov}</tt:GovLength>\
+                 <tt:H264Profile>Main</tt:H264Profile></tt:H264><tt:Multicast><tt:Address><tt:Type>IPv4</tt:Type>\
+                 <tt:IPv4Address>0.0.0.0</tt:IPv4Address></tt:Address><tt:Port>0</tt:Port><tt:TTL>5</tt:TTL>\
+                 <tt:AutoStart>false</tt:AutoStart></tt:Multicast><tt:SessionTimeout>PT60S</tt:SessionTimeout>\
+                 </tt:VideoEncoderConfiguration></trt:Profiles>";
+
+/// A Media2 `tr2:Profiles`.
+const PROFILE_VER20: &str = "<tr2:Profiles token=\"{token}\" fixed=\"true\"><tr2:Name>{name}</tr2:Name><tr2:Configurations>\
+                 <tr2:VideoEncoder token=\"VideoEncoder_{n}\" GovLength=\"{gov}\" Profile=\"Main\">\
+                 <tt:Name>VideoEncoder_{n}</tt:Name><tt:UseCount>1</tt:UseCount><tt:Encoding>{encoding}</tt:Encoding>\
+                 <tt:Resolution><tt:Width>{width}</tt:Width><tt:Height>{height}</tt:Height></tt:Resolution>\
+                 <tt:RateControl ConstantBitRate=\"false\"><tt:FrameRateLimit>{fps}</tt:FrameRateLimit>\
+                 <tt:BitrateLimit>{bitrate}</tt:BitrateLimit></tt:RateControl><tt:Quality>5</tt:Quality>\
+                 </tr2:VideoEncoder></tr2:Configurations></tr2:Profiles>";
+
+/// Every profile written by `template`, counting the GetProfiles that asked.
+fn listed_profiles(shared: &Shared, template: &str) -> String {
+    let profiles = {
+        let mut state = lock(&shared.state);
+        state.counters.get_profiles += 1;
+        state.profiles.clone()
+    };
+    let escape = |text: &str| quick_xml::escape::escape(text).into_owned();
+    profiles
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            [
+                ("{token}", escape(&p.token)),
+                ("{name}", escape(&p.name)),
+                ("{encoding}", escape(&p.encoding)),
+                ("{count}", profiles.len().to_string()),
+                ("{n}", (i + 1).to_string()),
+                ("{width}", p.width.to_string()),
+                ("{height}", p.height.to_string()),
+                ("{fps}", p.fps.to_string()),
+                ("{bitrate}", p.bitrate_kbps.to_string()),
+                ("{gov}", (p.fps * 2).to_string()),
+            ]
+            .iter()
+            .fold(template.to_owned(), |text, (key, value)| text.replace(key, value))
+        })
+        .collect()
+}
+
+/// The URI of the profile `token`, or the fault a camera answers for an unknown one.
+fn uri_of(shared: &Shared, token: &str) -> Result<String, Reply> {
+    let uri = lock(&shared.state)
+        .profiles
+        .iter()
+        .find(|p| p.token == token)
+        .map(|p| p.uri.clone());
+    uri.ok_or_else(|| {
+        Reply::fault(
+            StatusCode::BAD_REQUEST,
+            "Sender",
+            "ter:InvalidArgVal/ter:NoProfile",
+            &format!("no profile {token:?}"),
+        )
+    })
+}
+
+fn invalid_setup(detail: &str) -> Reply {
+    Reply::fault(
+        StatusCode::BAD_REQUEST,
+        "Sender",
+        "ter:InvalidArgVal/ter:InvalidStreamSetup",
+        detail,
+    )
+}
+
+/// GetStreamUri (Media2): `RtspUnicast` only.
+fn stream_uri2(shared: &Shared, request: &Request) -> Reply {
+    lock(&shared.state).counters.get_stream_uris += 1;
+    let protocol = request.argument(TR2, "Protocol").unwrap_or_default();
+    if protocol != "RtspUnicast" {
+        return invalid_setup(&format!("protocol {protocol:?} is not offered"));
+    }
+    let token = request.argument(TR2, "ProfileToken").unwrap_or_default();
+    let uri = match uri_of(shared, &token) {
+        Ok(uri) => uri,
+        Err(fault) => return fault,
+    };
+    let body = format!(
+        "<tr2:GetStreamUriResponse><tr2:Uri>{}</tr2:Uri></tr2:GetStreamUriResponse>",
+        quick_xml::escape::escape(uri.as_str())
+    );
+    Reply::ok(&format!("{TR2}/GetStreamUriResponse"), &body)
+}
+
+/// GetStreamUri (Media ver10): RTP-Unicast over RTSP only, as the double's streams are.
+fn stream_uri(shared: &Shared, request: &Request) -> Reply {
+    lock(&shared.state).counters.get_stream_uris += 1;
+    let setup = request
+        .operation()
+        .and_then(|op| request.index_of(TRT, "StreamSetup", Some(op)));
+    let stream = setup
+        .and_then(|s| request.child(s, TT, "Stream"))
+        .map(|n| n.text.trim());
+    let protocol = setup
+        .and_then(|s| request.index_of(TT, "Transport", Some(s)))
+        .and_then(|t| request.child(t, TT, "Protocol"))
+        .map(|n| n.text.trim());
+    if stream != Some("RTP-Unicast") || !matches!(protocol, Some("RTSP" | "UDP" | "TCP")) {
+        return invalid_setup(&format!("stream {stream:?} over {protocol:?} is not offered"));
+    }
+    let token = request.argument(TRT, "ProfileToken").unwrap_or_default();
+    let uri = match uri_of(shared, &token) {
+        Ok(uri) => uri,
+        Err(fault) => return fault,
+    };
+    let body = format!(
+        "<trt:GetStreamUriResponse><trt:MediaUri><tt:Uri>{}</tt:Uri><tt:InvalidAfterConnect>false</tt:InvalidAfterConnect>\
+         <tt:InvalidAfterReboot>true</tt:InvalidAfterReboot><tt:Timeout>PT0S</tt:Timeout></trt:MediaUri>\
+         </trt:GetStreamUriResponse>",
+        quick_xml::escape::escape(uri.as_str())
+    );
+    Reply::ok(&format!("{TRT}/GetStreamUriResponse"), &body)
 }
 
 fn services(shared: &Shared) -> Reply {
@@ -805,9 +1069,14 @@ fn services(shared: &Shared) -> Reply {
         )
     };
     let body = format!(
-        "<tds:GetServicesResponse>{}{}</tds:GetServicesResponse>",
+        "<tds:GetServicesResponse>{}{}{}</tds:GetServicesResponse>",
         service(TDS, DEVICE_PATH),
-        service(TEV, EVENTS_PATH)
+        service(TEV, EVENTS_PATH),
+        if lock(&shared.state).media2_only {
+            service(TR2, MEDIA2_PATH)
+        } else {
+            service(TRT, MEDIA_PATH)
+        }
     );
     Reply::ok(&format!("{TDS}/GetServicesResponse"), &body)
 }

@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 
+use super::device::Service;
 use super::topics::Topic;
 use super::xml::{Element, excerpt};
 use super::{OnvifError, Operation, ns};
@@ -47,23 +48,35 @@ pub(super) fn parse_system_date_and_time(payload: &Element) -> Result<DateTime<U
 }
 
 pub(super) fn parse_capabilities(payload: &Element) -> Result<String, OnvifError> {
-    let op = Operation::GetCapabilities;
-    let xaddr = payload
-        .path(&[(ns::TDS, "Capabilities"), (ns::TT, "Events"), (ns::TT, "XAddr")])
-        .ok_or_else(|| OnvifError::missing(op, "tt:Events/tt:XAddr"))?;
-    http_url(op, xaddr.text(), "tt:Events/tt:XAddr")
+    parse_capability_address(payload, Service::Events)
 }
 
 pub(super) fn parse_services(payload: &Element) -> Result<String, OnvifError> {
+    parse_service_address(payload, Service::Events)
+}
+
+/// A service's `tt:XAddr` in a GetCapabilitiesResponse.
+pub(super) fn parse_capability_address(payload: &Element, service: Service) -> Result<String, OnvifError> {
+    let op = Operation::GetCapabilities;
+    let category = service.category();
+    let xaddr = payload
+        .path(&[(ns::TDS, "Capabilities"), (ns::TT, category), (ns::TT, "XAddr")])
+        .ok_or_else(|| OnvifError::missing(op, format!("tt:{category}/tt:XAddr")))?;
+    http_url(op, xaddr.text(), &format!("tt:{category}/tt:XAddr"))
+}
+
+/// A service's `tds:XAddr` in a GetServicesResponse, found by its namespace.
+pub(super) fn parse_service_address(payload: &Element, service: Service) -> Result<String, OnvifError> {
     let op = Operation::GetServices;
-    let events = payload
+    let namespace = service.namespace();
+    let found = payload
         .children_named(ns::TDS, "Service")
-        .find(|s| s.child(ns::TDS, "Namespace").is_some_and(|n| n.text() == ns::TEV))
-        .ok_or_else(|| OnvifError::missing(op, format!("service of namespace {}", ns::TEV)))?;
-    let xaddr = events
+        .find(|s| s.child(ns::TDS, "Namespace").is_some_and(|n| n.text() == namespace))
+        .ok_or_else(|| OnvifError::missing(op, format!("service of namespace {namespace}")))?;
+    let xaddr = found
         .child(ns::TDS, "XAddr")
-        .ok_or_else(|| OnvifError::missing(op, "tds:XAddr of the event service"))?;
-    http_url(op, xaddr.text(), "tds:XAddr of the event service")
+        .ok_or_else(|| OnvifError::missing(op, format!("tds:XAddr of the service {namespace}")))?;
+    http_url(op, xaddr.text(), &format!("tds:XAddr of the service {namespace}"))
 }
 
 /// An address the camera gave, checked to be an http(s) URL.

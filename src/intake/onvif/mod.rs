@@ -19,8 +19,10 @@
 //! HTTP transport), [`messages`] (what the replies say), [`topics`] (which events count) and
 //! [`xml`] (the document tree the replies are read into).
 
+mod device;
 #[doc(hidden)]
 pub mod fuzz;
+mod media;
 mod messages;
 mod soap;
 mod topics;
@@ -29,6 +31,9 @@ mod xml;
 
 use std::fmt;
 
+pub use media::{
+    MediaError, MediaReport, StreamProfile, choose_streams, find_streams, offers_motion, with_credentials,
+};
 pub use watch::watch;
 
 /// Namespace URIs, as the ONVIF WSDLs and the standards they build on define them.
@@ -36,8 +41,11 @@ mod ns {
     pub const SOAP: &str = "http://www.w3.org/2003/05/soap-envelope";
     pub const WSA: &str = "http://www.w3.org/2005/08/addressing";
     pub const WSNT: &str = "http://docs.oasis-open.org/wsn/b-2";
+    pub const WSTOP: &str = "http://docs.oasis-open.org/wsn/t-1";
     pub const TDS: &str = "http://www.onvif.org/ver10/device/wsdl";
     pub const TEV: &str = "http://www.onvif.org/ver10/events/wsdl";
+    pub const TRT: &str = "http://www.onvif.org/ver10/media/wsdl";
+    pub const TR2: &str = "http://www.onvif.org/ver20/media/wsdl";
     pub const TT: &str = "http://www.onvif.org/ver10/schema";
     pub const TOPICS: &str = "http://www.onvif.org/ver10/topics";
     pub const TER: &str = "http://www.onvif.org/ver10/error";
@@ -98,8 +106,8 @@ enum OnvifError {
         address: String,
         host: String,
     },
-    #[error("no event service in GetCapabilities/GetServices ({0})")]
-    NoEventService(String),
+    #[error("no {service} service in GetCapabilities/GetServices ({detail})")]
+    NoService { service: &'static str, detail: String },
     #[error("cannot set up the HTTP client: {0}")]
     Client(String),
 }
@@ -133,6 +141,12 @@ enum Operation {
     PullMessages,
     Renew,
     Unsubscribe,
+    GetProfiles,
+    GetStreamUri,
+    GetEventProperties,
+    /// Media2's GetProfiles and GetStreamUri.
+    GetProfiles2,
+    GetStreamUri2,
 }
 
 impl Operation {
@@ -145,10 +159,15 @@ impl Operation {
             Self::PullMessages => "PullMessages",
             Self::Renew => "Renew",
             Self::Unsubscribe => "Unsubscribe",
+            Self::GetProfiles => "GetProfiles",
+            Self::GetStreamUri => "GetStreamUri",
+            Self::GetEventProperties => "GetEventProperties",
+            Self::GetProfiles2 => "GetProfiles (Media2)",
+            Self::GetStreamUri2 => "GetStreamUri (Media2)",
         }
     }
 
-    /// The WS-Addressing action, from the device and event service WSDLs.
+    /// The WS-Addressing action, from the device, event and media service WSDLs.
     fn action(self) -> &'static str {
         match self {
             Self::GetSystemDateAndTime => "http://www.onvif.org/ver10/device/wsdl/GetSystemDateAndTime",
@@ -160,6 +179,13 @@ impl Operation {
             Self::PullMessages => "http://www.onvif.org/ver10/events/wsdl/PullPointSubscription/PullMessagesRequest",
             Self::Renew => "http://docs.oasis-open.org/wsn/bw-2/SubscriptionManager/RenewRequest",
             Self::Unsubscribe => "http://docs.oasis-open.org/wsn/bw-2/SubscriptionManager/UnsubscribeRequest",
+            Self::GetProfiles => "http://www.onvif.org/ver10/media/wsdl/GetProfiles",
+            Self::GetStreamUri => "http://www.onvif.org/ver10/media/wsdl/GetStreamUri",
+            Self::GetEventProperties => {
+                "http://www.onvif.org/ver10/events/wsdl/EventPortType/GetEventPropertiesRequest"
+            }
+            Self::GetProfiles2 => "http://www.onvif.org/ver20/media/wsdl/GetProfiles",
+            Self::GetStreamUri2 => "http://www.onvif.org/ver20/media/wsdl/GetStreamUri",
         }
     }
 

@@ -115,7 +115,7 @@ fn envelope(op: Operation, to: &str, security: &str, headers: &str, body: &str) 
     format!(
         concat!(
             r#"<?xml version="1.0" encoding="UTF-8"?>"#,
-            r#"<s:Envelope xmlns:s="{soap}" xmlns:wsa="{wsa}" xmlns:tds="{tds}" xmlns:tev="{tev}" xmlns:wsnt="{wsnt}">"#,
+            r#"<s:Envelope xmlns:s="{soap}" xmlns:wsa="{wsa}" xmlns:tds="{tds}" xmlns:tev="{tev}" xmlns:wsnt="{wsnt}" xmlns:trt="{trt}" xmlns:tr2="{tr2}" xmlns:tt="{tt}">"#,
             r#"<s:Header><wsa:Action s:mustUnderstand="1">{action}</wsa:Action>"#,
             r#"<wsa:MessageID>urn:uuid:{id}</wsa:MessageID>"#,
             r#"<wsa:ReplyTo><wsa:Address>{anonymous}</wsa:Address></wsa:ReplyTo>"#,
@@ -127,6 +127,9 @@ fn envelope(op: Operation, to: &str, security: &str, headers: &str, body: &str) 
         tds = ns::TDS,
         tev = ns::TEV,
         wsnt = ns::WSNT,
+        trt = ns::TRT,
+        tr2 = ns::TR2,
+        tt = ns::TT,
         action = op.action(),
         id = uuid::Uuid::new_v4(),
         anonymous = ns::ANONYMOUS,

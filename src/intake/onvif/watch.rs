@@ -8,17 +8,14 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::messages::{
-    Notification, PropertyOperation, parse_capabilities, parse_pull, parse_renew, parse_services, parse_subscription,
-    parse_system_date_and_time,
-};
-use super::soap::{CameraClock, Credentials, Reply, Transport};
+use super::device::{Device, Service};
+use super::messages::{Notification, PropertyOperation, parse_pull, parse_renew, parse_subscription};
+use super::soap::{CameraClock, Reply};
 use super::topics::Rule;
-use super::xml::excerpt;
 use super::{OnvifError, Operation};
 use crate::config::{OnvifConfig, Secret};
 use crate::intake::alarm::Alarm;
@@ -90,10 +87,8 @@ pub async fn watch(
 /// One camera's connection to its event service.
 struct Watcher {
     camera: String,
-    device_url: String,
+    device: Device,
     rules: Vec<Rule>,
-    transport: Transport,
-    hosts: HostRule,
     sink: Arc<dyn AlarmSink>,
 }
 
@@ -114,16 +109,10 @@ impl Watcher {
         password: Option<Secret>,
         sink: Arc<dyn AlarmSink>,
     ) -> Result<Self, OnvifError> {
-        let credentials = (!config.username.is_empty()).then(|| Credentials {
-            username: config.username.clone(),
-            password: password.unwrap_or_default(),
-        });
         Ok(Self {
+            device: Device::new(camera.clone(), config, password)?,
             camera,
-            device_url: config.url.clone(),
             rules: Rule::all(&config.topics),
-            transport: Transport::new(credentials)?,
-            hosts: HostRule::new(config),
             sink,
         })
     }
@@ -159,8 +148,8 @@ impl Watcher {
         backoff: &mut Backoff,
     ) -> Result<Infallible, OnvifError> {
         // On every (re)subscribe: the camera's clock may have been set or drifted meanwhile.
-        let clock = self.camera_clock().await?;
-        let events_url = self.event_service(&clock).await?;
+        let clock = self.device.clock().await?;
+        let events_url = self.device.service(Service::Events, &clock).await?;
         let subscription = slot.insert(self.create_subscription(&events_url, &clock).await?);
         tracing::info!(
             camera = %self.camera,
@@ -190,92 +179,18 @@ impl Watcher {
         }
     }
 
-    /// The camera's clock against ours, from GetSystemDateAndTime.
-    async fn camera_clock(&self) -> Result<CameraClock, OnvifError> {
-        let op = Operation::GetSystemDateAndTime;
-        let sent = Utc::now();
-        let reply = self
-            .call(
-                op,
-                &self.device_url,
-                &CameraClock::default(),
-                "",
-                "<tds:GetSystemDateAndTime/>",
-            )
-            .await;
-        let received = Utc::now();
-        let camera_time = reply.and_then(|reply| parse_system_date_and_time(&reply.payload));
-        match camera_time {
-            Ok(camera_time) => {
-                // Our time when the camera read its clock: the middle of the round trip. The camera
-                // tells whole seconds, so on average its clock was half a second further on.
-                let ours = sent + (received - sent) / 2;
-                let clock = CameraClock {
-                    offset: camera_time + TimeDelta::milliseconds(500) - ours,
-                };
-                if clock.offset.abs() > TimeDelta::seconds(5) {
-                    tracing::info!(
-                        camera = %self.camera,
-                        offset_s = clock.offset.num_seconds(),
-                        "camera clock differs from ours; credentials follow the camera's"
-                    );
-                }
-                Ok(clock)
-            }
-            // A camera that wants credentials even for its clock, or does not tell its UTC time:
-            // go on with ours, which is right whenever the camera is set by NTP.
-            Err(e @ (OnvifError::Fault { .. } | OnvifError::NotAuthorized { .. } | OnvifError::Missing { .. })) => {
-                tracing::warn!(camera = %self.camera, error = %e, "camera clock unknown; using ours");
-                Ok(CameraClock::default())
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The event service's address: GetCapabilities (Events), else GetServices.
-    async fn event_service(&self, clock: &CameraClock) -> Result<String, OnvifError> {
-        let first = match self.events_from_capabilities(clock).await {
-            Ok(url) => return Ok(url),
-            Err(e) if e.is_final() => return Err(e),
-            Err(e) => e,
-        };
-        tracing::debug!(camera = %self.camera, error = %first, "GetCapabilities gave no event service; trying GetServices");
-        match self.events_from_services(clock).await {
-            Ok(url) => Ok(url),
-            Err(e) if e.is_final() => Err(e),
-            Err(second) => Err(OnvifError::NoEventService(format!("{first}; {second}"))),
-        }
-    }
-
-    async fn events_from_capabilities(&self, clock: &CameraClock) -> Result<String, OnvifError> {
-        let op = Operation::GetCapabilities;
-        let body = "<tds:GetCapabilities><tds:Category>Events</tds:Category></tds:GetCapabilities>";
-        let reply = self.call(op, &self.device_url, clock, "", body).await?;
-        let url = parse_capabilities(&reply.payload)?;
-        self.hosts.check(op, "the event service address (tt:XAddr)", &url)?;
-        Ok(url)
-    }
-
-    async fn events_from_services(&self, clock: &CameraClock) -> Result<String, OnvifError> {
-        let op = Operation::GetServices;
-        let body = "<tds:GetServices><tds:IncludeCapability>false</tds:IncludeCapability></tds:GetServices>";
-        let reply = self.call(op, &self.device_url, clock, "", body).await?;
-        let url = parse_services(&reply.payload)?;
-        self.hosts.check(op, "the event service address (tds:XAddr)", &url)?;
-        Ok(url)
-    }
-
     async fn create_subscription(&self, events_url: &str, clock: &CameraClock) -> Result<Subscription, OnvifError> {
         let op = Operation::CreatePullPointSubscription;
         let body = format!(
             "<tev:CreatePullPointSubscription><tev:InitialTerminationTime>{}</tev:InitialTerminationTime></tev:CreatePullPointSubscription>",
             xml_duration(REQUESTED_TERMINATION)
         );
-        let reply = self.call(op, events_url, clock, "", &body).await?;
+        let reply = self.device.call(op, events_url, clock, &body).await?;
         let received = Instant::now();
         let created = parse_subscription(&reply.payload)?;
         // Refused before the first call to it: that call would carry the credentials.
-        self.hosts
+        self.device
+            .hosts
             .check(op, "the subscription address (wsa:Address)", &created.address)?;
         Ok(Subscription {
             address: created.address,
@@ -397,58 +312,11 @@ impl Watcher {
         timeout: Duration,
     ) -> Result<Reply, OnvifError> {
         let (address, clock) = (&subscription.address, &subscription.clock);
-        self.transport
+        self.device
+            .transport
             .call(op, address, clock, &subscription.reference_headers, body, timeout)
             .await
     }
-
-    async fn call(
-        &self,
-        op: Operation,
-        url: &str,
-        clock: &CameraClock,
-        headers: &str,
-        body: &str,
-    ) -> Result<Reply, OnvifError> {
-        self.transport.call(op, url, clock, headers, body, CALL_TIMEOUT).await
-    }
-}
-
-/// Where the camera may send the client, with its credentials: the host of `camera.onvif.url` (on
-/// any port, as cameras serve events on ports of their own), unless `allow_other_hosts`.
-#[derive(Debug)]
-enum HostRule {
-    Any,
-    /// The configured host; None (a URL without one) matches nothing.
-    Only(Option<url::Host<String>>),
-}
-
-impl HostRule {
-    fn new(config: &OnvifConfig) -> Self {
-        if config.allow_other_hosts {
-            return Self::Any;
-        }
-        Self::Only(host_of(&config.url))
-    }
-
-    fn check(&self, op: Operation, what: &'static str, address: &str) -> Result<(), OnvifError> {
-        let Self::Only(host) = self else { return Ok(()) };
-        match (host, host_of(address)) {
-            (Some(host), Some(given)) if *host == given => Ok(()),
-            _ => Err(OnvifError::OtherHost {
-                op,
-                what,
-                address: excerpt(address),
-                host: host.as_ref().map_or_else(|| "none".to_owned(), ToString::to_string),
-            }),
-        }
-    }
-}
-
-/// The host of a URL, normalised (lower-case names, canonical addresses) so equal hosts compare
-/// equal.
-fn host_of(url: &str) -> Option<url::Host<String>> {
-    url::Url::parse(url).ok()?.host().map(|h| h.to_owned())
 }
 
 /// The time left on a subscription, counted on the camera's clock (its CurrentTime when given).
@@ -592,51 +460,6 @@ mod tests {
         assert!(state.observe(key(), PropertyOperation::Changed, true), "false→true");
         assert!(!state.observe(key(), PropertyOperation::Deleted, false));
         assert!(state.observe(key(), PropertyOperation::Changed, true), "unknown→true");
-    }
-
-    #[test]
-    fn camera_addresses_must_be_on_the_configured_host_unless_allowed() {
-        let config = |url: &str, allow: bool| OnvifConfig {
-            url: url.into(),
-            username: String::new(),
-            password: Secret::default(),
-            password_env: String::new(),
-            topics: Vec::new(),
-            allow_other_hosts: allow,
-        };
-        let op = Operation::CreatePullPointSubscription;
-        let rule = HostRule::new(&config("http://Camera.Local/onvif/device_service", false));
-        for same in [
-            "http://camera.local/onvif/Subscription?Idx=0",
-            "http://CAMERA.local:8899/events",
-            "https://camera.local/x",
-        ] {
-            assert!(rule.check(op, "the subscription address", same).is_ok(), "{same}");
-        }
-        for other in [
-            "http://10.0.0.9/onvif/Subscription?Idx=0",
-            "http://camera.local.evil.example/x",
-            "http://evil.example/?camera.local",
-            "http://camera.local@evil.example/x",
-            "not a url",
-        ] {
-            let error = rule
-                .check(op, "the subscription address", other)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            assert!(
-                error.contains("the subscription address") && error.contains("allow_other_hosts"),
-                "{other}: {error}"
-            );
-        }
-        let ip = HostRule::new(&config("http://10.0.0.5/onvif/device_service", false));
-        assert!(ip.check(op, "x", "http://10.0.0.5:8080/e").is_ok());
-        assert!(ip.check(op, "x", "http://10.0.0.50/e").is_err());
-        let any = HostRule::new(&config("http://10.0.0.5/onvif/device_service", true));
-        assert!(any.check(op, "x", "http://192.168.1.2/e").is_ok());
-        let broken = HostRule::new(&config("not a url", false));
-        assert!(broken.check(op, "x", "http://10.0.0.5/e").is_err());
     }
 
     #[test]
