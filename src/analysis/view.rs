@@ -279,7 +279,8 @@ impl IdleView {
     }
 
     fn take(&mut self, stats: ViewStats) {
-        let Some(loss) = self.reference.as_ref().and_then(|r| stats.loss_against(r)) else {
+        let loss = self.reference.as_ref().and_then(|r| Some((stats.loss_against(r)?, r)));
+        let Some((loss, reference)) = loss else {
             if stats.is_fine() {
                 self.reference = Some(stats);
             }
@@ -292,14 +293,10 @@ impl IdleView {
         }
         match self.first_seen.take() {
             Some((first_loss, first)) => {
-                let reason = match &self.reference {
-                    Some(base) => describe(first_loss, &first, base),
-                    None => describe(first_loss, &first, &first),
-                };
                 self.lost = Some(LostView {
                     loss: first_loss,
                     from: first.time,
-                    reason,
+                    reason: describe(first_loss, &first, reference),
                 });
             }
             None => self.first_seen = Some((loss, stats)),
