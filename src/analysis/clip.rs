@@ -16,6 +16,7 @@ use image::RgbImage;
 
 use crate::analysis::detect::DetectError;
 use crate::analysis::evidence::EvidenceError;
+use crate::ingest::camera::{Camera, StreamKind};
 use crate::ingest::ring::{AccessUnit, EncodedSlice};
 use crate::support::gst::{self as gst_support, GstError, VideoCodec, clock_time, element_starts, pending_error};
 
@@ -216,6 +217,34 @@ pub fn decode_slice(slice: &EncodedSlice, decoders: &Decoders, sink: &mut dyn Fr
     Ok(taken + decoder.finish(sink)?)
 }
 
+/// The newest keyframe of `camera`'s `kind` stream, decoded.
+pub fn newest_keyframe(camera: &Camera, kind: StreamKind, decoders: &Decoders) -> Result<Frame, String> {
+    let newest = camera
+        .newest(kind)
+        .ok_or_else(|| format!("no video from {} yet", camera.id()))?;
+    keyframe_near(camera, kind, newest, decoders)
+}
+
+/// The keyframe of `camera`'s `kind` stream nearest `time`, decoded: one picture, at the cost of
+/// one frame instead of the GOP before it.
+pub fn keyframe_near(
+    camera: &Camera,
+    kind: StreamKind,
+    time: DateTime<Utc>,
+    decoders: &Decoders,
+) -> Result<Frame, String> {
+    let id = camera.id();
+    let key = camera
+        .keyframe_near(kind, time)
+        .ok_or_else(|| format!("no keyframe from {id} yet"))?;
+    let slice = camera.slice(kind, key, key).map_err(|e| e.to_string())?;
+    let mut first = FirstFrame(None);
+    decode_slice(&slice, decoders, &mut first).map_err(|e| e.to_string())?;
+    first
+        .0
+        .ok_or_else(|| format!("the keyframe of {id} at {} did not decode", key.format("%H:%M:%S%.3f")))
+}
+
 /// A decoder fed access units as they arrive from a camera, handing over decoded frames as it goes.
 /// Times are the units' arrival times: frame time = first unit's arrival + (PTS - first PTS).
 pub struct LiveDecoder {
@@ -229,6 +258,21 @@ pub struct LiveDecoder {
     /// Frames the decoder holds back (reordering); learnt when it stops giving frames.
     lag: usize,
     ended: bool,
+}
+
+/// How many units the decoder may hold beyond the frames taken: enough to keep it busy while a
+/// frame is analysed, few enough that little is decoded past the frame that verifies an alarm.
+const LOOKAHEAD: usize = 4;
+
+/// How far [`LiveDecoder::drain`] takes the frames of what was pushed.
+#[derive(Clone, Copy)]
+enum Drain {
+    /// Until at most this many units (beyond those the decoder holds back) are still inside.
+    Ahead(usize),
+    /// Every frame the decoder gives for what was pushed, short of those it holds back.
+    Fed,
+    /// Every frame, to the end of the stream.
+    End,
 }
 
 /// How long to wait for the decoder to give the next frame of what was pushed.
@@ -257,22 +301,36 @@ impl LiveDecoder {
     /// Decodes `units` and hands the frames they give to `sink`. Returns how many frames the sink
     /// took, and whether it wants more.
     pub fn feed(&mut self, units: &[AccessUnit], sink: &mut dyn FrameSink) -> Result<(usize, Flow), ClipError> {
+        let mut taken = 0;
         for unit in units {
-            let (base_wall, base_pts) = *self.base.get_or_insert((unit.wall, unit.buffer.pts()));
-            let offset = match (unit.buffer.pts(), base_pts) {
-                (Some(p), Some(b)) if p >= b => p - b,
-                _ => clock_time(unit.wall - base_wall),
-            };
-            let mut b = unit.buffer.copy();
-            let bm = b.make_mut();
-            bm.set_pts(offset);
-            bm.set_dts(gst::ClockTime::NONE);
-            self.src
-                .push_buffer(b)
-                .map_err(|e| ClipError::Decode(format!("the decoder refused video: {e:?}")))?;
-            self.pushed += 1;
+            self.push(unit)?;
+            // Frames are taken as the units go in, so that a verified alarm stops the decoding
+            // a few units after the frame that verified it, not at the end of what was fed.
+            let (n, flow) = self.drain(sink, Drain::Ahead(LOOKAHEAD))?;
+            taken += n;
+            if flow == Flow::Stop {
+                return Ok((taken, flow));
+            }
         }
-        self.drain(sink, false)
+        let (n, flow) = self.drain(sink, Drain::Fed)?;
+        Ok((taken + n, flow))
+    }
+
+    fn push(&mut self, unit: &AccessUnit) -> Result<(), ClipError> {
+        let (base_wall, base_pts) = *self.base.get_or_insert((unit.wall, unit.buffer.pts()));
+        let offset = match (unit.buffer.pts(), base_pts) {
+            (Some(p), Some(b)) if p >= b => p - b,
+            _ => clock_time(unit.wall - base_wall),
+        };
+        let mut b = unit.buffer.copy();
+        let bm = b.make_mut();
+        bm.set_pts(offset);
+        bm.set_dts(gst::ClockTime::NONE);
+        self.src
+            .push_buffer(b)
+            .map_err(|e| ClipError::Decode(format!("the decoder refused video: {e:?}")))?;
+        self.pushed += 1;
+        Ok(())
     }
 
     /// Ends the stream and hands over the frames still inside the decoder.
@@ -281,10 +339,15 @@ impl LiveDecoder {
             let _ = self.src.end_of_stream();
             self.ended = true;
         }
-        self.drain(sink, true).map(|(n, _)| n)
+        self.drain(sink, Drain::End).map(|(n, _)| n)
     }
 
-    fn drain(&mut self, sink: &mut dyn FrameSink, to_end: bool) -> Result<(usize, Flow), ClipError> {
+    fn drain(&mut self, sink: &mut dyn FrameSink, until: Drain) -> Result<(usize, Flow), ClipError> {
+        let (to_end, ahead) = match until {
+            Drain::Ahead(n) => (false, n),
+            Drain::Fed => (false, 0),
+            Drain::End => (true, 0),
+        };
         let started = std::time::Instant::now();
         let mut taken = 0;
         loop {
@@ -298,7 +361,7 @@ impl LiveDecoder {
                 )));
             }
             let outstanding = self.pushed.saturating_sub(self.pulled);
-            if !to_end && outstanding <= self.lag {
+            if !to_end && outstanding <= self.lag + ahead {
                 return Ok((taken, Flow::Continue));
             }
             let Some(sample) = self.sink.try_pull_sample(FRAME_WAIT) else {
@@ -307,7 +370,7 @@ impl LiveDecoder {
                 }
                 if !to_end {
                     // The decoder holds these back until more video comes.
-                    self.lag = outstanding;
+                    self.lag = self.lag.max(outstanding.saturating_sub(ahead));
                     return Ok((taken, Flow::Continue));
                 }
                 continue;

@@ -8,6 +8,11 @@
 //! Each of them is still answered on its own window: the analysis runs on a task of its own, and
 //! an alarm's verdict goes out as soon as the video past its window's end has been analysed (all
 //! of them at once when a frame verifies the alarm), never waiting for a later alarm's window.
+//!
+//! When alarms wait for workers (a storm), each analysis starts with a first look: the keyframe
+//! nearest its alarm through the detector. An alarm where it sees a target is analysed before the
+//! long windows of the others, so the real intrusions in a storm are answered first; the look
+//! only orders the work, the verdict is still the full analysis's.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,7 +26,7 @@ use crate::analysis::clip::{self, ClipError, Flow, Frame, FrameSink, LiveDecoder
 use crate::analysis::verdict::{Cause, VerdictKind, rfc3339};
 use crate::analysis::verify::{Analysis, Finding, Verifier};
 use crate::analysis::view::IdleViews;
-use crate::analysis::workers::{Permit, Workers};
+use crate::analysis::workers::{Booking, MIN_STEP, Overloaded, Permit, Urgency, Workers};
 use crate::ingest::camera::{Camera, StreamKind};
 use crate::ingest::ring::{AccessUnit, Cursor, ReadError};
 use crate::intake::alarm::Alarm;
@@ -114,6 +119,8 @@ pub struct LiveAnalyser {
     /// The cameras' idle view checks: a view lost before the alarm window.
     idle: Arc<IdleViews>,
     jobs: Mutex<HashMap<String, Vec<Arc<Job>>>>,
+    /// The worker time one unit of each kind of stream has cost (moving average over analyses).
+    unit_costs: Mutex<HashMap<StreamKind, Duration>>,
 }
 
 impl LiveAnalyser {
@@ -123,11 +130,17 @@ impl LiveAnalyser {
             workers,
             idle,
             jobs: Mutex::new(HashMap::new()),
+            unit_costs: Mutex::new(HashMap::new()),
         })
     }
 
     pub fn verifier(&self) -> &Arc<Verifier> {
         &self.verifier
+    }
+
+    /// Whether alarms are waiting for the analysis workers, or all of them are taken.
+    pub fn is_busy(&self) -> bool {
+        self.workers.is_contended()
     }
 
     /// Verifies `alarm` on `camera`, answering by `deadline` (unverifiable when it cannot).
@@ -230,13 +243,24 @@ impl LiveAnalyser {
 
     /// Runs the analysis of `job`'s window, answering each alarm of it when its own window has
     /// been seen (all at once when verified), until none waits.
-    async fn drive(&self, camera: &Camera, lead: &Alarm, job: &Job) {
-        let mut spent = Duration::ZERO;
+    async fn drive(&self, camera: &Arc<Camera>, lead: &Alarm, job: &Job) {
         let mut kind = if camera.has_detect_stream() {
             StreamKind::Detect
         } else {
             StreamKind::Main
         };
+        let mut pace = Pace::new(lock(&self.unit_costs).get(&kind).copied());
+        self.first_look(camera, kind, lead, job, &mut pace).await;
+        if let Err(overloaded) = self.book(camera, kind, job, &mut pace) {
+            tracing::warn!(camera = %lead.camera, alarm_id = %lead.alarm_id, "{overloaded}");
+            for member in job.close() {
+                let finding = self
+                    .verifier
+                    .unverifiable(&member.alarm, Cause::Overloaded, &overloaded.to_string());
+                self.answer(job, member, finding);
+            }
+            return;
+        }
         let mut note = None;
         let failure = loop {
             if let Some(offline) = camera.offline() {
@@ -258,7 +282,7 @@ impl LiveAnalyser {
             if let Some(note) = &note {
                 analysis.note(note.clone());
             }
-            match self.stream_window(camera, kind, job, analysis, &mut spent).await {
+            match self.stream_window(camera, kind, job, analysis, &mut pace).await {
                 Ok(()) => break None,
                 Err(Broke::StreamLost) if kind == StreamKind::Detect && camera.offline().is_none() => {
                     tracing::warn!(camera = %lead.camera, alarm_id = %lead.alarm_id, "detect stream lost during the alarm window; analysing the main stream");
@@ -274,7 +298,11 @@ impl LiveAnalyser {
                 Err(Broke::Failed(cause, reason)) => break Some((cause, reason)),
             }
         };
-        self.workers.record_alarm_cost(spent);
+        self.workers.record_alarm_cost(pace.spent);
+        tracing::debug!(alarm_id = %job.lead, spent_ms = pace.spent.as_millis(), units = pace.units_fed, "analysis cost");
+        if failure.is_none() && !pace.verified {
+            self.learn_unit_cost(kind, pace.units_fed, pace.spent);
+        }
         for member in job.close() {
             let finding = match &failure {
                 Some((cause, reason)) => self.verifier.unverifiable(&member.alarm, *cause, reason),
@@ -296,7 +324,7 @@ impl LiveAnalyser {
         kind: StreamKind,
         job: &Job,
         analysis: Analysis,
-        spent: &mut Duration,
+        pace: &mut Pace,
     ) -> Result<(), Broke> {
         let from = analysis.window().from;
         let no_video = || {
@@ -314,15 +342,17 @@ impl LiveAnalyser {
                 // Every alarm was answered or gave up on its deadline: nothing to go on for.
                 return Ok(());
             }
-            let to = lock(&job.window).to;
             let mut units = read(camera, kind, &mut cursor)?;
+            trim_to_window(job, &mut units);
+            let to = lock(&job.window).to;
             if units.is_empty() && !reached(&units, to) {
                 tokio::time::sleep(POLL).await;
                 continue;
             }
             let deadline = job.deadline().unwrap_or_else(Instant::now);
+            let left = units_to_come(camera, kind, &units, to);
             let permit = self
-                .permit_keeping_video(deadline, *spent, camera, kind, &mut cursor, &mut units)
+                .permit_keeping_video(deadline, pace, left, job, camera, kind, &mut cursor, &mut units)
                 .await?;
             if let Some(last) = units.last() {
                 seen_until = seen_until.max(last.wall);
@@ -338,6 +368,7 @@ impl LiveAnalyser {
             analysis.extend_to(lock(&job.window).to);
             let decoders = self.verifier.decoders().clone();
             let caps = caps.clone();
+            let fed = units.len();
             let step = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 let started = std::time::Instant::now();
@@ -348,7 +379,7 @@ impl LiveAnalyser {
             let (analysis, decoder, flow, took) = step
                 .await
                 .map_err(|e| Broke::Failed(Cause::StreamBroken, format!("analysis failed: {e}")))?;
-            *spent += took;
+            pace.fed(fed, took);
             let flow = flow.map_err(|e| Broke::Failed(Cause::StreamBroken, format!("cannot analyse the clip: {e}")))?;
             let finished = flow == Flow::Stop || done || analysis.is_verified();
             if finished {
@@ -357,13 +388,18 @@ impl LiveAnalyser {
             }
             let now = Utc::now();
             let verified = analysis.is_verified();
+            pace.verified |= verified;
+            if !verified && pace.urgency == Urgency::Normal {
+                // A step that found nobody decodes as most of a false alarm's window does.
+                self.learn_unit_cost(kind, fed, took);
+            }
             let due = job.take_due(|m| {
                 finished
                     || verified
                     || seen_until > m.due
                     || now > m.due + TimeDelta::from_std(LATE_VIDEO).unwrap_or_default()
             });
-            let analysis = self.answer_due(camera, kind, job, analysis, due, spent).await;
+            let analysis = self.answer_due(camera, kind, job, analysis, due, pace).await;
             if finished {
                 return Ok(());
             }
@@ -381,13 +417,13 @@ impl LiveAnalyser {
         job: &Job,
         mut analysis: Analysis,
         due: Vec<Member>,
-        spent: &mut Duration,
+        pace: &mut Pace,
     ) -> Analysis {
         for member in due {
             if member.answer.is_closed() {
                 continue;
             }
-            let (back, finding) = self.conclude(camera, kind, analysis, &member, spent).await;
+            let (back, finding) = self.conclude(camera, kind, analysis, &member, pace).await;
             analysis = back;
             let lead_verdict = job.result.borrow().clone();
             let finding = match lead_verdict {
@@ -423,29 +459,42 @@ impl LiveAnalyser {
     /// Waits for a permit as [`permit`](Self::permit) does, reading the video that arrives
     /// meanwhile into `units`: held there, it cannot leave the camera's buffer while the alarm
     /// waits for a worker (the ring keeps `clip.buffer_s`, less than the deadline).
+    #[allow(clippy::too_many_arguments)]
     async fn permit_keeping_video(
         &self,
         deadline: Instant,
-        spent: Duration,
+        pace: &Pace,
+        units_left: Option<usize>,
+        job: &Job,
         camera: &Camera,
         kind: StreamKind,
         cursor: &mut Cursor,
         units: &mut Vec<AccessUnit>,
     ) -> Result<Permit, Broke> {
-        let acquire = self.permit(deadline, spent);
+        let acquire = self.permit(deadline, pace, units_left);
         tokio::pin!(acquire);
         loop {
             tokio::select! {
                 permit = &mut acquire => return permit,
-                () = tokio::time::sleep(KEEP_VIDEO_EVERY) => units.extend(read(camera, kind, cursor)?),
+                () = tokio::time::sleep(KEEP_VIDEO_EVERY) => {
+                    units.extend(read(camera, kind, cursor)?);
+                    trim_to_window(job, units);
+                }
             }
         }
     }
 
-    async fn permit(&self, deadline: Instant, spent: Duration) -> Result<Permit, Broke> {
-        let need = self.workers.remaining_estimate(spent);
+    /// A worker for the next step of an analysis at `pace`, with `units_left` still to decode
+    /// (unknown: the pool's estimate).
+    async fn permit(&self, deadline: Instant, pace: &Pace, units_left: Option<usize>) -> Result<Permit, Broke> {
+        let need = pace.need(&self.workers, units_left);
+        if let Some(booking) = &pace.booking {
+            booking
+                .update(need, pace.urgency)
+                .map_err(|e| Broke::Failed(Cause::Overloaded, e.to_string()))?;
+        }
         self.workers
-            .acquire(deadline, need)
+            .acquire(deadline, need, pace.urgency)
             .await
             .map_err(|e| Broke::Failed(Cause::Overloaded, e.to_string()))
     }
@@ -459,7 +508,7 @@ impl LiveAnalyser {
         kind: StreamKind,
         analysis: Analysis,
         member: &Member,
-        spent: &mut Duration,
+        pace: &mut Pace,
     ) -> (Analysis, Finding) {
         let alarm = member.alarm.clone();
         let half_frame = camera
@@ -487,7 +536,7 @@ impl LiveAnalyser {
             _ => None,
         };
         // Even an overloaded box finishes what it has analysed; only the main-stream frame is skipped.
-        let permit = self.permit(member.deadline, *spent).await.ok();
+        let permit = self.permit(member.deadline, pace, Some(0)).await.ok();
         let main_slice = main_slice.filter(|_| permit.is_some());
         let decoders = self.verifier.decoders().clone();
         let idle_loss = self.idle.lost(&alarm.camera);
@@ -513,7 +562,7 @@ impl LiveAnalyser {
         .await;
         match done {
             Ok((analysis, finding, took)) => {
-                *spent += took;
+                pace.spent += took;
                 let finding =
                     finding.unwrap_or_else(|e| self.verifier.unverifiable(&member.alarm, e.cause(), &e.to_string()));
                 (analysis, finding)
@@ -529,6 +578,74 @@ impl LiveAnalyser {
                 )
             }
         }
+    }
+
+    /// While alarms wait for workers, looks at the keyframe nearest the alarm: one decoded frame
+    /// and one pass of the detector. A target seen there makes the analysis `Likely`, so that it
+    /// goes before the full windows of alarms that are probably false.
+    async fn first_look(&self, camera: &Arc<Camera>, kind: StreamKind, alarm: &Alarm, job: &Job, pace: &mut Pace) {
+        if !self.workers.is_contended() {
+            return;
+        }
+        let deadline = job.deadline().unwrap_or_else(Instant::now);
+        let Ok(permit) = self.workers.acquire(deadline, MIN_STEP, Urgency::Likely).await else {
+            return;
+        };
+        let (verifier, camera_arc, time) = (self.verifier.clone(), camera.clone(), alarm.time);
+        let looked = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let started = std::time::Instant::now();
+            let seen = clip::keyframe_near(&camera_arc, kind, time, verifier.decoders()).and_then(|frame| {
+                verifier
+                    .glimpse(camera_arc.id(), &frame.image)
+                    .map_err(|e| e.to_string())
+            });
+            (seen, started.elapsed())
+        })
+        .await;
+        match looked {
+            Ok((seen, took)) => {
+                pace.spent += took;
+                match seen {
+                    Ok(true) => pace.urgency = Urgency::Likely,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::debug!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "no first look")
+                    }
+                }
+                tracing::debug!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, urgency = ?pace.urgency, took_ms = took.as_millis(), "first look");
+            }
+            Err(e) => {
+                tracing::warn!(camera = %alarm.camera, alarm_id = %alarm.alarm_id, error = %e, "first look failed")
+            }
+        }
+    }
+
+    /// Books the worker time the whole window is expected to need; refused when it cannot be done
+    /// before the deadline behind the work booked ahead of it.
+    fn book(&self, camera: &Camera, kind: StreamKind, job: &Job, pace: &mut Pace) -> Result<(), Overloaded> {
+        let window = *lock(&job.window);
+        let deadline = job.deadline().unwrap_or_else(Instant::now);
+        // The window, and about half a GOP before it that is decoded to reach its first frame.
+        let seconds = (window.to - window.from).as_seconds_f64() + 1.0;
+        let units = stream_fps(camera, kind).map(|fps| (seconds * fps).ceil() as usize);
+        let need = pace.need(&self.workers, units);
+        tracing::debug!(alarm_id = %job.lead, need_ms = need.as_millis(), units, urgency = ?pace.urgency, "booking");
+        pace.booking = Some(self.workers.book(deadline, need, pace.urgency)?);
+        Ok(())
+    }
+
+    /// Learns what a unit of `kind` costs from a step that found nobody, or from an analysis that
+    /// saw its whole window (`units` in `took`, all its steps and its conclusion together): the
+    /// alarms that come next are booked by it. Verified analyses are left out: they stop early,
+    /// after the dense frames that cost most, and are not what the booking has to foresee.
+    fn learn_unit_cost(&self, kind: StreamKind, units: usize, took: Duration) {
+        let Some(per_unit) = unit_cost(units, took) else {
+            return;
+        };
+        let mut costs = lock(&self.unit_costs);
+        let cost = costs.entry(kind).or_insert(per_unit);
+        *cost = (*cost * 3 + per_unit) / 4;
     }
 
     /// Drops the camera's concluded analyses whose windows are well past: no later alarm can share them.
@@ -576,6 +693,82 @@ enum Broke {
     Failed(Cause, String),
 }
 
+/// What an analysis has cost so far, what its video costs to decode, how urgent it is, and the
+/// worker time it has booked.
+struct Pace {
+    /// Worker time spent, all steps together.
+    spent: Duration,
+    /// Units decoded in the streaming steps, and the worker time those steps took.
+    units_fed: usize,
+    feeding: Duration,
+    /// What a unit of this kind of stream cost earlier analyses, until this one has measured its own.
+    prior_unit_cost: Option<Duration>,
+    urgency: Urgency,
+    booking: Option<Booking>,
+    /// A frame verified the alarm (the analysis stopped short of its window's end).
+    verified: bool,
+}
+
+/// Fewer units than this say little of what a unit costs (the decoder's start weighs too much).
+const UNITS_TO_LEARN_FROM: usize = 10;
+
+impl Pace {
+    fn new(prior_unit_cost: Option<Duration>) -> Self {
+        Self {
+            spent: Duration::ZERO,
+            units_fed: 0,
+            feeding: Duration::ZERO,
+            prior_unit_cost,
+            urgency: Urgency::Normal,
+            booking: None,
+            verified: false,
+        }
+    }
+
+    fn measured_unit_cost(&self) -> Option<Duration> {
+        unit_cost(self.units_fed, self.feeding)
+    }
+
+    /// Records a streaming step that decoded `units` in `took`.
+    fn fed(&mut self, units: usize, took: Duration) {
+        self.spent += took;
+        self.units_fed += units;
+        self.feeding += took;
+    }
+
+    /// The worker time the rest is expected to need: `units_left` at the cost per unit measured
+    /// on this stream so far (or by earlier analyses), else the pool's estimate for an alarm.
+    fn need(&self, workers: &Workers, units_left: Option<usize>) -> Duration {
+        let per_unit = self.measured_unit_cost().or(self.prior_unit_cost);
+        match (units_left, per_unit) {
+            (Some(left), Some(per_unit)) => per_unit
+                .saturating_mul(u32::try_from(left).unwrap_or(u32::MAX))
+                .max(MIN_STEP),
+            _ => workers.remaining_estimate(self.spent),
+        }
+    }
+}
+
+/// What a unit cost in steps that decoded `units` in `took`, when they are enough to tell.
+fn unit_cost(units: usize, took: Duration) -> Option<Duration> {
+    let units_n = u32::try_from(units).ok()?;
+    (units >= UNITS_TO_LEARN_FROM).then(|| took / units_n)
+}
+
+/// How many units of `kind` the analysis still has to decode to reach `to`: those `held`, and
+/// those still to arrive at the stream's rate. None when the rate is not known yet.
+fn units_to_come(camera: &Camera, kind: StreamKind, held: &[AccessUnit], to: DateTime<Utc>) -> Option<usize> {
+    let fps = stream_fps(camera, kind)?;
+    let last = held.last()?.wall;
+    let seconds = (to - last).as_seconds_f64().max(0.0);
+    Some(held.len() + (seconds * fps).ceil() as usize)
+}
+
+/// The frame rate measured on the camera's `kind` stream.
+fn stream_fps(camera: &Camera, kind: StreamKind) -> Option<f64> {
+    camera.stream_health(kind)?.fps.filter(|f| *f > 0.0)
+}
+
 /// The camera's video after `cursor`, moving it on.
 fn read(camera: &Camera, kind: StreamKind, cursor: &mut Cursor) -> Result<Vec<AccessUnit>, Broke> {
     camera.read(kind, cursor).map_err(|e| match e {
@@ -585,6 +778,22 @@ fn read(camera: &Camera, kind: StreamKind, cursor: &mut Cursor) -> Result<Vec<Ac
             "overloaded: the alarm's video left the camera's buffer before it could be analysed".into(),
         ),
     })
+}
+
+/// Drops the video past the end of `job`'s window but the first unit (it shows the window has been
+/// seen): decoding it would cost and show nothing, and an analysis waiting for a worker would
+/// otherwise decode all that came while it waited. Once its video is past the end, no alarm joins
+/// the job, so the window stays where it is.
+fn trim_to_window(job: &Job, units: &mut Vec<AccessUnit>) {
+    let past = |to: DateTime<Utc>| units.iter().position(|u| u.wall > to);
+    if past(lock(&job.window).to).is_none() {
+        return;
+    }
+    job.stop_joining();
+    // An alarm that joined just before may have stretched the window.
+    if let Some(first_past) = past(lock(&job.window).to) {
+        units.truncate(first_past + 1);
+    }
 }
 
 /// Whether `units` reach past `to`, or its video is too late to wait for.

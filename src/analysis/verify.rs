@@ -115,6 +115,19 @@ impl Verifier {
         }
     }
 
+    /// Whether the whole-frame pass sees in `image` a target that `camera`'s rules would take as a
+    /// candidate: a first look that orders the work, never a verdict.
+    pub fn glimpse(&self, camera: &str, image: &RgbImage) -> Result<bool, DetectError> {
+        let night = view::measure(image, Utc::now()).grey;
+        let policy = self.policy_for(camera, night);
+        let size = image.dimensions();
+        Ok(self
+            .detector
+            .detect(image)?
+            .iter()
+            .any(|d| policy.is_candidate(d, size)))
+    }
+
     /// The part of the clip analysed for an alarm at `time`.
     pub fn window_at(&self, time: DateTime<Utc>) -> Window {
         let ms = |s: f64| TimeDelta::milliseconds((s * 1000.0) as i64);

@@ -43,7 +43,7 @@ pub enum CameraError {
 }
 
 /// Which of a camera's streams: the main one (evidence, clips) or the detect substream (analysis).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StreamKind {
     Main,
     Detect,

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Shared, streams};
-use crate::analysis::clip::{self as video, FirstFrame, Frame};
+use crate::analysis::clip as video;
 use crate::analysis::evidence::{self, Annotations};
 use crate::analysis::view::{IdleViews, ViewStats};
 use crate::config::{Config, EvidenceConfig, PolicyConfig};
@@ -284,7 +284,7 @@ impl ServiceSite {
         let cam = cameras
             .get(camera)
             .ok_or_else(|| format!("unknown camera {camera:?}"))?;
-        let frame = newest_keyframe(cam, StreamKind::Main, self.0.verifier.decoders())?;
+        let frame = video::newest_keyframe(cam, StreamKind::Main, self.0.verifier.decoders())?;
         let scaled = evidence::fit(frame.image, cameras.evidence.max_size).map_err(|e| e.to_string())?;
         let policy = cameras.policies.get(camera);
         let notes = Annotations {
@@ -297,21 +297,6 @@ impl ServiceSite {
         };
         evidence::render(&scaled, &notes, &cameras.evidence).map_err(|e| e.to_string())
     }
-}
-
-/// The newest keyframe of `camera`'s `kind` stream, decoded.
-pub(super) fn newest_keyframe(cam: &Camera, kind: StreamKind, decoders: &video::Decoders) -> Result<Frame, String> {
-    let id = cam.id();
-    let newest = cam.newest(kind).ok_or_else(|| format!("no video from {id} yet"))?;
-    let key = cam
-        .keyframe_near(kind, newest)
-        .ok_or_else(|| format!("no keyframe from {id} yet"))?;
-    let slice = cam.slice(kind, key, key).map_err(|e| e.to_string())?;
-    let mut first = FirstFrame(None);
-    video::decode_slice(&slice, decoders, &mut first).map_err(|e| e.to_string())?;
-    first
-        .0
-        .ok_or_else(|| format!("the newest keyframe of {id} did not decode"))
 }
 
 #[cfg(test)]

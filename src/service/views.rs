@@ -1,7 +1,9 @@
 //! The idle view check: every `camera.view_check_s`, each camera's newest keyframe is measured
 //! (the detect stream's when it has one: cheaper, and the same view), so that a camera covered,
 //! blinded or knocked out of focus while nothing happens shows in its state message, and an alarm
-//! on it whose window shows no view at all is `unverifiable`, not a false alarm.
+//! on it whose window shows no view at all is `unverifiable`, not a false alarm. The checks wait
+//! while alarms wait for the analysis workers: in a storm every core goes to the alarms, and an
+//! alarm's own analysis checks its camera's view anyway.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Shared;
-use super::cameras::newest_keyframe;
+use crate::analysis::clip::newest_keyframe;
 use crate::analysis::view;
 use crate::config::Config;
 use crate::ingest::camera::StreamKind;
@@ -40,6 +42,9 @@ pub(super) async fn check_views(shared: Arc<Shared>, intervals: HashMap<String, 
         .collect();
     loop {
         tokio::time::sleep(TICK).await;
+        if shared.live.is_busy() {
+            continue;
+        }
         let now = Instant::now();
         for (camera, every) in &intervals {
             if due.get(camera).is_some_and(|d| *d > now) {

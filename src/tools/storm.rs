@@ -678,7 +678,7 @@ async fn storm(
             .arg("run")
             .arg("--config")
             .arg(&config_path)
-            .env("RUST_LOG", "info"),
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
         &dir.join("service.log"),
         "the service",
     )?;
