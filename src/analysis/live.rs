@@ -34,6 +34,10 @@ use crate::support::lock;
 
 /// How often a waiting analysis looks for new video.
 const POLL: Duration = Duration::from_millis(40);
+/// The most video one step decodes (2 s at 15 fps; about 0.2-0.8 s of a worker at 1080p): a
+/// step holds its worker to the end, so a likely intrusion that arrives meanwhile waits at most
+/// that long, not for the whole window of an alarm that waited.
+const MAX_STEP_UNITS: usize = 30;
 /// How often an analysis waiting for a worker takes the video that came meanwhile out of the ring.
 const KEEP_VIDEO_EVERY: Duration = Duration::from_millis(500);
 /// After the window's end, how long to wait for its last video before concluding without it.
@@ -89,6 +93,11 @@ impl Job {
     /// The most urgent deadline among the alarms still waiting.
     fn deadline(&self) -> Option<Instant> {
         lock(&self.members).waiting.iter().map(|m| m.deadline).min()
+    }
+
+    /// The last deadline among the alarms still waiting: past it, nobody waits for the analysis.
+    fn last_deadline(&self) -> Option<Instant> {
+        lock(&self.members).waiting.iter().map(|m| m.deadline).max()
     }
 
     /// Takes out the waiting alarms that `is_due` picks.
@@ -337,12 +346,15 @@ impl LiveAnalyser {
         let caps = camera.caps(kind).ok_or_else(no_video)?;
         let mut state = (analysis, None::<LiveDecoder>);
         let mut seen_until = from;
+        // Video read but left for the next step (a step takes at most `MAX_STEP_UNITS`).
+        let mut held = Vec::new();
         loop {
             if job.all_answered() {
                 // Every alarm was answered or gave up on its deadline: nothing to go on for.
                 return Ok(());
             }
-            let mut units = read(camera, kind, &mut cursor)?;
+            let mut units = std::mem::take(&mut held);
+            units.extend(read(camera, kind, &mut cursor)?);
             trim_to_window(job, &mut units);
             let to = lock(&job.window).to;
             if units.is_empty() && !reached(&units, to) {
@@ -354,32 +366,52 @@ impl LiveAnalyser {
             let permit = self
                 .permit_keeping_video(deadline, pace, left, job, camera, kind, &mut cursor, &mut units)
                 .await?;
+            if units.len() > MAX_STEP_UNITS {
+                held = units.split_off(MAX_STEP_UNITS);
+            }
             if let Some(last) = units.last() {
                 seen_until = seen_until.max(last.wall);
             }
-            let mut done = reached(&units, to);
+            // With video still held, the window's end has not been fed, however late it is.
+            let reached_end = |to| held.is_empty() && reached(&units, to);
+            let mut done = reached_end(to);
             if done {
                 // Before the decoder is drained: an alarm that joined since `to` was read reaches
                 // further, and none may join after.
                 job.stop_joining();
-                done = reached(&units, lock(&job.window).to);
+                done = reached_end(lock(&job.window).to);
             }
             let (mut analysis, decoder) = state;
             analysis.extend_to(lock(&job.window).to);
             let decoders = self.verifier.decoders().clone();
             let caps = caps.clone();
             let fed = units.len();
+            let give_up = job.last_deadline().map(Instant::into_std);
             let step = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 let started = std::time::Instant::now();
                 let mut decoder = decoder;
-                let flow = feed(&mut decoder, &caps, &decoders, &units, done, &mut analysis);
-                (analysis, decoder, flow, started.elapsed())
+                let mut sink = UntilDeadline {
+                    analysis: &mut analysis,
+                    give_up,
+                    passed: false,
+                };
+                let flow = feed(&mut decoder, &caps, &decoders, &units, done, &mut sink);
+                let passed = sink.passed;
+                (analysis, decoder, flow, passed, started.elapsed())
             });
-            let (analysis, decoder, flow, took) = step
+            let (analysis, decoder, flow, passed, took) = step
                 .await
                 .map_err(|e| Broke::Failed(Cause::StreamBroken, format!("analysis failed: {e}")))?;
             pace.fed(fed, took);
+            if passed {
+                // Every alarm of the job has been answered on its deadline: decoding on would
+                // only take a worker from alarms that can still be answered.
+                return Err(Broke::Failed(
+                    Cause::Overloaded,
+                    "not analysed before the deadline".to_owned(),
+                ));
+            }
             let flow = flow.map_err(|e| Broke::Failed(Cause::StreamBroken, format!("cannot analyse the clip: {e}")))?;
             let finished = flow == Flow::Stop || done || analysis.is_verified();
             if finished {
@@ -809,7 +841,7 @@ fn feed(
     decoders: &clip::Decoders,
     units: &[AccessUnit],
     done: bool,
-    analysis: &mut Analysis,
+    analysis: &mut dyn FrameSink,
 ) -> Result<Flow, ClipError> {
     let decoder = match decoder {
         Some(d) => d,
@@ -820,6 +852,28 @@ fn feed(
         decoder.finish(analysis)?;
     }
     Ok(flow)
+}
+
+/// An analysis's frames until `give_up`, the last deadline of its alarms (none: no limit); then it
+/// stops, `passed`.
+struct UntilDeadline<'a> {
+    analysis: &'a mut Analysis,
+    give_up: Option<std::time::Instant>,
+    passed: bool,
+}
+
+impl FrameSink for UntilDeadline<'_> {
+    fn wants(&mut self, time: DateTime<Utc>) -> bool {
+        self.analysis.wants(time)
+    }
+
+    fn frame(&mut self, frame: Frame) -> Result<Flow, SinkError> {
+        if self.give_up.is_some_and(|at| std::time::Instant::now() > at) {
+            self.passed = true;
+            return Ok(Flow::Stop);
+        }
+        self.analysis.frame(frame)
+    }
 }
 
 /// Takes the first frame at or after `time` and stops.
