@@ -130,6 +130,8 @@ pub struct LiveAnalyser {
     jobs: Mutex<HashMap<String, Vec<Arc<Job>>>>,
     /// The worker time one unit of each kind of stream has cost (moving average over analyses).
     unit_costs: Mutex<HashMap<StreamKind, Duration>>,
+    /// The worker time a verified analysis of each kind of stream has cost (moving average).
+    verified_costs: Mutex<HashMap<StreamKind, Duration>>,
 }
 
 impl LiveAnalyser {
@@ -140,6 +142,7 @@ impl LiveAnalyser {
             idle,
             jobs: Mutex::new(HashMap::new()),
             unit_costs: Mutex::new(HashMap::new()),
+            verified_costs: Mutex::new(HashMap::new()),
         })
     }
 
@@ -258,7 +261,10 @@ impl LiveAnalyser {
         } else {
             StreamKind::Main
         };
-        let mut pace = Pace::new(lock(&self.unit_costs).get(&kind).copied());
+        let mut pace = Pace::new(
+            lock(&self.unit_costs).get(&kind).copied(),
+            lock(&self.verified_costs).get(&kind).copied(),
+        );
         self.first_look(camera, kind, lead, job, &mut pace).await;
         if let Err(overloaded) = self.book(camera, kind, job, &mut pace) {
             tracing::warn!(camera = %lead.camera, alarm_id = %lead.alarm_id, "{overloaded}");
@@ -311,6 +317,9 @@ impl LiveAnalyser {
         tracing::debug!(alarm_id = %job.lead, spent_ms = pace.spent.as_millis(), units = pace.units_fed, "analysis cost");
         if failure.is_none() && !pace.verified {
             self.learn_unit_cost(kind, pace.units_fed, pace.spent);
+        }
+        if failure.is_none() && pace.verified {
+            learn_average(&self.verified_costs, kind, pace.spent);
         }
         for member in job.close() {
             let finding = match &failure {
@@ -425,12 +434,11 @@ impl LiveAnalyser {
                 // A step that found nobody decodes as most of a false alarm's window does.
                 self.learn_unit_cost(kind, fed, took);
             }
-            let due = job.take_due(|m| {
-                finished
-                    || verified
-                    || seen_until > m.due
-                    || now > m.due + TimeDelta::from_std(LATE_VIDEO).unwrap_or_default()
-            });
+            // Video that never came is waited for `LATE_VIDEO`; video held for the next step
+            // has come, and must be seen before an alarm whose window it covers is answered.
+            let late =
+                |m: &Member| held.is_empty() && now > m.due + TimeDelta::from_std(LATE_VIDEO).unwrap_or_default();
+            let due = job.take_due(|m| finished || verified || seen_until > m.due || late(m));
             let analysis = self.answer_due(camera, kind, job, analysis, due, pace).await;
             if finished {
                 return Ok(());
@@ -675,9 +683,7 @@ impl LiveAnalyser {
         let Some(per_unit) = unit_cost(units, took) else {
             return;
         };
-        let mut costs = lock(&self.unit_costs);
-        let cost = costs.entry(kind).or_insert(per_unit);
-        *cost = (*cost * 3 + per_unit) / 4;
+        learn_average(&self.unit_costs, kind, per_unit);
     }
 
     /// Drops the camera's concluded analyses whose windows are well past: no later alarm can share them.
@@ -735,6 +741,8 @@ struct Pace {
     feeding: Duration,
     /// What a unit of this kind of stream cost earlier analyses, until this one has measured its own.
     prior_unit_cost: Option<Duration>,
+    /// What a whole verified analysis of this kind of stream cost earlier ones.
+    prior_verified_cost: Option<Duration>,
     urgency: Urgency,
     booking: Option<Booking>,
     /// A frame verified the alarm (the analysis stopped short of its window's end).
@@ -745,12 +753,13 @@ struct Pace {
 const UNITS_TO_LEARN_FROM: usize = 10;
 
 impl Pace {
-    fn new(prior_unit_cost: Option<Duration>) -> Self {
+    fn new(prior_unit_cost: Option<Duration>, prior_verified_cost: Option<Duration>) -> Self {
         Self {
             spent: Duration::ZERO,
             units_fed: 0,
             feeding: Duration::ZERO,
             prior_unit_cost,
+            prior_verified_cost,
             urgency: Urgency::Normal,
             booking: None,
             verified: false,
@@ -769,16 +778,29 @@ impl Pace {
     }
 
     /// The worker time the rest is expected to need: `units_left` at the cost per unit measured
-    /// on this stream so far (or by earlier analyses), else the pool's estimate for an alarm.
+    /// on this stream so far (or by earlier analyses), else the pool's estimate for an alarm. A
+    /// likely intrusion is expected to stop early, as verified analyses before it did: booking it
+    /// for its whole window would refuse false alarms that fit.
     fn need(&self, workers: &Workers, units_left: Option<usize>) -> Duration {
         let per_unit = self.measured_unit_cost().or(self.prior_unit_cost);
-        match (units_left, per_unit) {
+        let whole_window = match (units_left, per_unit) {
             (Some(left), Some(per_unit)) => per_unit
                 .saturating_mul(u32::try_from(left).unwrap_or(u32::MAX))
                 .max(MIN_STEP),
             _ => workers.remaining_estimate(self.spent),
+        };
+        match (self.urgency, self.prior_verified_cost) {
+            (Urgency::Likely, Some(verified)) => whole_window.min(verified.saturating_sub(self.spent).max(MIN_STEP)),
+            _ => whole_window,
         }
     }
+}
+
+/// Moves the moving average of `kind` in `averages` a quarter of the way to `sample`.
+fn learn_average(averages: &Mutex<HashMap<StreamKind, Duration>>, kind: StreamKind, sample: Duration) {
+    let mut averages = lock(averages);
+    let average = averages.entry(kind).or_insert(sample);
+    *average = (*average * 3 + sample) / 4;
 }
 
 /// What a unit cost in steps that decoded `units` in `took`, when they are enough to tell.
