@@ -736,7 +736,8 @@ enum Broke {
 struct Pace {
     /// Worker time spent, all steps together.
     spent: Duration,
-    /// Units decoded in the streaming steps, and the worker time those steps took.
+    /// Units fed to the decoder in the streaming steps (a verified step stops decoding a few
+    /// past its verifying frame), and the worker time those steps took.
     units_fed: usize,
     feeding: Duration,
     /// What a unit of this kind of stream cost earlier analyses, until this one has measured its own.

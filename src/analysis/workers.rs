@@ -209,6 +209,8 @@ impl Workers {
         Ok(())
     }
 
+    /// The refusal, counting as waiting the alarms queued for a worker or, when more, the `ahead`
+    /// bookings that left no room.
     fn overloaded(&self, inner: &Inner, ahead: usize) -> Overloaded {
         Overloaded {
             waiting: ahead.max(inner.waiting.len()),
@@ -229,10 +231,7 @@ impl Workers {
             let mut inner = self.lock();
             if Instant::now() > latest_start {
                 // Work that cannot end in time would only take a worker from work that can.
-                return Err(Overloaded {
-                    waiting: inner.waiting.len(),
-                    workers: self.count,
-                });
+                return Err(self.overloaded(&inner, 0));
             }
             if inner.free > 0 && inner.waiting.is_empty() {
                 inner.free -= 1;
@@ -258,10 +257,7 @@ impl Workers {
                 let mut inner = self.lock();
                 // Waiters that gave up stay in the heap until a release passes them; drop them here.
                 inner.waiting.retain(|w| !w.grant.is_closed());
-                Err(Overloaded {
-                    waiting: inner.waiting.len(),
-                    workers: self.count,
-                })
+                Err(self.overloaded(&inner, 0))
             }
         }
     }
