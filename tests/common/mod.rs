@@ -203,6 +203,11 @@ fn buffering_needs(config_toml: &str) -> (Vec<(String, bool)>, f64) {
     (cameras, pre_s)
 }
 
+/// The pre-alarm seconds of `config_toml` (`clip.pre_s`, else its default).
+pub fn pre_alarm_s(config_toml: &str) -> f64 {
+    buffering_needs(config_toml).1
+}
+
 /// Waits until every camera of `config_toml` holds the pre-alarm window (`clip.pre_s`) in its
 /// rings: each of its streams online, by its latest retained state message, for at least that
 /// long. The rings fill from the first frame, which is when a stream's `since` is stamped.
